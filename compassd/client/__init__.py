@@ -1,0 +1,59 @@
+"""The compassd client library.
+
+Blocking, for scripts and notebooks::
+
+    from compassd.client import connect_tracker
+    with connect_tracker("127.0.0.1", 9190).request("npu-x2") as lease:
+        ...
+
+Asynchronous, for Twisted programs: L{AsyncTracker.connect}.
+"""
+
+from ..protocol.errors import (
+    CompassError,
+    LimitExceeded,
+    NoSuchDevice,
+    NoSuchLease,
+    NoSuchRequest,
+    NotAuthorized,
+    NotYourLease,
+    UnsupportedVersion,
+)
+from .asynchronous import DEFAULT_PORT, AsyncLease, AsyncTracker, parse_address
+from .blocking import Lease, Tracker, connect_tracker
+from .errors import (
+    DeviceLost,
+    LeaseExpired,
+    LeaseLost,
+    RequestCancelled,
+    RequestFailed,
+    RequestWithdrawn,
+    TrackerUnreachable,
+    WaitTimeout,
+)
+
+__all__ = [
+    "DEFAULT_PORT",
+    "AsyncLease",
+    "AsyncTracker",
+    "CompassError",
+    "DeviceLost",
+    "Lease",
+    "LeaseExpired",
+    "LeaseLost",
+    "LimitExceeded",
+    "NoSuchDevice",
+    "NoSuchLease",
+    "NoSuchRequest",
+    "NotAuthorized",
+    "NotYourLease",
+    "RequestCancelled",
+    "RequestFailed",
+    "RequestWithdrawn",
+    "Tracker",
+    "TrackerUnreachable",
+    "UnsupportedVersion",
+    "WaitTimeout",
+    "connect_tracker",
+    "parse_address",
+]

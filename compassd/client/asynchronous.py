@@ -1,0 +1,478 @@
+"""The asynchronous (Deferred) client of the tracker, for Twisted programs.
+
+    tracker = yield AsyncTracker.connect(reactor, "127.0.0.1", 9190)
+    lease = yield tracker.request("npu-x2", wait=300)
+    ...                                   # use lease.address and lease.ticket
+    yield lease.release()
+
+The blocking API in L{compassd.client.blocking} wraps this one.
+"""
+
+from __future__ import annotations
+
+import getpass
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.python.failure import Failure
+
+from .. import __version__
+from ..protocol import SUPPORTED_VERSIONS, Hello
+from ..protocol import client_tracker as ct
+from ..protocol.peer import CompassPeer
+from .errors import (
+    DeviceLost,
+    LeaseExpired,
+    LeaseLost,
+    RequestCancelled,
+    RequestFailed,
+    RequestWithdrawn,
+    TrackerUnreachable,
+    WaitTimeout,
+)
+
+DEFAULT_PORT = 9190
+
+_REQUEST_ERRORS: dict[str, type[RequestFailed]] = {
+    "timed-out": WaitTimeout,
+    "cancelled": RequestCancelled,
+    "withdrawn": RequestWithdrawn,
+}
+
+_LEASE_ERRORS: dict[str, type[LeaseLost]] = {
+    "expired": LeaseExpired,
+    "device-lost": DeviceLost,
+}
+
+
+def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """Split C{host:port}, C{[v6]:port} or a bare host; raise ValueError saying why."""
+    host, port = text, default_port
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"{text!r} opens [ but does not close it.")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text!r} has something other than :PORT after ].")
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, number = text.partition(":")
+        port = int(number)
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT.")
+    return host, port
+
+
+@attrs.define(eq=False)
+class AsyncLease:
+    """A granted device: connect to C{address} and present C{ticket} before C{deadline}.
+
+    C{ended} fires with a L{LeaseLost} (or None when released by us) once the lease is over.
+    """
+
+    tracker: AsyncTracker
+    id: str
+    request: str
+    key: str
+    device: str
+    address: str
+    ticket: str
+    deadline: float
+    info: dict[str, str]
+    ended: Deferred[LeaseLost | None] = attrs.Factory(Deferred)
+    end_reason: LeaseLost | None = None
+    released: bool = False
+
+    @property
+    def active(self) -> bool:
+        return not self.ended.called
+
+    @property
+    def remaining(self) -> float:
+        """Seconds left before the tracker ends this lease."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    def release(self) -> Deferred[None]:
+        """Give the device back now. Releasing an ended lease does nothing."""
+        if not self.active:
+            return succeed(None)
+        self.released = True
+        d = self.tracker.call(ct.Release, lease=self.id)
+        d.addCallback(lambda _: self._end(None))
+        return d
+
+    def _end(self, reason: LeaseLost | None) -> None:
+        if not self.ended.called:
+            self.end_reason = reason
+            self.ended.callback(reason)
+
+
+@attrs.define(eq=False)
+class _Pending:
+    key: str
+    granted: Deferred[AsyncLease]
+    on_position: Callable[[int], object] | None
+    position: int = 0
+
+
+class _TrackerProtocol(CompassPeer):
+    """The client's end of a tracker connection: it receives the tracker's notices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.owner: AsyncTracker | None = None
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.lost.callback(None)
+
+    @ct.Position.responder
+    def position(self, request: str, position: int) -> dict[str, Any]:
+        if self.owner is not None:
+            self.owner._position(request, position)
+        return {}
+
+    @ct.Granted.responder
+    def granted(self, **kwargs: Any) -> dict[str, Any]:
+        if self.owner is not None:
+            self.owner._granted(**kwargs)
+        return {}
+
+    @ct.RequestEnded.responder
+    def request_ended(self, **kwargs: Any) -> dict[str, Any]:
+        if self.owner is not None:
+            self.owner._request_ended(**kwargs)
+        return {}
+
+    @ct.LeaseEnded.responder
+    def lease_ended(self, lease: str, reason: str, message: str) -> dict[str, Any]:
+        if self.owner is not None:
+            self.owner._lease_ended(lease, reason, message)
+        return {}
+
+
+def _info_dict(info: list[str]) -> dict[str, str]:
+    return dict(field.partition("=")[::2] for field in info)
+
+
+class AsyncTracker:
+    """A connection to compass-tracker, after the hello exchange."""
+
+    def __init__(self, protocol: _TrackerProtocol, address: str, user: str) -> None:
+        self._protocol = protocol
+        self.address = address
+        self.user = user
+        self.roles: list[str] = []
+        self.server_software = ""
+        self._pending: dict[str, _Pending] = {}
+        self.leases: dict[str, AsyncLease] = {}
+        protocol.owner = self
+        protocol.lost.addCallback(self._lost)
+
+    @classmethod
+    def connect(
+        cls,
+        reactor: Any,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        token: str | None = None,
+        user: str | None = None,
+        role: str = "client",
+        endpoint: str | IStreamClientEndpoint | None = None,
+        timeout: float = 10.0,
+    ) -> Deferred[AsyncTracker]:
+        """Connect and say hello. C{endpoint} (a Twisted client endpoint or its string)
+        replaces C{host} and C{port}, e.g. for TLS."""
+        where = f"{host}:{port}"
+        target: IStreamClientEndpoint
+        if endpoint is None:
+            target = HostnameEndpoint(reactor, host, port, timeout=timeout)
+        elif isinstance(endpoint, str):
+            where = endpoint
+            target = clientFromString(reactor, endpoint)
+        else:
+            target = endpoint
+        name = user or _login_name()
+
+        def unreachable(failure: Failure) -> Failure:
+            return Failure(
+                TrackerUnreachable(
+                    f"Cannot reach the tracker at {where}: {failure.getErrorMessage().rstrip('.')}."
+                    " Is compass-tracker running there? Point --tracker or COMPASS_TRACKER"
+                    " at it."
+                )
+            )
+
+        connecting: Deferred[Any] = target.connect(Factory.forProtocol(_TrackerProtocol))
+        connecting.addErrback(unreachable)
+
+        def hello(protocol: _TrackerProtocol) -> Deferred[AsyncTracker]:
+            tracker = cls(protocol, where, name)
+            d = protocol.callRemote(
+                Hello,
+                versions=list(SUPPORTED_VERSIONS),
+                role=role,
+                token=token,
+                user=name,
+                software=f"compassd {__version__} client",
+            )
+
+            def greeted(answer: dict[str, Any]) -> AsyncTracker:
+                protocol.greeted = True
+                tracker.user = answer["user"]
+                tracker.roles = answer["roles"]
+                tracker.server_software = answer["software"]
+                return tracker
+
+            def refused(failure: Failure) -> Failure:
+                protocol.drop()
+                return failure
+
+            return d.addCallbacks(greeted, refused)
+
+        return connecting.addCallback(hello)
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._protocol.alive
+
+    def call(self, command: type[ct.CompassCommand], **arguments: Any) -> Deferred[Any]:
+        """Send a command; fail with L{TrackerUnreachable} if the connection is gone."""
+        if not self.connected:
+            return fail(
+                TrackerUnreachable(f"The connection to the tracker at {self.address} is closed.")
+            )
+        return self._protocol.callRemote(command, **arguments)
+
+    def close(self) -> Deferred[None]:
+        """Close the connection; the tracker withdraws what is still waiting and ends
+        the leases still held."""
+        if self.connected:
+            self._protocol.drop()
+        return self._protocol.lost
+
+    def _lost(self, _: object) -> None:
+        gone = f"The connection to the tracker at {self.address} was lost"
+        for request_id, pending in list(self._pending.items()):
+            del self._pending[request_id]
+            pending.granted.errback(
+                TrackerUnreachable(f"{gone} while request {request_id} was waiting.")
+            )
+        for lease in list(self.leases.values()):
+            lease._end(LeaseLost(f"{gone}; lease {lease.id} ended with it.", lease=lease.id,
+                                 reason="client-lost"))
+        self.leases.clear()
+
+    # --- requests ---------------------------------------------------------------------
+
+    def request(
+        self,
+        key: str,
+        priority: int = 1,
+        lease: float | None = None,
+        wait: float | None = None,
+        tags: tuple[str, ...] | list[str] = (),
+        on_position: Callable[[int], object] | None = None,
+        on_queued: Callable[[str, int, int], object] | None = None,
+    ) -> Deferred[AsyncLease]:
+        """Ask for a device of C{key}; the result fires with an L{AsyncLease} when granted.
+
+        C{on_queued(request_id, position, devices)} is called when the tracker has
+        queued the request; C{on_position(position)} whenever its place changes.
+        Cancelling the returned Deferred cancels the request at the tracker.
+        """
+        request_id: list[str] = []
+
+        def cancel(d: Deferred[AsyncLease]) -> None:
+            if request_id and request_id[0] in self._pending:
+                del self._pending[request_id[0]]
+                self.call(ct.Cancel, request=request_id[0]).addErrback(lambda _: None)
+
+        granted: Deferred[AsyncLease] = Deferred(cancel)
+        d = self.call(
+            ct.Request,
+            key=key,
+            priority=int(priority),
+            lease=None if lease is None else float(lease),
+            wait=None if wait is None else float(wait),
+            tags=list(tags),
+        )
+
+        def queued(answer: dict[str, Any]) -> None:
+            request_id.append(answer["request"])
+            if granted.called:  # cancelled before the answer came
+                self.call(ct.Cancel, request=answer["request"]).addErrback(lambda _: None)
+                return
+            self._pending[answer["request"]] = _Pending(
+                key, granted, on_position, answer["position"]
+            )
+            if on_queued is not None:
+                on_queued(answer["request"], answer["position"], answer["devices"])
+
+        def refused(failure: Failure) -> None:
+            if not granted.called:
+                granted.errback(failure)
+
+        d.addCallbacks(queued, refused)
+        return granted
+
+    def _position(self, request: str, position: int) -> None:
+        pending = self._pending.get(request)
+        if pending is not None:
+            pending.position = position
+            if pending.on_position is not None:
+                pending.on_position(position)
+
+    def _granted(self, request: str, lease: str, ticket: str, device: str, address: str,
+                 expires_in: float, info: list[str]) -> None:
+        pending = self._pending.pop(request, None)
+        held = AsyncLease(
+            tracker=self,
+            id=lease,
+            request=request,
+            key=pending.key if pending else "",
+            device=device,
+            address=address,
+            ticket=ticket,
+            deadline=time.monotonic() + expires_in,
+            info=_info_dict(info),
+        )
+        self.leases[lease] = held
+        if pending is None:  # we cancelled it meanwhile: give the device back
+            held.release().addErrback(lambda _: None)
+            return
+        pending.granted.callback(held)
+
+    def _request_ended(self, request: str, reason: str, message: str,
+                       position: int | None = None, waited: float | None = None) -> None:
+        pending = self._pending.pop(request, None)
+        if pending is None:
+            return
+        error = _REQUEST_ERRORS.get(reason, RequestFailed)
+        if error is WaitTimeout:
+            message = (
+                f"Waited {waited or 0:.0f} s for a device of {pending.key} and none came free"
+                f" (request {request} was at position {position}); try again later, ask for"
+                " a longer wait, or check `compass status`."
+            )
+        pending.granted.errback(
+            error(message, request=request, key=pending.key, position=position, waited=waited)
+        )
+
+    def _lease_ended(self, lease: str, reason: str, message: str) -> None:
+        held = self.leases.pop(lease, None)
+        if held is not None:
+            error = None if reason == "released" else _LEASE_ERRORS.get(reason, LeaseLost)(
+                message, lease=lease, reason=reason
+            )
+            held._end(error)
+
+    def cancel(self, request: str) -> Deferred[None]:
+        """Cancel a waiting request (one's own; an admin may cancel anyone's)."""
+        return self.call(ct.Cancel, request=request).addCallback(lambda _: None)
+
+    def release(self, lease: str) -> Deferred[None]:
+        held = self.leases.get(lease)
+        if held is not None:
+            return held.release()
+        return self.call(ct.Release, lease=lease).addCallback(lambda _: None)
+
+    # --- administration ---------------------------------------------------------------
+
+    def drain(self, device: str) -> Deferred[None]:
+        return self.call(ct.Drain, device=device).addCallback(lambda _: None)
+
+    def undrain(self, device: str) -> Deferred[None]:
+        return self.call(ct.Undrain, device=device).addCallback(lambda _: None)
+
+    def kick(self, lease: str, reason: str = "") -> Deferred[None]:
+        return self.call(ct.Kick, lease=lease, reason=reason).addCallback(lambda _: None)
+
+    # --- state ------------------------------------------------------------------------
+
+    def devices(self) -> Deferred[list[dict[str, Any]]]:
+        """Every device the tracker knows, with its state and holder."""
+        return self._pages(ct.ListDevices, "devices", lambda row: {"after": row["name"]})
+
+    def queues(self, waiting_limit: int | None = None) -> Deferred[list[dict[str, Any]]]:
+        """Every key with its free and total counts and its waiting requests in order
+        (the first C{waiting_limit} of them, or all)."""
+        d = self._pages(ct.ListQueues, "queues", lambda row: {"after": row["key"]})
+
+        def add_waiting(queues: list[dict[str, Any]]) -> Deferred[list[dict[str, Any]]]:
+            result: Deferred[Any] = succeed(queues)
+            for queue in queues:
+                result.addCallback(self._then_waiting, queue, waiting_limit)
+            return result.addCallback(lambda _: queues)
+
+        return d.addCallback(add_waiting)
+
+    def _then_waiting(self, _: object, queue: dict[str, Any], limit: int | None) -> Deferred[None]:
+        return self._waiting(queue, limit)
+
+    def _waiting(self, queue: dict[str, Any], limit: int | None) -> Deferred[None]:
+        rows: list[dict[str, Any]] = []
+        queue["count"] = queue.pop("waiting")
+        queue["waiting"] = rows
+        wanted = queue["count"] if limit is None else min(limit, queue["count"])
+
+        def page(_: object = None) -> Deferred[None] | None:
+            if len(rows) >= wanted:
+                return None
+            d = self.call(ct.ListWaiting, key=queue["key"], start=len(rows),
+                          limit=min(100, wanted - len(rows)))
+
+            def got(answer: dict[str, Any]) -> Deferred[None] | None:
+                rows.extend(answer["waiting"])
+                if answer["more"] and answer["waiting"]:
+                    return page()
+                return None
+
+            return d.addCallback(got)
+
+        return succeed(None).addCallback(page)
+
+    def summary(self, waiting_limit: int | None = None) -> Deferred[dict[str, Any]]:
+        """C{{"devices": [...], "queues": [...]}}: what ``compass status`` shows."""
+        result: dict[str, Any] = {}
+        d = self.devices()
+        d.addCallback(lambda devices: result.__setitem__("devices", devices))
+        d.addCallback(lambda _: self.queues(waiting_limit))
+        d.addCallback(lambda queues: result.__setitem__("queues", queues))
+        return d.addCallback(lambda _: result)
+
+    def _pages(
+        self, command: type[ct.CompassCommand], field: str,
+        after: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> Deferred[list[dict[str, Any]]]:
+        rows: list[dict[str, Any]] = []
+
+        def page(arguments: dict[str, Any]) -> Deferred[list[dict[str, Any]]]:
+            def got(answer: dict[str, Any]) -> Any:
+                rows.extend(answer[field])
+                if answer["more"] and answer[field]:
+                    return page(after(answer[field][-1]))
+                return rows
+
+            return self.call(command, **arguments).addCallback(got)
+
+        return page({})
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "anonymous"

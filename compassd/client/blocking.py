@@ -1,0 +1,170 @@
+"""The blocking client of the tracker, for scripts, notebooks and CI jobs.
+
+It reads like TVM's RPC client::
+
+    from compassd.client import connect_tracker
+
+    tracker = connect_tracker("127.0.0.1", 9190)
+    with tracker.request("npu-x2", wait=600) as lease:
+        print(lease.device, lease.address)
+    # the lease is released here, also when the block raised
+
+Every call waits for the tracker's answer; the Twisted machinery runs on a private
+background thread (see L{compassd.client._reactor}), so this works in any program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from . import _reactor
+from .asynchronous import DEFAULT_PORT, AsyncLease, AsyncTracker
+
+
+class Lease:
+    """A device held for a while: use it inside C{with}, or call L{release}."""
+
+    def __init__(self, lease: AsyncLease) -> None:
+        self._lease = lease
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.id} on {self.device} at {self.address}, {self.remaining:.0f} s left>"
+
+    id = property(lambda self: self._lease.id)
+    request = property(lambda self: self._lease.request)
+    key = property(lambda self: self._lease.key)
+    device = property(lambda self: self._lease.device)
+    address = property(lambda self: self._lease.address)
+    ticket = property(lambda self: self._lease.ticket)
+    info = property(lambda self: dict(self._lease.info))
+
+    @property
+    def remaining(self) -> float:
+        """Seconds left before the tracker ends the lease."""
+        return self._lease.remaining
+
+    @property
+    def active(self) -> bool:
+        return self._lease.active
+
+    @property
+    def end_reason(self) -> Exception | None:
+        """Why the lease ended early (a L{compassd.client.LeaseLost}), if it did."""
+        return self._lease.end_reason
+
+    def release(self) -> None:
+        """Give the device back now (nothing happens if the lease already ended)."""
+        _reactor.call(self._lease.release)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self._lease.tracker.connected:
+            self.release()
+
+
+class Tracker:
+    """A connection to compass-tracker. Close it with L{close} or a C{with} block."""
+
+    def __init__(self, tracker: AsyncTracker) -> None:
+        self._tracker = tracker
+
+    @property
+    def user(self) -> str:
+        """The user name the tracker knows this connection by."""
+        return self._tracker.user
+
+    @property
+    def roles(self) -> list[str]:
+        return list(self._tracker.roles)
+
+    def request(
+        self,
+        key: str,
+        priority: int = 1,
+        lease: float | None = None,
+        wait: float | None = None,
+        tags: tuple[str, ...] | list[str] = (),
+        on_position: Callable[[int], object] | None = None,
+        on_queued: Callable[[str, int, int], object] | None = None,
+    ) -> Lease:
+        """Wait for a device of C{key} and return its L{Lease}.
+
+        C{priority}: higher first. C{lease}: seconds wanted (capped by the tracker).
+        C{wait}: seconds to wait in the queue before L{WaitTimeout}; None waits as long
+        as it takes (Ctrl-C cancels the request). C{tags}: the device must have them all.
+        The callbacks run on the client's background thread.
+        """
+        return Lease(
+            _reactor.call(
+                self._tracker.request, key, priority=priority, lease=lease, wait=wait,
+                tags=tags, on_position=on_position, on_queued=on_queued,
+            )
+        )
+
+    def cancel(self, request: str) -> None:
+        _reactor.call(self._tracker.cancel, request)
+
+    def release(self, lease: str) -> None:
+        _reactor.call(self._tracker.release, lease)
+
+    def drain(self, device: str) -> None:
+        """Admin: finish the current lease on C{device}, then grant it no more."""
+        _reactor.call(self._tracker.drain, device)
+
+    def undrain(self, device: str) -> None:
+        _reactor.call(self._tracker.undrain, device)
+
+    def kick(self, lease: str, reason: str = "") -> None:
+        """Admin: end C{lease} now."""
+        _reactor.call(self._tracker.kick, lease, reason)
+
+    def devices(self) -> list[dict[str, Any]]:
+        return _reactor.call(self._tracker.devices)
+
+    def queues(self, waiting_limit: int | None = None) -> list[dict[str, Any]]:
+        return _reactor.call(self._tracker.queues, waiting_limit)
+
+    def summary(self, waiting_limit: int | None = None) -> dict[str, Any]:
+        """C{{"devices": [...], "queues": [...]}}, as ``compass status --json`` prints."""
+        return _reactor.call(self._tracker.summary, waiting_limit)
+
+    def close(self) -> None:
+        """Disconnect; the tracker withdraws waiting requests and ends held leases."""
+        _reactor.call(self._tracker.close)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect_tracker(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    token: str | None = None,
+    *,
+    user: str | None = None,
+    endpoint: str | None = None,
+    timeout: float = 10.0,
+) -> Tracker:
+    """Connect to compass-tracker at C{host}:C{port} and say hello.
+
+    C{token} identifies the user to a tracker that has a tokens file; without one the
+    tracker must allow anonymous use, and C{user} (default: the login name) is the name
+    it shows. C{endpoint} is a Twisted client endpoint string used instead of host and
+    port (for example C{tls:host=...:port=...:trustRoots=...}).
+    """
+    return Tracker(
+        _reactor.call(
+            lambda: AsyncTracker.connect(
+                _reactor.reactor(), host, port, token=token, user=user, endpoint=endpoint,
+                timeout=timeout,
+            )
+        )
+    )

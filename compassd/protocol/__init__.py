@@ -1,0 +1,61 @@
+"""The compassd wire protocol: one versioned AMP vocabulary.
+
+Each conversation has its own module:
+
+- :mod:`compassd.protocol.client_tracker`: clients ask the tracker for devices.
+- :mod:`compassd.protocol.board_tracker`: board servers register with the tracker.
+
+Every command derives from :class:`CompassCommand`, which fixes its wire name and
+declares every error in :mod:`compassd.protocol.errors`. :class:`Hello` opens every
+connection. ``docs/protocol.md`` describes the whole vocabulary.
+"""
+
+from ._command import (
+    PROTOCOL_VERSION,
+    ROLES,
+    SUPPORTED_VERSIONS,
+    CompassCommand,
+    Hello,
+    choose_version,
+)
+from .errors import (
+    ALL_ERRORS,
+    BadRequest,
+    CompassError,
+    DeviceConflict,
+    HelloRequired,
+    InternalError,
+    LimitExceeded,
+    NoSuchDevice,
+    NoSuchKey,
+    NoSuchLease,
+    NoSuchRequest,
+    NotAuthorized,
+    NotYourLease,
+    TicketRejected,
+    UnsupportedVersion,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "ROLES",
+    "SUPPORTED_VERSIONS",
+    "CompassCommand",
+    "Hello",
+    "choose_version",
+    "ALL_ERRORS",
+    "BadRequest",
+    "CompassError",
+    "DeviceConflict",
+    "HelloRequired",
+    "InternalError",
+    "LimitExceeded",
+    "NoSuchDevice",
+    "NoSuchKey",
+    "NoSuchLease",
+    "NoSuchRequest",
+    "NotAuthorized",
+    "NotYourLease",
+    "TicketRejected",
+    "UnsupportedVersion",
+]

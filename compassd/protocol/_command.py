@@ -1,0 +1,60 @@
+"""The base of every compassd AMP command, and the hello exchange that opens a connection."""
+
+from __future__ import annotations
+
+from twisted.protocols import amp
+
+from .errors import ALL_ERRORS
+
+PROTOCOL_VERSION = 1
+"""The newest protocol version this code speaks."""
+
+SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+"""Every version this code can speak; the hello picks the highest one both peers share."""
+
+
+class CompassCommand(amp.Command):
+    """A compassd command: its C{commandName} is fixed and it declares the common errors.
+
+    Every command declares every error class with its code, so any error a responder
+    raises reaches the caller as that class without closing the connection. Declaring
+    all of them on the base keeps the wire stable when a responder learns a new refusal.
+    """
+
+    errors = {error: error.code for error in ALL_ERRORS}
+
+
+class Hello(CompassCommand):
+    """The first command on every connection: pick a version and say who is calling.
+
+    The caller lists the versions it speaks; the answer names the one chosen (the
+    highest both share). C{token} is a bearer token; without one the caller is anonymous
+    and C{user} is only a name it asserts, which a tracker accepts only when configured
+    to allow anonymous use.
+    """
+
+    commandName = b"hello"
+    arguments = [
+        (b"versions", amp.ListOf(amp.Integer())),
+        (b"role", amp.Unicode()),
+        (b"token", amp.Unicode(optional=True)),
+        (b"user", amp.Unicode(optional=True)),
+        (b"software", amp.Unicode(optional=True)),
+    ]
+    response = [
+        (b"version", amp.Integer()),
+        (b"user", amp.Unicode()),
+        (b"roles", amp.ListOf(amp.Unicode())),
+        (b"software", amp.Unicode()),
+    ]
+
+
+ROLES = ("client", "board", "admin")
+"""What a connection may say it is in its hello."""
+
+
+
+def choose_version(offered: list[int]) -> int | None:
+    """Return the highest version in both C{offered} and ours, or None if none is shared."""
+    shared = set(offered) & set(SUPPORTED_VERSIONS)
+    return max(shared) if shared else None

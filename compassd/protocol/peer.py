@@ -1,0 +1,149 @@
+"""The AMP connection every compassd daemon and client builds on.
+
+It adds to Twisted's AMP what compassd promises on every link:
+
+- no command but L{Hello} is served before the hello exchange (L{HelloRequired});
+- a responder never drops the connection by accident: malformed arguments are answered
+  with L{BadRequest} and an unexpected exception with L{InternalError} (logged with its
+  traceback here), instead of AMP's default of closing the connection;
+- each box is written in one piece with TCP_NODELAY, so a reply costs one round trip;
+- work a responder queues for after its answer (L{CompassPeer.after_dispatch}) runs once the
+  answer is written, so a pushed notice never overtakes the answer it follows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+
+from ._command import Hello
+from .errors import BadRequest, HelloRequired, InternalError
+
+log = Logger()
+
+
+class CompassPeer(amp.AMP):
+    """An AMP connection with compassd's hello gate and error discipline."""
+
+    _peer = "a peer"
+    greeted = False
+    """Whether the hello exchange has completed on this connection."""
+
+    alive = False
+    """Whether the connection is up (AMP does not keep Protocol.connected)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._dispatching = 0
+        self._after: list[Callable[[], object]] = []
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.alive = True
+        get_peer = getattr(self.transport, "getPeer", None)
+        if get_peer is not None:
+            from ..listening import describe_address
+
+            self._peer = describe_address(get_peer())
+        for option in ("setTcpNoDelay", "setTcpKeepAlive"):
+            setter = getattr(self.transport, option, None)
+            if setter is not None:
+                try:
+                    setter(True)
+                except OSError:  # a UNIX socket or a pipe
+                    pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.alive = False
+        super().connectionLost(reason)
+
+    def drop(self, *, abort: bool = False) -> None:
+        """Close the connection: cleanly, or at once (C{abort}) for a peer gone silent."""
+        transport: Any = self.transport
+        if transport is None:
+            return
+        if abort and hasattr(transport, "abortConnection"):
+            transport.abortConnection()
+        else:
+            transport.loseConnection()
+
+    def describe(self) -> str:
+        """Who is on the other end, for log lines."""
+        return self._peer
+
+    # --- dispatch discipline --------------------------------------------------------
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        if amp.COMMAND in box and amp.ASK not in box:
+            if self.locator.locateResponder(box[amp.COMMAND]) is None:
+                # An unknown one-way notice from a newer peer: AMP would drop the
+                # connection over it; ignoring it keeps old and new peers compatible.
+                log.debug("ignoring unknown notice {name!r}", name=box[amp.COMMAND])
+                return
+        self._dispatching += 1
+        try:
+            super().ampBoxReceived(box)
+        finally:
+            self._dispatching -= 1
+        if not self._dispatching:
+            self.run_after()
+
+    def after_dispatch(self, work: Callable[[], object]) -> None:
+        """Run C{work} once the box being handled has been answered (or now, if none is)."""
+        self._after.append(work)
+        if not self._dispatching:
+            self.run_after()
+
+    def run_after(self) -> None:
+        while self._after:
+            work, self._after = self._after, []
+            for item in work:
+                item()
+
+    def locateResponder(self, name: bytes) -> Callable[[amp.AmpBox], Deferred[Any]] | None:
+        inner = super().locateResponder(name)
+        if inner is None:
+            return None
+        text = name.decode("ascii", "replace")
+
+        def responder(box: amp.AmpBox) -> Deferred[Any]:
+            if name != Hello.commandName and not self.greeted:
+                raise amp.RemoteAmpError(
+                    HelloRequired.code,
+                    f"Send hello before {text}: it names the protocol version and who you are.",
+                )
+            try:
+                result = inner(box)
+            except amp.RemoteAmpError:
+                raise
+            except Exception as e:
+                raise amp.RemoteAmpError(
+                    BadRequest.code,
+                    f"The {text} command had missing or malformed arguments ({e!r}).",
+                ) from e
+            return result.addErrback(self._unexpected, text)
+
+        return responder
+
+    def _unexpected(self, failure: Failure, command: str) -> Failure:
+        if failure.check(amp.RemoteAmpError):
+            return failure
+        log.failure(
+            "Unexpected error while handling {command} from {peer}",
+            failure,
+            command=command,
+            peer=self.describe(),
+        )
+        return Failure(
+            amp.RemoteAmpError(
+                InternalError.code,
+                f"The {command} command failed unexpectedly ({failure.getErrorMessage()});"
+                " the daemon's log has the details.",
+            )
+        )

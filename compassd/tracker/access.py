@@ -1,0 +1,133 @@
+"""Who is calling, and what they may do.
+
+A tokens file maps bearer tokens (stored only as SHA-256 hashes) to a user, roles and the
+device keys the user may request. One entry per line::
+
+    sha256:<64 hex digits>  user=alice  roles=client,admin  keys=npu-*,cpu
+
+``roles`` are ``client`` (request devices), ``board`` (register devices) and ``admin``
+(drain, undrain, kick, cancel anyone's request; implies ``client``). ``keys`` are shell
+patterns (``*`` for all, the default). Blank lines and lines starting with ``#`` are
+ignored. ``compass token`` prints a new token and its line.
+
+Without a tokens file the tracker runs open: any caller gets the roles it asks for,
+under the user name it gives. That suits a tracker bound to loopback and is logged as a
+warning at start.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import secrets
+from pathlib import Path
+
+import attrs
+
+from ..protocol.errors import NotAuthorized
+from ..protocol.limits import check_name
+
+ROLES = frozenset({"client", "board", "admin"})
+
+
+@attrs.frozen
+class Identity:
+    user: str
+    roles: frozenset[str]
+    keys: tuple[str, ...] = ("*",)
+
+    def may(self, role: str) -> bool:
+        return role in self.roles or (role == "client" and "admin" in self.roles)
+
+    def may_request(self, key: str) -> bool:
+        return any(fnmatch.fnmatchcase(key, pattern) for pattern in self.keys)
+
+
+def hash_token(token: str) -> str:
+    return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class TokensFileError(Exception):
+    """The tokens file cannot be read; the message names the file and line."""
+
+
+@attrs.frozen
+class Access:
+    """The tracker's access rules: a table of token hashes, or open access."""
+
+    tokens: dict[str, Identity] | None = None
+    allow_anonymous: bool = False
+
+    @property
+    def open(self) -> bool:
+        return self.tokens is None
+
+    def identify(self, token: str | None, user: str | None, role: str) -> Identity:
+        """Return who the caller is, or raise L{NotAuthorized} saying why not."""
+        if role not in ROLES:
+            raise NotAuthorized(
+                f"There is no role {role!r}; say client, board or admin in hello."
+            )
+        if token is None or self.tokens is None:
+            if self.tokens is not None and not self.allow_anonymous:
+                raise NotAuthorized(
+                    "This tracker needs a token; pass one with --token or COMPASS_TOKEN."
+                )
+            name = check_name("user name", user or "anonymous")
+            roles = ROLES if self.tokens is None else frozenset({"client"})
+            identity = Identity(name, frozenset(roles))
+        else:
+            found = None
+            digest = hash_token(token)
+            for known, candidate in self.tokens.items():
+                if hmac.compare_digest(known, digest):
+                    found = candidate
+            if found is None:
+                raise NotAuthorized("The token is not known to this tracker; check it.")
+            identity = found
+        if not identity.may(role):
+            raise NotAuthorized(
+                f"User {identity.user} may not connect as {role}"
+                f" (roles: {', '.join(sorted(identity.roles)) or 'none'})."
+            )
+        return identity
+
+
+def load_tokens(path: str | Path) -> dict[str, Identity]:
+    """Read a tokens file; raise L{TokensFileError} naming the line of any mistake."""
+    table: dict[str, Identity] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise TokensFileError(f"Cannot read the tokens file {path}: {e.strerror}.") from e
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{path}, line {number}"
+        digest, *fields = line.split()
+        if not digest.startswith("sha256:") or len(digest) != 71:
+            raise TokensFileError(f"{where}: the entry must start with sha256:<64 hex digits>.")
+        values = {}
+        for field in fields:
+            name, sep, value = field.partition("=")
+            if not sep or name not in ("user", "roles", "keys"):
+                raise TokensFileError(
+                    f"{where}: {field!r} is not user=, roles= or keys=."
+                )
+            values[name] = value
+        if "user" not in values:
+            raise TokensFileError(f"{where}: the entry has no user=.")
+        roles = frozenset(filter(None, values.get("roles", "client").split(",")))
+        if not roles <= ROLES:
+            raise TokensFileError(
+                f"{where}: unknown roles {', '.join(sorted(roles - ROLES))}."
+            )
+        keys = tuple(filter(None, values.get("keys", "*").split(","))) or ("*",)
+        table[digest.lower()] = Identity(values["user"], roles, keys)
+    return table

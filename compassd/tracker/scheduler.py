@@ -1,0 +1,794 @@
+"""The tracker's decisions: which device goes to which request, and when leases end.
+
+This is the functional core of compass-tracker. It has no reactor, no sockets and no
+clock of its own: every method takes the current time (seconds, from any monotonic
+source) and returns the L{Effect}s the shell must carry out (tell a client it was granted,
+tell a board its lease ended, ...). The shell also asks L{Scheduler.next_deadline} when to
+call L{Scheduler.advance} next.
+
+Promises, each checked by the tests:
+
+- a device is never leased twice at once;
+- every grant goes to the best eligible waiting request (see L{compassd.tracker.fairqueue});
+- a free device never sits idle while a request it can serve waits;
+- every request ends exactly once: granted, cancelled, timed out or withdrawn, and an
+  L{Effect} tells its owner which;
+- every lease ends exactly once (released, expired, kicked, unclaimed, device lost, client
+  lost, session ended) and its holder and board are told.
+
+Owners are opaque identifiers of connections: the core only compares them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable
+from enum import StrEnum
+from typing import Union
+
+import attrs
+
+from ..protocol.errors import (
+    BadRequest,
+    DeviceConflict,
+    LimitExceeded,
+    NoSuchDevice,
+    NoSuchLease,
+    NoSuchRequest,
+    NotYourLease,
+    TicketRejected,
+)
+from .fairqueue import FairQueue
+
+Owner = Hashable
+
+
+class DeviceState(StrEnum):
+    FREE = "free"
+    BUSY = "busy"
+    DRAINING = "draining"
+    QUARANTINED = "quarantined"
+    OFFLINE = "offline"
+
+
+class RequestOutcome(StrEnum):
+    GRANTED = "granted"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed-out"
+    WITHDRAWN = "withdrawn"
+
+
+class LeaseOutcome(StrEnum):
+    RELEASED = "released"
+    EXPIRED = "expired"
+    KICKED = "kicked"
+    UNCLAIMED = "unclaimed"
+    DEVICE_LOST = "device-lost"
+    CLIENT_LOST = "client-lost"
+    SESSION_ENDED = "session-ended"
+
+
+COMPASSD = "compassd"
+"""The flavor of devices and requests that speak compassd's session protocol."""
+
+
+@attrs.define(eq=False)
+class Device:
+    name: str
+    key: str
+    owner: Owner
+    address: str
+    tags: frozenset[str]
+    info: tuple[str, ...]
+    max_lease: float | None
+    flavor: str
+    registered_at: float
+    healthy: bool = True
+    health_detail: str = ""
+    draining: bool = False
+    online: bool = True
+    offline_since: float | None = None
+    lease: Lease | None = None
+
+    @property
+    def state(self) -> DeviceState:
+        if not self.online:
+            return DeviceState.OFFLINE
+        if not self.healthy:
+            return DeviceState.QUARANTINED
+        if self.draining:
+            return DeviceState.DRAINING
+        if self.lease is not None:
+            return DeviceState.BUSY
+        return DeviceState.FREE
+
+    @property
+    def grantable(self) -> bool:
+        return self.state is DeviceState.FREE
+
+    def can_serve(self, needs: tuple[str, frozenset[str]]) -> bool:
+        flavor, tags = needs
+        return flavor == self.flavor and tags <= self.tags
+
+
+@attrs.define(eq=False)
+class Request:
+    id: str
+    key: str
+    user: str
+    owner: Owner
+    priority: int
+    tags: frozenset[str]
+    lease_wanted: float | None
+    wait: float | None
+    flavor: str
+    arrival: int
+    enqueued_at: float
+    deadline: float | None
+
+    @property
+    def needs(self) -> tuple[str, frozenset[str]]:
+        return (self.flavor, self.tags)
+
+
+@attrs.define(eq=False)
+class Lease:
+    id: str
+    ticket: str
+    device: Device
+    request: Request
+    granted_at: float
+    deadline: float
+    claim_deadline: float | None
+    redeemed: bool = False
+
+    @property
+    def user(self) -> str:
+        return self.request.user
+
+    @property
+    def owner(self) -> Owner:
+        return self.request.owner
+
+    @property
+    def seconds(self) -> float:
+        return self.deadline - self.granted_at
+
+
+# --- effects: what the shell must do ------------------------------------------------
+
+
+@attrs.frozen
+class Granted:
+    """Tell the request's owner it holds C{lease}."""
+
+    lease: Lease
+
+
+@attrs.frozen
+class RequestEnded:
+    """Tell the request's owner it ended without a grant, and why."""
+
+    request: Request
+    outcome: RequestOutcome
+    message: str
+    position: int
+    waited: float
+
+
+@attrs.frozen
+class LeaseEnded:
+    """Tell the lease's holder it ended; C{revoke} says whether the board must be told."""
+
+    lease: Lease
+    outcome: LeaseOutcome
+    message: str
+    revoke: bool
+
+
+@attrs.frozen
+class QueueChanged:
+    """The waiting requests of C{key} changed: positions may have moved."""
+
+    key: str
+
+
+@attrs.frozen
+class DeviceChanged:
+    """C{device} changed state (for logs and live views)."""
+
+    device: Device
+    state: DeviceState
+    why: str
+
+
+Effect = Union[Granted, RequestEnded, LeaseEnded, QueueChanged, DeviceChanged]
+
+
+@attrs.frozen
+class Policy:
+    """How leases and queues are bounded; the tracker's options fill it in."""
+
+    default_lease: float = 600.0
+    max_lease: float = 3600.0
+    key_max_lease: dict[str, float] = attrs.Factory(dict)
+    claim_timeout: float | None = 60.0
+    forget_offline: float | None = 86400.0
+    max_queued_per_user: int | None = None
+
+    def lease_for(self, key: str, wanted: float | None, device_max: float | None) -> float:
+        """Seconds of lease a request gets: what it wanted (or the default), capped by the
+        key's maximum and the device's own."""
+        cap = self.key_max_lease.get(key, self.max_lease)
+        if device_max is not None:
+            cap = min(cap, device_max)
+        return min(wanted if wanted is not None else self.default_lease, cap)
+
+
+@attrs.define
+class _Pool:
+    """The devices and waiting requests of one key."""
+
+    devices: dict[str, Device] = attrs.Factory(dict)
+    free: OrderedDict[str, Device] = attrs.Factory(OrderedDict)
+    queue: FairQueue[Request] = attrs.Factory(FairQueue)
+
+
+def _new_ticket() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@attrs.define
+class Scheduler:
+    """Device pools by key, a fair queue per key, and leases.
+
+    C{new_ticket} makes tickets; the default is 256 bits from the OS's random source.
+    """
+
+    policy: Policy = attrs.Factory(Policy)
+    new_ticket: Callable[[], str] = _new_ticket
+
+    _pools: dict[str, _Pool] = attrs.Factory(dict)
+    _devices: dict[str, Device] = attrs.Factory(dict)
+    _requests: dict[str, Request] = attrs.Factory(dict)
+    _leases: dict[str, Lease] = attrs.Factory(dict)
+    _tickets: dict[str, Lease] = attrs.Factory(dict)
+    _by_owner: dict[Owner, set[str]] = attrs.Factory(dict)  # request and lease ids
+    _boards: dict[Owner, set[str]] = attrs.Factory(dict)  # device names
+    _timers: list[tuple[float, int, str, str]] = attrs.Factory(list)
+    _queued: dict[str, int] = attrs.Factory(dict)  # waiting requests per user
+    _counter: int = 0
+    _grants: int = 0
+
+    # --- views ----------------------------------------------------------------------
+
+    @property
+    def devices(self) -> dict[str, Device]:
+        return self._devices
+
+    @property
+    def requests(self) -> dict[str, Request]:
+        """The waiting requests, by id."""
+        return self._requests
+
+    @property
+    def leases(self) -> dict[str, Lease]:
+        """The active leases, by id."""
+        return self._leases
+
+    def keys(self) -> list[str]:
+        return sorted(self._pools)
+
+    def pool_devices(self, key: str) -> list[Device]:
+        pool = self._pools.get(key)
+        return list(pool.devices.values()) if pool else []
+
+    def online_count(self, key: str) -> int:
+        return sum(1 for d in self.pool_devices(key) if d.online)
+
+    def free_count(self, key: str) -> int:
+        pool = self._pools.get(key)
+        return len(pool.free) if pool else 0
+
+    def waiting_ids(self, key: str) -> list[str]:
+        """The ids of the waiting requests of C{key}, in no particular order (cheap)."""
+        pool = self._pools.get(key)
+        return [r.id for r in pool.queue] if pool else []
+
+    def waiting(self, key: str) -> list[Request]:
+        """The waiting requests of C{key} in queue order."""
+        pool = self._pools.get(key)
+        return pool.queue.order() if pool else []
+
+    def positions(self, key: str) -> dict[str, int]:
+        pool = self._pools.get(key)
+        return pool.queue.positions() if pool else {}
+
+    def position(self, request_id: str) -> int:
+        request = self._requests.get(request_id)
+        if request is None:
+            raise NoSuchRequest(f"Request {request_id} is not waiting.")
+        return self._pools[request.key].queue.position_of(request_id)
+
+    def owned_by(self, owner: Owner) -> set[str]:
+        return set(self._by_owner.get(owner, ()))
+
+    # --- devices ----------------------------------------------------------------------
+
+    def register(
+        self,
+        now: float,
+        owner: Owner,
+        name: str,
+        key: str,
+        address: str,
+        *,
+        tags: Iterable[str] = (),
+        info: Iterable[str] = (),
+        max_lease: float | None = None,
+        healthy: bool = True,
+        flavor: str = COMPASSD,
+        takeover: bool = False,
+    ) -> list[Effect]:
+        """Add or update a device. A name held by another live owner is refused unless
+        C{takeover} (the shell allows it for the same board identity)."""
+        effects: list[Effect] = []
+        existing = self._devices.get(name)
+        if existing is not None:
+            if existing.online and existing.owner != owner and not takeover:
+                raise DeviceConflict(
+                    f"Device {name} is already registered by another live connection;"
+                    " pick another name or stop the other server."
+                )
+            if existing.key != key or existing.owner != owner:
+                effects += self._remove_device(now, existing, "re-registered")
+                existing = None
+        if existing is None:
+            device = Device(
+                name=name,
+                key=key,
+                owner=owner,
+                address=address,
+                tags=frozenset(tags),
+                info=tuple(info),
+                max_lease=max_lease,
+                flavor=flavor,
+                registered_at=now,
+                healthy=healthy,
+            )
+            self._devices[name] = device
+            self._pool(key).devices[name] = device
+            self._boards.setdefault(owner, set()).add(name)
+            effects.append(DeviceChanged(device, device.state, "registered"))
+        else:
+            device = existing
+            device.address = address
+            device.tags = frozenset(tags)
+            device.info = tuple(info)
+            device.max_lease = max_lease
+            device.healthy = healthy
+            effects.append(DeviceChanged(device, device.state, "registration updated"))
+        self._refresh(now, device, effects)
+        return effects
+
+    def unregister(self, now: float, owner: Owner, name: str) -> list[Effect]:
+        device = self._owned_device(owner, name)
+        return self._remove_device(now, device, "unregistered by its board")
+
+    def set_health(
+        self, now: float, owner: Owner, name: str, healthy: bool, detail: str = ""
+    ) -> list[Effect]:
+        device = self._owned_device(owner, name)
+        effects: list[Effect] = []
+        if device.healthy != healthy or device.health_detail != detail:
+            device.healthy = healthy
+            device.health_detail = detail
+            why = "healthy again" if healthy else f"unhealthy: {detail or 'no detail'}"
+            effects.append(DeviceChanged(device, device.state, why))
+        self._refresh(now, device, effects)
+        return effects
+
+    def set_draining(self, now: float, name: str, draining: bool) -> list[Effect]:
+        device = self._devices.get(name)
+        if device is None:
+            raise NoSuchDevice(f"No device named {name} is registered.")
+        effects: list[Effect] = []
+        if device.draining != draining:
+            device.draining = draining
+            why = "draining: no new leases" if draining else "back in service"
+            effects.append(DeviceChanged(device, device.state, why))
+        self._refresh(now, device, effects)
+        return effects
+
+    def board_lost(self, now: float, owner: Owner) -> list[Effect]:
+        """The connection of a board went away: its devices go offline."""
+        effects: list[Effect] = []
+        for name in sorted(self._boards.pop(owner, ())):
+            device = self._devices[name]
+            device.online = False
+            device.offline_since = now
+            self._unfree(device)
+            if device.lease is not None:
+                effects += self._end_lease(
+                    now,
+                    device.lease,
+                    LeaseOutcome.DEVICE_LOST,
+                    f"Device {name} went offline (its server stopped answering);"
+                    " request another device.",
+                    revoke=False,
+                )
+            effects.append(DeviceChanged(device, device.state, "its server went away"))
+            if self.policy.forget_offline is not None:
+                self._timer(now + self.policy.forget_offline, "forget", name)
+        return effects
+
+    # --- requests ---------------------------------------------------------------------
+
+    def request(
+        self,
+        now: float,
+        owner: Owner,
+        user: str,
+        key: str,
+        *,
+        priority: int = 1,
+        tags: Iterable[str] = (),
+        lease: float | None = None,
+        wait: float | None = None,
+        flavor: str = COMPASSD,
+    ) -> tuple[Request, list[Effect]]:
+        """Queue a request; it may be granted at once (a L{Granted} effect)."""
+        limit = self.policy.max_queued_per_user
+        if limit is not None:
+            queued = self._queued.get(user, 0)
+            if queued >= limit:
+                raise LimitExceeded(
+                    f"User {user} already has {queued} requests waiting, the most allowed;"
+                    " cancel one or wait for a grant."
+                )
+        if lease is not None and lease <= 0:
+            raise BadRequest(f"A lease of {lease} seconds is not possible.")
+        self._counter += 1
+        request = Request(
+            id=f"req-{self._counter}",
+            key=key,
+            user=user,
+            owner=owner,
+            priority=priority,
+            tags=frozenset(tags),
+            lease_wanted=lease,
+            wait=wait,
+            flavor=flavor,
+            arrival=self._counter,
+            enqueued_at=now,
+            deadline=None if wait is None else now + wait,
+        )
+        pool = self._pool(key)
+        effects: list[Effect] = []
+        self._enqueue(pool, request)
+        device = next((d for d in pool.free.values() if d.can_serve(request.needs)), None)
+        if device is not None:
+            # A free device has no eligible waiting request (we match eagerly), so this
+            # request is the best one it can serve.
+            effects += self._grant(now, device, request)
+            return request, effects
+        if request.deadline is not None:
+            self._timer(request.deadline, "wait", request.id)
+        effects.append(QueueChanged(key))
+        return request, effects
+
+    def cancel(
+        self, now: float, request_id: str, user: str, *, admin: bool = False
+    ) -> list[Effect]:
+        request = self._requests.get(request_id)
+        if request is None:
+            raise NoSuchRequest(
+                f"Request {request_id} is not waiting: it was granted, ended, or never made."
+            )
+        if request.user != user and not admin:
+            raise NotYourLease(
+                f"Request {request_id} belongs to {request.user}; only they or an admin"
+                " may cancel it."
+            )
+        by = "its owner" if request.user == user else f"admin {user}"
+        return self._end_request(
+            now, request, RequestOutcome.CANCELLED, f"Request {request_id} was cancelled by {by}."
+        )
+
+    def client_lost(self, now: float, owner: Owner) -> list[Effect]:
+        """A client's connection went away: withdraw its requests, end its leases."""
+        effects: list[Effect] = []
+        for ident in sorted(self._by_owner.get(owner, ())):
+            if ident in self._requests:
+                effects += self._end_request(
+                    now,
+                    self._requests[ident],
+                    RequestOutcome.WITHDRAWN,
+                    f"Request {ident} was withdrawn: its client disconnected.",
+                )
+            elif ident in self._leases:
+                effects += self._end_lease(
+                    now,
+                    self._leases[ident],
+                    LeaseOutcome.CLIENT_LOST,
+                    f"Lease {ident} ended: its client disconnected.",
+                )
+        return effects
+
+    # --- leases -----------------------------------------------------------------------
+
+    def release(self, now: float, lease_id: str, user: str) -> list[Effect]:
+        lease = self._lease(lease_id)
+        if lease.user != user:
+            raise NotYourLease(
+                f"Lease {lease_id} is held by {lease.user}, not {user}; an admin can kick it."
+            )
+        return self._end_lease(
+            now, lease, LeaseOutcome.RELEASED, f"Lease {lease_id} was released by its holder."
+        )
+
+    def kick(self, now: float, lease_id: str, by: str, reason: str = "") -> list[Effect]:
+        lease = self._lease(lease_id)
+        why = f": {reason}" if reason else ""
+        return self._end_lease(
+            now, lease, LeaseOutcome.KICKED, f"Lease {lease_id} was ended by admin {by}{why}."
+        )
+
+    def redeem(self, now: float, owner: Owner, device_name: str, ticket: str) -> Lease:
+        """Check a ticket a client presented to a board, and use it up."""
+        device = self._owned_device(owner, device_name)
+        lease = self._tickets.get(ticket)
+        if lease is None:
+            raise TicketRejected(
+                "The ticket is not valid: it was never issued, already used, or its lease"
+                " ended. Request the device again."
+            )
+        if lease.device is not device:
+            raise TicketRejected(
+                f"The ticket is for device {lease.device.name}, not {device_name}."
+            )
+        del self._tickets[ticket]
+        lease.redeemed = True
+        lease.claim_deadline = None
+        return lease
+
+    def session_ended(
+        self, now: float, owner: Owner, device_name: str, lease_id: str, detail: str = ""
+    ) -> list[Effect]:
+        device = self._owned_device(owner, device_name)
+        lease = self._leases.get(lease_id)
+        if lease is None or lease.device is not device:
+            # Ended already from our side (release, expiry, kick): nothing to do.
+            return []
+        why = f": {detail}" if detail else ""
+        return self._end_lease(
+            now,
+            lease,
+            LeaseOutcome.SESSION_ENDED,
+            f"Lease {lease_id} ended with its session on {device_name}{why}.",
+            revoke=False,
+        )
+
+    # --- time -------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        while self._timers and not self._timer_live(self._timers[0]):
+            heapq.heappop(self._timers)
+        return self._timers[0][0] if self._timers else None
+
+    def advance(self, now: float) -> list[Effect]:
+        """End whatever is due at C{now}: wait timeouts, lease expiries, unclaimed tickets."""
+        effects: list[Effect] = []
+        while self._timers and self._timers[0][0] <= now:
+            timer = heapq.heappop(self._timers)
+            if not self._timer_live(timer):
+                continue
+            _, _, kind, ident = timer
+            if kind == "wait":
+                request = self._requests[ident]
+                effects += self._end_request(
+                    now,
+                    request,
+                    RequestOutcome.TIMED_OUT,
+                    f"Request {ident} for {request.key} timed out after waiting"
+                    f" {request.wait:g} s.",
+                )
+            elif kind == "lease":
+                lease = self._leases[ident]
+                effects += self._end_lease(
+                    now,
+                    lease,
+                    LeaseOutcome.EXPIRED,
+                    f"Lease {ident} on {lease.device.name} expired after {lease.seconds:g} s.",
+                )
+            elif kind == "claim":
+                lease = self._leases[ident]
+                effects += self._end_lease(
+                    now,
+                    lease,
+                    LeaseOutcome.UNCLAIMED,
+                    f"Lease {ident} on {lease.device.name} ended: its ticket was not used"
+                    f" within {self.policy.claim_timeout:g} s.",
+                )
+            elif kind == "forget":
+                device = self._devices[ident]
+                effects += self._remove_device(now, device, "offline too long")
+        return effects
+
+    # --- internals --------------------------------------------------------------------
+
+    def _pool(self, key: str) -> _Pool:
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _Pool()
+        return pool
+
+    def _enqueue(self, pool: _Pool, request: Request) -> None:
+        self._requests[request.id] = request
+        pool.queue.add(request)
+        self._own(request.owner, request.id)
+        self._queued[request.user] = self._queued.get(request.user, 0) + 1
+
+    def _dequeue(self, request: Request) -> None:
+        self._pools[request.key].queue.remove(request.id)
+        del self._requests[request.id]
+        self._disown(request.owner, request.id)
+        left = self._queued[request.user] - 1
+        if left:
+            self._queued[request.user] = left
+        else:
+            del self._queued[request.user]
+
+    def _own(self, owner: Owner, ident: str) -> None:
+        self._by_owner.setdefault(owner, set()).add(ident)
+
+    def _disown(self, owner: Owner, ident: str) -> None:
+        owned = self._by_owner.get(owner)
+        if owned is not None:
+            owned.discard(ident)
+            if not owned:
+                del self._by_owner[owner]
+
+    def _timer(self, when: float, kind: str, ident: str) -> None:
+        self._counter += 1
+        heapq.heappush(self._timers, (when, self._counter, kind, ident))
+
+    def _timer_live(self, timer: tuple[float, int, str, str]) -> bool:
+        when, _, kind, ident = timer
+        if kind == "wait":
+            request = self._requests.get(ident)
+            return request is not None and request.deadline == when
+        if kind == "lease":
+            lease = self._leases.get(ident)
+            return lease is not None and lease.deadline == when
+        if kind == "claim":
+            lease = self._leases.get(ident)
+            return lease is not None and lease.claim_deadline == when
+        device = self._devices.get(ident)
+        return (
+            device is not None
+            and not device.online
+            and device.offline_since is not None
+            and self.policy.forget_offline is not None
+            and device.offline_since + self.policy.forget_offline == when
+        )
+
+    def _owned_device(self, owner: Owner, name: str) -> Device:
+        device = self._devices.get(name)
+        if device is None or not device.online or device.owner != owner:
+            raise NoSuchDevice(f"Device {name} is not registered on this connection.")
+        return device
+
+    def _lease(self, lease_id: str) -> Lease:
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            raise NoSuchLease(
+                f"Lease {lease_id} is not active: it already ended or never existed."
+            )
+        return lease
+
+    def _unfree(self, device: Device) -> None:
+        self._pools[device.key].free.pop(device.name, None)
+
+    def _refresh(self, now: float, device: Device, effects: list[Effect]) -> None:
+        """Put C{device} to work if it can take a lease, else make sure it is not free."""
+        if not device.grantable:
+            self._unfree(device)
+            return
+        pool = self._pools[device.key]
+        request = pool.queue.best_for(device.can_serve)
+        if request is None:
+            pool.free.setdefault(device.name, device)
+        else:
+            self._unfree(device)
+            effects += self._grant(now, device, request)
+
+    def _grant(self, now: float, device: Device, request: Request) -> list[Effect]:
+        pool = self._pools[device.key]
+        self._grants += 1
+        pool.queue.granted(request.user, self._grants)
+        self._dequeue(request)
+        self._counter += 1
+        seconds = self.policy.lease_for(request.key, request.lease_wanted, device.max_lease)
+        claim = self.policy.claim_timeout
+        lease = Lease(
+            id=f"lease-{self._counter}",
+            ticket=self.new_ticket(),
+            device=device,
+            request=request,
+            granted_at=now,
+            deadline=now + seconds,
+            claim_deadline=None if claim is None else now + min(claim, seconds),
+        )
+        device.lease = lease
+        self._unfree(device)
+        self._leases[lease.id] = lease
+        self._tickets[lease.ticket] = lease
+        self._own(request.owner, lease.id)
+        self._timer(lease.deadline, "lease", lease.id)
+        if lease.claim_deadline is not None and lease.claim_deadline < lease.deadline:
+            self._timer(lease.claim_deadline, "claim", lease.id)
+        return [
+            Granted(lease),
+            DeviceChanged(device, device.state, f"leased to {request.user} ({lease.id})"),
+            QueueChanged(device.key),
+        ]
+
+    def _end_request(
+        self, now: float, request: Request, outcome: RequestOutcome, message: str
+    ) -> list[Effect]:
+        pool = self._pools[request.key]
+        position = pool.queue.position_of(request.id)
+        self._dequeue(request)
+        return [
+            RequestEnded(request, outcome, message, position, now - request.enqueued_at),
+            QueueChanged(request.key),
+        ]
+
+    def _end_lease(
+        self,
+        now: float,
+        lease: Lease,
+        outcome: LeaseOutcome,
+        message: str,
+        *,
+        revoke: bool = True,
+    ) -> list[Effect]:
+        device = lease.device
+        del self._leases[lease.id]
+        self._tickets.pop(lease.ticket, None)
+        self._disown(lease.owner, lease.id)
+        device.lease = None
+        effects: list[Effect] = [
+            LeaseEnded(lease, outcome, message, revoke and device.online),
+            DeviceChanged(device, device.state, f"{lease.id} {outcome.value}"),
+        ]
+        if device.online:
+            self._refresh(now, device, effects)
+        return effects
+
+    def _remove_device(self, now: float, device: Device, why: str) -> list[Effect]:
+        effects: list[Effect] = []
+        if device.lease is not None:
+            effects += self._end_lease(
+                now,
+                device.lease,
+                LeaseOutcome.DEVICE_LOST,
+                f"Device {device.name} left the pool ({why}); request another device.",
+                revoke=False,
+            )
+        pool = self._pools[device.key]
+        pool.free.pop(device.name, None)
+        del pool.devices[device.name]
+        del self._devices[device.name]
+        owned = self._boards.get(device.owner)
+        if owned is not None:
+            owned.discard(device.name)
+            if not owned:
+                del self._boards[device.owner]
+        if not pool.devices and not len(pool.queue):
+            del self._pools[device.key]
+        effects.append(DeviceChanged(device, DeviceState.OFFLINE, f"removed: {why}"))
+        return effects

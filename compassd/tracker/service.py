@@ -1,0 +1,597 @@
+"""compass-tracker's Twisted shell: AMP connections in, scheduler effects out.
+
+L{TrackerService} owns the L{Scheduler} and everything with time or I/O in it: the one
+timer for the scheduler's next deadline, the board heartbeat timeouts, the coalesced
+queue-position pushes, and the log lines. L{TrackerConnection} is one AMP connection
+(a client, a board or an admin); its responders translate commands into scheduler calls
+and never decide anything themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from .. import __version__
+from ..protocol import (
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    BadRequest,
+    Hello,
+    NoSuchKey,
+    NotAuthorized,
+    UnsupportedVersion,
+    choose_version,
+)
+from ..protocol import board_tracker as bt
+from ..protocol import client_tracker as ct
+from ..protocol.limits import (
+    MAX_PAGE,
+    MAX_TAGS,
+    check_name,
+    check_seconds,
+    check_tags,
+    check_text,
+)
+from ..protocol.peer import CompassPeer
+from .access import Access, Identity
+from .listing import device_row, queue_row, waiting_row
+from .scheduler import (
+    DeviceChanged,
+    Effect,
+    Granted,
+    LeaseEnded,
+    QueueChanged,
+    RequestEnded,
+    Scheduler,
+)
+
+log = Logger(namespace="compass.tracker")
+
+
+@attrs.define(eq=False)
+class TrackerService(service.Service):
+    """The tracker: a scheduler, the connections that talk to it, and its timers.
+
+    C{heartbeat_timeout}: a board that sends nothing for this long is dropped and its
+    devices go offline. C{position_interval}: queue positions are pushed to waiting
+    clients at most this often (they are also in every request's answer).
+    """
+
+    reactor: IReactorTime
+    scheduler: Scheduler = attrs.Factory(Scheduler)
+    access: Access = attrs.Factory(Access)
+    heartbeat_timeout: float = 15.0
+    position_interval: float = 0.5
+
+    _connections: set[TrackerConnection] = attrs.Factory(set)
+    _timer: IDelayedCall | None = None
+    _timer_at: float | None = None
+    _positions_call: IDelayedCall | None = None
+    _dirty_keys: set[str] = attrs.Factory(set)
+    _sent_positions: dict[str, int] = attrs.Factory(dict)
+
+    def __attrs_post_init__(self) -> None:
+        service.Service.__init__(self)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """How often boards are told to send a heartbeat: three tries per timeout."""
+        return self.heartbeat_timeout / 3
+
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    def stopService(self) -> Any:
+        for call in (self._timer, self._positions_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._positions_call = None
+        for connection in list(self._connections):
+            connection.drop()
+        return service.Service.stopService(self)
+
+    def factory(self) -> Factory:
+        return Factory.forProtocol(lambda: TrackerConnection(self))
+
+    # --- effects ----------------------------------------------------------------------
+
+    def apply(self, effects: list[Effect]) -> None:
+        """Carry out what the scheduler decided, then re-arm the deadline timer."""
+        for effect in effects:
+            if isinstance(effect, Granted):
+                self._granted(effect)
+            elif isinstance(effect, RequestEnded):
+                self._request_ended(effect)
+            elif isinstance(effect, LeaseEnded):
+                self._lease_ended(effect)
+            elif isinstance(effect, QueueChanged):
+                self._dirty_keys.add(effect.key)
+            elif isinstance(effect, DeviceChanged):
+                log.info(
+                    "device {device} ({key}) is {state}: {why}",
+                    device=effect.device.name,
+                    key=effect.device.key,
+                    state=effect.state.value,
+                    why=effect.why,
+                )
+        if self._dirty_keys and self._positions_call is None and self.running:
+            self._positions_call = self.reactor.callLater(
+                self.position_interval, self._push_positions
+            )
+        self._arm()
+
+    def _granted(self, effect: Granted) -> None:
+        lease = effect.lease
+        request = lease.request
+        self._sent_positions.pop(request.id, None)
+        log.info(
+            "granted {lease} on {device} to {user} for {request} after waiting {waited:.3f} s;"
+            " lease {seconds:g} s",
+            lease=lease.id,
+            device=lease.device.name,
+            user=request.user,
+            request=request.id,
+            waited=lease.granted_at - request.enqueued_at,
+            seconds=lease.seconds,
+        )
+        self._tell(
+            request.owner,
+            ct.Granted,
+            request=request.id,
+            lease=lease.id,
+            ticket=lease.ticket,
+            device=lease.device.name,
+            address=lease.device.address,
+            expires_in=lease.deadline - self.now(),
+            info=list(lease.device.info),
+        )
+
+    def _request_ended(self, effect: RequestEnded) -> None:
+        request = effect.request
+        self._sent_positions.pop(request.id, None)
+        log.info(
+            "{request} of {user} for {key} ended {outcome}: {message}",
+            request=request.id,
+            user=request.user,
+            key=request.key,
+            outcome=effect.outcome.value,
+            message=effect.message,
+        )
+        self._tell(
+            request.owner,
+            ct.RequestEnded,
+            request=request.id,
+            reason=effect.outcome.value,
+            message=effect.message,
+            position=effect.position,
+            waited=effect.waited,
+        )
+
+    def _lease_ended(self, effect: LeaseEnded) -> None:
+        lease = effect.lease
+        log.info(
+            "{lease} of {user} on {device} ended {outcome}: {message}",
+            lease=lease.id,
+            user=lease.user,
+            device=lease.device.name,
+            outcome=effect.outcome.value,
+            message=effect.message,
+        )
+        self._tell(
+            lease.owner,
+            ct.LeaseEnded,
+            lease=lease.id,
+            reason=effect.outcome.value,
+            message=effect.message,
+        )
+        if effect.revoke:
+            self._tell(
+                lease.device.owner,
+                bt.Revoke,
+                device=lease.device.name,
+                lease=lease.id,
+                reason=effect.outcome.value,
+                message=effect.message,
+            )
+
+    def _tell(self, owner: object, command: type[amp.Command], **arguments: Any) -> None:
+        """Send a one-way notice to a connection, after the box it is handling is answered."""
+        if isinstance(owner, TrackerConnection) and owner.alive:
+            owner.after_dispatch(lambda: owner.callRemote(command, **arguments))
+
+    def _arm(self) -> None:
+        when = self.scheduler.next_deadline()
+        if when == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+        if when is not None and self.running:
+            self._timer_at = when
+            self._timer = self.reactor.callLater(max(0.0, when - self.now()), self._deadline)
+
+    def _deadline(self) -> None:
+        self._timer = self._timer_at = None
+        self.apply(self.scheduler.advance(self.now()))
+
+    def _push_positions(self) -> None:
+        self._positions_call = None
+        keys, self._dirty_keys = self._dirty_keys, set()
+        for key in keys:
+            for request_id, position in self.scheduler.positions(key).items():
+                if self._sent_positions.get(request_id) == position:
+                    continue
+                self._sent_positions[request_id] = position
+                request = self.scheduler.requests[request_id]
+                self._tell(request.owner, ct.Position, request=request_id, position=position)
+
+    # --- connections ------------------------------------------------------------------
+
+    def connected(self, connection: TrackerConnection) -> None:
+        self._connections.add(connection)
+
+    def disconnected(self, connection: TrackerConnection, why: str) -> None:
+        self._connections.discard(connection)
+        now = self.now()
+        effects = self.scheduler.client_lost(now, connection)
+        effects += self.scheduler.board_lost(now, connection)
+        if connection.identity is not None:
+            log.info(
+                "{role} {user} at {peer} disconnected: {why}",
+                role=connection.role,
+                user=connection.identity.user,
+                peer=connection.describe(),
+                why=why,
+            )
+        self.apply(effects)
+
+
+def _info_list(info: list[str] | None) -> list[str]:
+    info = info or []
+    if len(info) > 16:
+        raise BadRequest(f"The device info has {len(info)} fields; the limit is 16.")
+    for field in info:
+        check_text("device info field", field)
+        if "=" not in field:
+            raise BadRequest(f"The device info field {field!r} is not name=value.")
+    return info
+
+
+class TrackerConnection(CompassPeer):
+    """One connection to the tracker. Its owner identity in the scheduler is itself."""
+
+    def __init__(self, tracker: TrackerService) -> None:
+        super().__init__()
+        self.tracker = tracker
+        self.identity: Identity | None = None
+        self.role = "peer"
+        self._idle: IDelayedCall | None = None
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        who = self.identity.user if self.identity else "?"
+        return f"<TrackerConnection {self.role} {who} {self.describe()}>"
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.tracker.connected(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        super().connectionLost(reason)
+        self.tracker.disconnected(self, reason.getErrorMessage())
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.tracker.heartbeat_timeout)
+        super().ampBoxReceived(box)
+
+    def _silent(self) -> None:
+        log.warn(
+            "board {user} at {peer} sent nothing for {timeout:g} s; dropping it",
+            user=self.identity.user if self.identity else "?",
+            peer=self.describe(),
+            timeout=self.tracker.heartbeat_timeout,
+        )
+        self.drop(abort=True)
+
+    def _require(self, role: str) -> Identity:
+        identity = self.identity
+        assert identity is not None  # the hello gate guarantees it
+        if not identity.may(role) or (role != "admin" and self.role == "board" and role != "board"):
+            raise NotAuthorized(f"User {identity.user} may not do that: it needs the {role} role.")
+        return identity
+
+    def _apply(self, effects: list[Effect]) -> None:
+        self.tracker.apply(effects)
+
+    @property
+    def _now(self) -> float:
+        return self.tracker.now()
+
+    @property
+    def _scheduler(self) -> Scheduler:
+        return self.tracker.scheduler
+
+    # --- hello ------------------------------------------------------------------------
+
+    @Hello.responder
+    def hello(
+        self,
+        versions: list[int],
+        role: str,
+        token: str | None = None,
+        user: str | None = None,
+        software: str | None = None,
+    ) -> dict[str, Any]:
+        if self.greeted:
+            raise BadRequest("This connection already said hello.")
+        version = choose_version(versions)
+        if version is None:
+            raise UnsupportedVersion(
+                f"This tracker speaks protocol versions {list(SUPPORTED_VERSIONS)};"
+                f" you offered {versions}. Upgrade the older side."
+            )
+        try:
+            identity = self.tracker.access.identify(token, user, role)
+        except NotAuthorized as e:
+            log.warn(
+                "refused hello as {role} from {peer}: {why}", role=role, peer=self.describe(),
+                why=str(e),
+            )
+            raise
+        self.identity, self.role, self.greeted = identity, role, True
+        if role == "board":
+            self._idle = self.tracker.reactor.callLater(
+                self.tracker.heartbeat_timeout, self._silent
+            )
+        log.info(
+            "{role} {user} connected from {peer} ({software}, protocol {version})",
+            role=role,
+            user=identity.user,
+            peer=self.describe(),
+            software=check_text("software", software or "unknown software"),
+            version=version,
+        )
+        return {
+            "version": version,
+            "user": identity.user,
+            "roles": sorted(identity.roles),
+            "software": f"compassd {__version__} tracker (protocol {PROTOCOL_VERSION})",
+        }
+
+    # --- clients ----------------------------------------------------------------------
+
+    @ct.Request.responder
+    def request(
+        self,
+        key: str,
+        priority: int | None = None,
+        lease: float | None = None,
+        wait: float | None = None,
+        tags: list[str] | None = None,
+    ) -> dict[str, Any]:
+        identity = self._require("client")
+        check_name("device key", key)
+        if not identity.may_request(key):
+            raise NotAuthorized(f"User {identity.user} may not request devices of {key}.")
+        if priority is not None and not -1_000_000 <= priority <= 1_000_000:
+            raise BadRequest(f"Priority {priority} is out of range (-1000000 to 1000000).")
+        request, effects = self._scheduler.request(
+            self._now,
+            self,
+            identity.user,
+            key,
+            priority=1 if priority is None else priority,
+            tags=check_tags("request", tags or ()),
+            lease=check_seconds("lease", lease),
+            wait=check_seconds("wait", wait),
+        )
+        position = 0
+        if request.id in self._scheduler.requests:
+            position = self._scheduler.position(request.id)
+            self.tracker._sent_positions[request.id] = position
+            log.info(
+                "{request} of {user} for {key} (priority {priority}) waits at position"
+                " {position}",
+                request=request.id,
+                user=identity.user,
+                key=key,
+                priority=request.priority,
+                position=position,
+            )
+        self._apply(effects)
+        return {
+            "request": request.id,
+            "position": position,
+            "devices": self._scheduler.online_count(key),
+        }
+
+    @ct.Cancel.responder
+    def cancel(self, request: str) -> dict[str, Any]:
+        identity = self._require("client")
+        self._apply(
+            self._scheduler.cancel(self._now, request, identity.user, admin=identity.may("admin"))
+        )
+        return {}
+
+    @ct.Release.responder
+    def release(self, lease: str) -> dict[str, Any]:
+        identity = self._require("client")
+        self._apply(self._scheduler.release(self._now, lease, identity.user))
+        return {}
+
+    @ct.Drain.responder
+    def drain(self, device: str) -> dict[str, Any]:
+        identity = self._require("admin")
+        log.info("admin {user} drains {device}", user=identity.user, device=device)
+        self._apply(self._scheduler.set_draining(self._now, device, True))
+        return {}
+
+    @ct.Undrain.responder
+    def undrain(self, device: str) -> dict[str, Any]:
+        identity = self._require("admin")
+        log.info("admin {user} undrains {device}", user=identity.user, device=device)
+        self._apply(self._scheduler.set_draining(self._now, device, False))
+        return {}
+
+    @ct.Kick.responder
+    def kick(self, lease: str, reason: str | None = None) -> dict[str, Any]:
+        identity = self._require("admin")
+        self._apply(
+            self._scheduler.kick(
+                self._now, lease, identity.user, check_text("reason", reason or "")
+            )
+        )
+        return {}
+
+    @ct.ListDevices.responder
+    def list_devices(self, after: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        limit = _page_limit(limit)
+        names = sorted(n for n in self._scheduler.devices if after is None or n > after)
+        now = self._now
+        page = [device_row(self._scheduler.devices[n], now) for n in names[:limit]]
+        return {"devices": page, "more": len(names) > limit}
+
+    @ct.ListQueues.responder
+    def list_queues(self, after: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        limit = _page_limit(limit)
+        keys = [k for k in self._scheduler.keys() if after is None or k > after]
+        page = [queue_row(self._scheduler, k) for k in keys[:limit]]
+        return {"queues": page, "more": len(keys) > limit}
+
+    @ct.ListWaiting.responder
+    def list_waiting(
+        self, key: str, start: int | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        limit = _page_limit(limit)
+        start = max(0, start or 0)
+        if key not in self._scheduler.keys():
+            raise NoSuchKey(f"No device or request of key {key} is known to this tracker.")
+        order = self._scheduler.waiting(key)
+        now = self._now
+        page = [
+            waiting_row(r, start + i, now) for i, r in enumerate(order[start : start + limit])
+        ]
+        return {"waiting": page, "more": len(order) > start + limit}
+
+    # --- boards -----------------------------------------------------------------------
+
+    @bt.Register.responder
+    def register(
+        self,
+        device: str,
+        key: str,
+        address: str,
+        tags: list[str] | None = None,
+        info: list[str] | None = None,
+        max_lease: float | None = None,
+        healthy: bool | None = None,
+        flavor: str | None = None,
+    ) -> dict[str, Any]:
+        identity = self._require("board")
+        check_name("device name", device)
+        check_name("device key", key)
+        check_text("address", address)
+        if flavor not in (None, "compassd", "tvm"):
+            raise BadRequest(f"Unknown device flavor {flavor!r}; say compassd or tvm.")
+        existing = self._scheduler.devices.get(device)
+        takeover = (
+            existing is not None
+            and isinstance(existing.owner, TrackerConnection)
+            and existing.owner.identity is not None
+            and existing.owner.identity.user == identity.user
+        )
+        effects = self._scheduler.register(
+            self._now,
+            self,
+            device,
+            key,
+            address,
+            tags=check_tags("device", tags or ()),
+            info=_info_list(info),
+            max_lease=check_seconds("max_lease", max_lease),
+            healthy=True if healthy is None else healthy,
+            flavor=flavor or "compassd",
+            takeover=takeover,
+        )
+        if takeover and existing is not None and existing.owner is not self:
+            log.info("{device} re-registered by a new connection of {user}; the old one is"
+                     " dropped", device=device, user=identity.user)
+            old = existing.owner
+            assert isinstance(old, TrackerConnection)
+            old.drop()
+        self._apply(effects)
+        log.info(
+            "{user} registered {device} in {key} at {address}", user=identity.user,
+            device=device, key=key, address=address,
+        )
+        return {"heartbeat": self.tracker.heartbeat_interval}
+
+    @bt.Unregister.responder
+    def unregister(self, device: str) -> dict[str, Any]:
+        self._require("board")
+        self._apply(self._scheduler.unregister(self._now, self, device))
+        return {}
+
+    @bt.Heartbeat.responder
+    def heartbeat(self) -> dict[str, Any]:
+        return {}
+
+    @bt.Health.responder
+    def health(self, device: str, healthy: bool, detail: str | None = None) -> dict[str, Any]:
+        self._require("board")
+        self._apply(
+            self._scheduler.set_health(
+                self._now, self, device, healthy, check_text("detail", detail or "")
+            )
+        )
+        return {}
+
+    @bt.Redeem.responder
+    def redeem(self, device: str, ticket: str) -> dict[str, Any]:
+        self._require("board")
+        try:
+            lease = self._scheduler.redeem(self._now, self, device, ticket)
+        except Exception as e:
+            log.warn("{device} refused a ticket: {why}", device=device, why=str(e))
+            raise
+        log.info("{lease} on {device} claimed by {user}", lease=lease.id, device=device,
+                 user=lease.user)
+        return {
+            "lease": lease.id,
+            "user": lease.user,
+            "expires_in": lease.deadline - self._now,
+        }
+
+    @bt.SessionEnded.responder
+    def session_ended(self, device: str, lease: str, detail: str | None = None) -> dict[str, Any]:
+        self._require("board")
+        self._apply(
+            self._scheduler.session_ended(
+                self._now, self, device, lease, check_text("detail", detail or "")
+            )
+        )
+        return {}
+
+
+def _page_limit(limit: int | None) -> int:
+    if limit is None:
+        return MAX_PAGE
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"A page holds 1 to {MAX_PAGE} entries, not {limit}.")
+    return limit
+
+
+__all__ = ["TrackerService", "TrackerConnection", "MAX_TAGS"]

@@ -1,0 +1,143 @@
+"""``twistd compass-tracker``: its options and how they become a running service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.python import usage
+
+from ..listening import Listener
+from .access import Access, TokensFileError, load_tokens
+from .scheduler import Policy, Scheduler
+from .service import TrackerService, log
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def _optional_seconds(text: str) -> float | None:
+    return None if text in ("0", "none", "never") else _seconds(text)
+
+
+def _count(text: str) -> int | None:
+    if text in ("0", "none"):
+        return None
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text} is not a positive count")
+    return value
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run compass-tracker: it keeps pools of NPU boards (devices) by key, queues"
+        " requests per key by priority and fair share between users, grants leases with"
+        " single-use tickets, ends leases at their deadline, and takes a device offline"
+        " when its server stops answering. Clients and `compass status` talk to it over"
+        " AMP. Durations are in seconds."
+    )
+
+    optParameters = [
+        ["tokens", None, None,
+         "Tokens file (sha256:HASH user=NAME roles=client,board,admin keys=PATTERNS per"
+         " line). Without it the tracker is open to anyone who can connect: bind it to"
+         " loopback then."],
+        ["default-lease", None, 600.0, "Lease length when a request names none.", _seconds],
+        ["max-lease", None, 3600.0, "Longest lease any request gets.", _seconds],
+        ["claim-timeout", None, 60.0,
+         "A granted ticket not presented to its board within this time ends the lease"
+         " ('0' for never).", _optional_seconds],
+        ["heartbeat-timeout", None, 15.0,
+         "A board silent for this long is dropped and its devices go offline. Boards"
+         " send a heartbeat every third of it.", _seconds],
+        ["forget-offline", None, 86400.0,
+         "Forget a device that has been offline this long ('0' for never).",
+         _optional_seconds],
+        ["max-queued-per-user", None, 1000,
+         "Waiting requests one user may have at once ('0' for no limit).", _count],
+        ["position-interval", None, 0.5,
+         "Push queue positions to waiting clients at most this often.", _seconds],
+    ]
+    optFlags = [
+        ["allow-anonymous", None,
+         "With --tokens, also let callers without a token request devices (as users)."],
+    ]
+    compData = usage.Completions(optActions={"tokens": usage.CompleteFiles()})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["key-max-lease"] = {}
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Listen on this Twisted endpoint (repeatable; default tcp:9190), e.g.
+        tcp:9190:interface=127.0.0.1, ssl:9190:privateKey=key.pem:certKey=cert.pem,
+        systemd:domain=INET:index=0."""
+        self["listen"].append(endpoint)
+
+    def opt_key_max_lease(self, value: str) -> None:
+        """KEY=SECONDS: the longest lease for devices of KEY (repeatable)."""
+        key, sep, seconds = value.partition("=")
+        if not sep or not key:
+            raise usage.UsageError(f"--key-max-lease takes KEY=SECONDS, not {value!r}.")
+        try:
+            self["key-max-lease"][key] = _seconds(seconds)
+        except ValueError as e:
+            raise usage.UsageError(f"--key-max-lease {value}: {e}.") from e
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = ["tcp:9190"]
+        if self["default-lease"] > self["max-lease"]:
+            raise usage.UsageError(
+                f"--default-lease ({self['default-lease']:g} s) is longer than --max-lease"
+                f" ({self['max-lease']:g} s)."
+            )
+        if self["allow-anonymous"] and not self["tokens"]:
+            raise usage.UsageError("--allow-anonymous only makes sense with --tokens.")
+        if self["tokens"]:
+            try:
+                self["access"] = Access(load_tokens(self["tokens"]), self["allow-anonymous"])
+            except TokensFileError as e:
+                raise usage.UsageError(str(e)) from e
+        else:
+            self["access"] = Access()
+
+
+def make_tracker(options: Options, reactor: Any) -> TrackerService:
+    policy = Policy(
+        default_lease=options["default-lease"],
+        max_lease=options["max-lease"],
+        key_max_lease=dict(options["key-max-lease"]),
+        claim_timeout=options["claim-timeout"],
+        forget_offline=options["forget-offline"],
+        max_queued_per_user=options["max-queued-per-user"],
+    )
+    return TrackerService(
+        reactor=reactor,
+        scheduler=Scheduler(policy=policy),
+        access=options["access"],
+        heartbeat_timeout=options["heartbeat-timeout"],
+        position_interval=options["position-interval"],
+    )
+
+
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    top = service.MultiService()
+    tracker = make_tracker(options, reactor)
+    tracker.setServiceParent(top)
+    if options["access"].open:
+        log.warn("no --tokens file: anyone who can connect may use and administer this tracker")
+    for endpoint in options["listen"]:
+        Listener(reactor, "compass-tracker", endpoint, tracker.factory()).setServiceParent(top)
+    return top

@@ -1,0 +1,10 @@
+# The twistd dropins of compassd. Importing this file must stay cheap: twistd imports
+# every dropin for --help, so each daemon's code is imported only when it is chosen.
+from twisted.application.service import ServiceMaker
+
+compass_tracker = ServiceMaker(
+    "compass-tracker",
+    "compassd.tracker.tap",
+    "compassd's tracker: NPU board pools, fair queues and leases.",
+    "compass-tracker",
+)
