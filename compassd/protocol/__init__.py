@@ -4,6 +4,8 @@ Each conversation has its own module:
 
 - :mod:`compassd.protocol.client_tracker`: clients ask the tracker for devices.
 - :mod:`compassd.protocol.board_tracker`: board servers register with the tracker.
+- :mod:`compassd.protocol.session`: a client uses a granted board (files, models, runs).
+- :mod:`compassd.protocol.executor`: a board server drives its executor process.
 
 Every command derives from :class:`CompassCommand`, which fixes its wire name and
 declares every error in :mod:`compassd.protocol.errors`. :class:`Hello` opens every
@@ -21,17 +23,25 @@ from ._command import (
 from .errors import (
     ALL_ERRORS,
     BadRequest,
+    ChecksumMismatch,
     CompassError,
     DeviceConflict,
+    ExecutorDied,
     HelloRequired,
     InternalError,
     LimitExceeded,
+    ModelRejected,
     NoSuchDevice,
+    NoSuchFile,
     NoSuchKey,
     NoSuchLease,
     NoSuchRequest,
     NotAuthorized,
     NotYourLease,
+    PathRefused,
+    RunFailed,
+    SessionEnded,
+    TensorMismatch,
     TicketRejected,
     UnsupportedVersion,
 )
@@ -45,8 +55,16 @@ __all__ = [
     "choose_version",
     "ALL_ERRORS",
     "BadRequest",
+    "ChecksumMismatch",
     "CompassError",
     "DeviceConflict",
+    "ExecutorDied",
+    "ModelRejected",
+    "NoSuchFile",
+    "PathRefused",
+    "RunFailed",
+    "SessionEnded",
+    "TensorMismatch",
     "HelloRequired",
     "InternalError",
     "LimitExceeded",

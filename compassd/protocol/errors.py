@@ -100,6 +100,55 @@ class DeviceConflict(CompassError):
     code = b"DEVICE_CONFLICT"
 
 
+class PathRefused(CompassError):
+    """A session file path is absolute, climbs out with '..', or leaves through a symlink."""
+
+    code = b"PATH_REFUSED"
+
+
+class NoSuchFile(CompassError):
+    """No file of that name is in the session directory."""
+
+    code = b"NO_SUCH_FILE"
+
+
+class ChecksumMismatch(CompassError):
+    """Transferred bytes did not match the SHA-256 announced for them."""
+
+    code = b"CHECKSUM_MISMATCH"
+
+
+class ModelRejected(CompassError):
+    """The backend could not load the model; the message has the backend's reason."""
+
+    code = b"MODEL_REJECTED"
+
+
+class TensorMismatch(CompassError):
+    """An input's name, dtype or shape is not what the model expects; the message says
+    which tensor and what was expected."""
+
+    code = b"TENSOR_MISMATCH"
+
+
+class RunFailed(CompassError):
+    """The model ran but the backend or driver reported an error."""
+
+    code = b"RUN_FAILED"
+
+
+class ExecutorDied(CompassError):
+    """The executor process died (a crash, a signal, or killed after a hang)."""
+
+    code = b"EXECUTOR_DIED"
+
+
+class SessionEnded(CompassError):
+    """The session is over (lease expired, revoked, or closed) and takes no commands."""
+
+    code = b"SESSION_ENDED"
+
+
 ALL_ERRORS: tuple[type[CompassError], ...] = (
     BadRequest,
     HelloRequired,
@@ -114,5 +163,13 @@ ALL_ERRORS: tuple[type[CompassError], ...] = (
     NotYourLease,
     TicketRejected,
     DeviceConflict,
+    PathRefused,
+    NoSuchFile,
+    ChecksumMismatch,
+    ModelRejected,
+    TensorMismatch,
+    RunFailed,
+    ExecutorDied,
+    SessionEnded,
 )
 """Every error class, in one place; each code is unique (a test checks it)."""

@@ -8,7 +8,10 @@ It adds to Twisted's AMP what compassd promises on every link:
   traceback here), instead of AMP's default of closing the connection;
 - each box is written in one piece with TCP_NODELAY, so a reply costs one round trip;
 - work a responder queues for after its answer (L{CompassPeer.after_dispatch}) runs once the
-  answer is written, so a pushed notice never overtakes the answer it follows.
+  answer is written, so a pushed notice never overtakes the answer it follows;
+- raw byte runs (L{CompassPeer.expect_raw}): large values (models, tensors) travel as
+  plain bytes between two boxes instead of as 64 KiB AMP values, at the speed of the
+  socket, with TCP's own flow control; the boxes around them carry sizes and checksums.
 """
 
 from __future__ import annotations
@@ -17,15 +20,24 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
-from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from ._command import Hello
 from .errors import BadRequest, HelloRequired, InternalError
 
 log = Logger()
+
+
+class _RawRun:
+    """Bytes still to come in a raw run, where they go, and who waits for the end."""
+
+    def __init__(self, size: int, sink: Callable[[bytes], object]) -> None:
+        self.left = size
+        self.sink = sink
+        self.done: Deferred[None] = Deferred()
 
 
 class CompassPeer(amp.AMP):
@@ -42,6 +54,56 @@ class CompassPeer(amp.AMP):
         super().__init__(*args, **kwargs)
         self._dispatching = 0
         self._after: list[Callable[[], object]] = []
+
+    # --- raw byte runs ----------------------------------------------------------------
+
+    _raw: _RawRun | None = None
+
+    def expect_raw(self, size: int, sink: Callable[[bytes], object]) -> Deferred[None]:
+        """Take the next C{size} bytes after the box being handled as raw data.
+
+        Call it from a responder (or an answer's callback): the box parser stops after the
+        current box, C{size} bytes go to C{sink} in pieces as they arrive, then boxes are
+        parsed again. The result fires when all C{size} bytes have arrived, or fails with
+        the reason the connection was lost first.
+        """
+        if self._raw is not None:
+            raise RuntimeError("A raw byte run is already being received.")
+        run = _RawRun(size, sink)
+        if size == 0:
+            run.done.callback(None)
+            return run.done
+        self._raw = run
+        self.paused = True  # the box parser stops after the current box
+        return run.done
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._raw is not None:
+            data = self._feed_raw(data)
+            if not data:
+                return
+        super().dataReceived(data)
+        # A box just parsed may have started a raw run; the bytes after it are parked
+        # in the parser's buffer until we hand them over.
+        while self._raw is not None and self._unprocessed:
+            pending, self._unprocessed = self._unprocessed, b""
+            rest = self._feed_raw(pending)
+            if rest:
+                super().dataReceived(rest)
+
+    def _feed_raw(self, data: bytes) -> bytes:
+        run = self._raw
+        assert run is not None
+        take = min(run.left, len(data))
+        if take:
+            run.sink(data if take == len(data) else data[:take])
+            run.left -= take
+        if run.left:
+            return b""
+        self._raw = None
+        self.paused = False
+        run.done.callback(None)
+        return data[take:]
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -61,6 +123,9 @@ class CompassPeer(amp.AMP):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.alive = False
+        run, self._raw = self._raw, None
+        if run is not None:
+            run.done.errback(reason)
         super().connectionLost(reason)
 
     def drop(self, *, abort: bool = False) -> None:

@@ -1,0 +1,149 @@
+"""The conversation between a client and a board server (``compass-server``): a session.
+
+After L{Hello} (role C{client}), the client opens the session with the ticket the tracker
+granted (L{OpenSession}); nothing else is served before that. Large values travel as raw
+byte runs (L{compassd.protocol.peer.CompassPeer.expect_raw}) right after the box that
+announces them:
+
+- L{Upload}: the client writes the command box and then exactly C{size} bytes; the
+  answer comes once they have all arrived and their SHA-256 matched.
+- L{Download}: the answer carries C{size} and C{sha256}; exactly C{size} bytes follow it.
+- L{Run} and L{Benchmark}: the input tensors' bytes follow the command box, in the
+  order of C{inputs}; for L{Run}, the output tensors' bytes follow the answer, in the
+  order of its C{outputs}.
+
+A byte run is always sent whole, even when the command is refused, so the connection
+stays in step and the session stays usable after any refusal.
+"""
+
+from __future__ import annotations
+
+from twisted.protocols import amp
+
+from ._command import CompassCommand
+
+TENSOR = [
+    (b"name", amp.Unicode()),
+    (b"dtype", amp.Unicode()),
+    (b"shape", amp.ListOf(amp.Integer())),
+    (b"nbytes", amp.Integer()),
+]
+"""A tensor as it travels: numpy dtype string (e.g. C{float32}, C{int8}), shape, size."""
+
+SIGNATURE = [
+    (b"name", amp.Unicode()),
+    (b"dtype", amp.Unicode()),
+    (b"shape", amp.ListOf(amp.Integer())),
+]
+"""What a model expects or gives: a negative dimension means any size."""
+
+FILE = [
+    (b"name", amp.Unicode()),
+    (b"size", amp.Integer()),
+    (b"kind", amp.Unicode()),
+]
+
+
+class OpenSession(CompassCommand):
+    """Open the session of a granted lease. The board checks C{ticket} with the tracker."""
+
+    commandName = b"open-session"
+    arguments = [(b"ticket", amp.Unicode())]
+    response = [
+        (b"session", amp.Unicode()),
+        (b"lease", amp.Unicode()),
+        (b"expires_in", amp.Float()),
+        (b"backend", amp.Unicode()),
+        (b"info", amp.ListOf(amp.Unicode())),
+        (b"max_upload", amp.Integer()),
+    ]
+
+
+class Upload(CompassCommand):
+    """Store C{size} bytes (sent raw after this box) as C{path} in the session directory."""
+
+    commandName = b"upload"
+    arguments = [
+        (b"path", amp.Unicode()),
+        (b"size", amp.Integer()),
+        (b"sha256", amp.Unicode()),
+    ]
+    response = []
+
+
+class Download(CompassCommand):
+    """Send back the file C{path}; its bytes follow the answer."""
+
+    commandName = b"download"
+    arguments = [(b"path", amp.Unicode())]
+    response = [(b"size", amp.Integer()), (b"sha256", amp.Unicode())]
+
+
+class ListFiles(CompassCommand):
+    """The files of the session directory (or of a folder in it)."""
+
+    commandName = b"list-files"
+    arguments = [(b"path", amp.Unicode(optional=True))]
+    response = [(b"files", amp.AmpList(FILE))]
+
+
+class RemoveFile(CompassCommand):
+    commandName = b"remove-file"
+    arguments = [(b"path", amp.Unicode())]
+    response = []
+
+
+class LoadModel(CompassCommand):
+    """Load an uploaded model file into the executor; the answer names its tensors."""
+
+    commandName = b"load-model"
+    arguments = [(b"path", amp.Unicode()), (b"manifest", amp.Unicode(optional=True))]
+    response = [
+        (b"model", amp.Unicode()),
+        (b"inputs", amp.AmpList(SIGNATURE)),
+        (b"outputs", amp.AmpList(SIGNATURE)),
+    ]
+
+
+class Run(CompassCommand):
+    """Run C{model} once on the inputs (raw bytes follow this box); outputs follow the
+    answer. C{seconds} is the time the backend took on the board."""
+
+    commandName = b"run"
+    arguments = [
+        (b"model", amp.Unicode()),
+        (b"inputs", amp.AmpList(TENSOR)),
+        (b"timeout", amp.Float(optional=True)),
+    ]
+    response = [(b"outputs", amp.AmpList(TENSOR)), (b"seconds", amp.Float())]
+
+
+class Benchmark(CompassCommand):
+    """Run C{model} C{warmup} times, then C{repeat} rounds of C{number} runs; the answer
+    gives each round's mean seconds per run, measured on the board."""
+
+    commandName = b"benchmark"
+    arguments = [
+        (b"model", amp.Unicode()),
+        (b"inputs", amp.AmpList(TENSOR)),
+        (b"number", amp.Integer()),
+        (b"repeat", amp.Integer()),
+        (b"warmup", amp.Integer(optional=True)),
+    ]
+    response = [(b"times", amp.ListOf(amp.Float()))]
+
+
+class CloseSession(CompassCommand):
+    """End the session: the executor stops, the directory is removed, the board is free."""
+
+    commandName = b"close-session"
+    arguments = []
+    response = []
+
+
+class SessionClosing(CompassCommand):
+    """Notice from the board: the session is ending now (lease expired, revoked, ...)."""
+
+    commandName = b"session-closing"
+    arguments = [(b"reason", amp.Unicode()), (b"message", amp.Unicode())]
+    requiresAnswer = False
