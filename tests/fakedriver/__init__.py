@@ -1,0 +1,1 @@
+"""A fake libaipudrv.so (the Zhouyi NPU user-mode driver) and fake graphs for tests."""
