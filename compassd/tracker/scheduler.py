@@ -91,6 +91,9 @@ class Device:
     online: bool = True
     offline_since: float | None = None
     lease: Lease | None = None
+    armed: bool = True
+    """Whether the device is offered for a grant. compassd devices always are; a TVM
+    server offers its device once per PUT, so a grant disarms it until the next PUT."""
 
     @property
     def state(self) -> DeviceState:
@@ -100,7 +103,7 @@ class Device:
             return DeviceState.QUARANTINED
         if self.draining:
             return DeviceState.DRAINING
-        if self.lease is not None:
+        if self.lease is not None or not self.armed:
             return DeviceState.BUSY
         return DeviceState.FREE
 
@@ -399,6 +402,16 @@ class Scheduler:
             device.draining = draining
             why = "draining: no new leases" if draining else "back in service"
             effects.append(DeviceChanged(device, device.state, why))
+        self._refresh(now, device, effects)
+        return effects
+
+    def arm(self, now: float, owner: Owner, name: str) -> list[Effect]:
+        """Offer a (TVM) device for one more grant."""
+        device = self._owned_device(owner, name)
+        effects: list[Effect] = []
+        if not device.armed:
+            device.armed = True
+            effects.append(DeviceChanged(device, device.state, "offered again"))
         self._refresh(now, device, effects)
         return effects
 
@@ -712,7 +725,10 @@ class Scheduler:
         self._dequeue(request)
         self._counter += 1
         seconds = self.policy.lease_for(request.key, request.lease_wanted, device.max_lease)
-        claim = self.policy.claim_timeout
+        # TVM clients never redeem a ticket (TVM servers check match keys themselves).
+        claim = self.policy.claim_timeout if device.flavor == COMPASSD else None
+        if device.flavor != COMPASSD:
+            device.armed = False
         lease = Lease(
             id=f"lease-{self._counter}",
             ticket=self.new_ticket(),

@@ -71,7 +71,7 @@ class TrackerService(service.Service):
     heartbeat_timeout: float = 15.0
     position_interval: float = 0.5
 
-    _connections: set[TrackerConnection] = attrs.Factory(set)
+    _connections: set[Any] = attrs.Factory(set)
     _timer: IDelayedCall | None = None
     _timer_at: float | None = None
     _positions_call: IDelayedCall | None = None
@@ -203,9 +203,16 @@ class TrackerService(service.Service):
             )
 
     def _tell(self, owner: object, command: type[amp.Command], **arguments: Any) -> None:
-        """Send a one-way notice to a connection, after the box it is handling is answered."""
-        if isinstance(owner, TrackerConnection) and owner.alive:
-            owner.after_dispatch(lambda: owner.callRemote(command, **arguments))
+        """Tell a connection (AMP or TVM) what the scheduler decided about its business."""
+        notify = getattr(owner, "notify", None)
+        if notify is not None:
+            notify(command, arguments)
+
+    def tvm_connections(self) -> list[Any]:
+        """The connections speaking TVM's tracker protocol."""
+        from .tvm import TvmTrackerConnection
+
+        return [c for c in self._connections if isinstance(c, TvmTrackerConnection)]
 
     def _arm(self) -> None:
         when = self.scheduler.next_deadline()
@@ -235,19 +242,20 @@ class TrackerService(service.Service):
 
     # --- connections ------------------------------------------------------------------
 
-    def connected(self, connection: TrackerConnection) -> None:
+    def connected(self, connection: Any) -> None:
         self._connections.add(connection)
 
-    def disconnected(self, connection: TrackerConnection, why: str) -> None:
+    def disconnected(self, connection: Any, why: str) -> None:
         self._connections.discard(connection)
         now = self.now()
         effects = self.scheduler.client_lost(now, connection)
         effects += self.scheduler.board_lost(now, connection)
-        if connection.identity is not None:
+        identity = getattr(connection, "identity", None)
+        if identity is not None:
             log.info(
                 "{role} {user} at {peer} disconnected: {why}",
                 role=connection.role,
-                user=connection.identity.user,
+                user=identity.user,
                 peer=connection.describe(),
                 why=why,
             )
@@ -305,6 +313,11 @@ class TrackerConnection(CompassPeer):
             timeout=self.tracker.heartbeat_timeout,
         )
         self.drop(abort=True)
+
+    def notify(self, command: type[amp.Command], arguments: dict[str, Any]) -> None:
+        """Send a one-way notice, after the box being handled (if any) is answered."""
+        if self.alive:
+            self.after_dispatch(lambda: self.callRemote(command, **arguments))
 
     def _require(self, role: str) -> Identity:
         identity = self.identity

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from twisted.application import service
+from twisted.internet.protocol import Protocol
 from twisted.python import usage
 
 from ..listening import Listener
 from .access import Access, TokensFileError, load_tokens
+from .frontdoor import front_door_factory, parse_networks
 from .scheduler import Policy, Scheduler
-from .service import TrackerService, log
+from .service import TrackerConnection, TrackerService, log
+from .tvm import TvmTrackerConnection
 
 
 def _seconds(text: str) -> float:
@@ -67,13 +71,32 @@ class Options(usage.Options):
     optFlags = [
         ["allow-anonymous", None,
          "With --tokens, also let callers without a token request devices (as users)."],
+        ["tvm", None,
+         "Also speak Apache TVM's (unauthenticated) tracker protocol on every --listen"
+         " port, so unmodified TVM servers, clients and tools can use this tracker. Off"
+         " unless given; see also --tvm-listen and --tvm-allow."],
     ]
     compData = usage.Completions(optActions={"tokens": usage.CompleteFiles()})
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["tvm-listen"] = []
+        self["tvm-allow"] = []
         self["key-max-lease"] = {}
+
+    def opt_tvm_listen(self, endpoint: str) -> None:
+        """Serve TVM's tracker protocol (only) on this endpoint too (repeatable); implies
+        TVM support."""
+        self["tvm-listen"].append(endpoint)
+
+    def opt_tvm_allow(self, network: str) -> None:
+        """Serve TVM's protocol only to peers in this address or network, e.g.
+        127.0.0.1 or 10.1.0.0/16 (repeatable; default: any peer that can connect)."""
+        try:
+            self["tvm-allow"].extend(parse_networks([network]))
+        except ValueError as e:
+            raise usage.UsageError(f"--tvm-allow: {e}.") from e
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen on this Twisted endpoint (repeatable; default tcp:9190), e.g.
@@ -138,6 +161,25 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     tracker.setServiceParent(top)
     if options["access"].open:
         log.warn("no --tokens file: anyone who can connect may use and administer this tracker")
+    tvm = options["tvm"] or bool(options["tvm-listen"])
+    if tvm:
+        make_tvm = partial(TvmTrackerConnection, tracker)
+        main = front_door_factory(partial(TrackerConnection, tracker), make_tvm,
+                                  options["tvm-allow"])
+        log.warn("TVM's tracker protocol is on: TVM peers are not authenticated")
+    else:
+        main = tracker.factory()
     for endpoint in options["listen"]:
-        Listener(reactor, "compass-tracker", endpoint, tracker.factory()).setServiceParent(top)
+        Listener(reactor, "compass-tracker", endpoint, main).setServiceParent(top)
+    for endpoint in options["tvm-listen"]:
+        only_tvm = front_door_factory(lambda: _Refuse(), make_tvm, options["tvm-allow"])
+        Listener(reactor, "compass-tracker (TVM protocol)", endpoint,
+                 only_tvm).setServiceParent(top)
     return top
+
+
+class _Refuse(Protocol):
+    """On a TVM-only port, anything that is not TVM's protocol is hung up on."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
