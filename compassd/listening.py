@@ -7,6 +7,7 @@ L{Listener.ready} fires once the port is bound so readiness can wait for it.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import attrs
@@ -31,6 +32,8 @@ def describe_address(address: Any) -> str:
             host = f"[{host}]"
         return f"{kind} {host}:{port}"
     name = getattr(address, "name", None)
+    if isinstance(name, bytes):  # Twisted keeps UNIX socket paths as bytes
+        name = os.fsdecode(name)
     return f"unix {name!r}" if name is not None else str(address)
 
 

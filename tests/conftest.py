@@ -13,3 +13,29 @@ settings.register_profile(
     "thorough", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=1000
 )
 settings.load_profile(os.environ.get("COMPASS_HYPOTHESIS_PROFILE", "ci"))
+
+
+# --- real daemons on loopback (tests/helpers.py) ------------------------------------
+
+import pytest  # noqa: E402
+
+from tests.helpers import daemon_log, start_twistd, stop  # noqa: E402
+
+
+@pytest.fixture
+def tracker_args():
+    """Extra ``compass-tracker`` options for the C{tracker} fixture; a module overrides
+    this fixture to change them (for example a long --heartbeat-timeout)."""
+    return ()
+
+
+@pytest.fixture
+def tracker(tracker_args):
+    """A fresh, open ``twistd compass-tracker`` on 127.0.0.1: yields (host, port); it is
+    stopped by PID afterwards, and its log is printed (pytest shows it on failure)."""
+    proc, port = start_twistd("compass-tracker", *tracker_args)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        stop(proc)
+        print(daemon_log(proc))

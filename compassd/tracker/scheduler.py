@@ -345,7 +345,7 @@ class Scheduler:
                     f"Device {name} is already registered by another live connection;"
                     " pick another name or stop the other server."
                 )
-            if existing.key != key or existing.owner != owner:
+            if existing.key != key or existing.owner != owner or not existing.online:
                 effects += self._remove_device(now, existing, "re-registered")
                 existing = None
         if existing is None:
@@ -513,7 +513,10 @@ class Scheduler:
     def client_lost(self, now: float, owner: Owner) -> list[Effect]:
         """A client's connection went away: withdraw its requests, end its leases."""
         effects: list[Effect] = []
-        for ident in sorted(self._by_owner.get(owner, ())):
+        owned = sorted(self._by_owner.get(owner, ()))
+        # Requests first: a device freed by one of its leases must not go to another of
+        # its own requests.
+        for ident in owned:
             if ident in self._requests:
                 effects += self._end_request(
                     now,
@@ -521,7 +524,8 @@ class Scheduler:
                     RequestOutcome.WITHDRAWN,
                     f"Request {ident} was withdrawn: its client disconnected.",
                 )
-            elif ident in self._leases:
+        for ident in owned:
+            if ident in self._leases:
                 effects += self._end_lease(
                     now,
                     self._leases[ident],
@@ -787,6 +791,7 @@ class Scheduler:
 
     def _remove_device(self, now: float, device: Device, why: str) -> list[Effect]:
         effects: list[Effect] = []
+        device.online = False  # so that ending its lease does not grant it again
         if device.lease is not None:
             effects += self._end_lease(
                 now,

@@ -56,6 +56,11 @@ from .scheduler import (
 log = Logger(namespace="compass.tracker")
 
 
+PUSH_EVERY_CHANGE_UP_TO = 100
+"""Waiting requests at this position or nearer hear of every change of their position;
+those further back hear when it changed by a tenth."""
+
+
 @attrs.define(eq=False)
 class TrackerService(service.Service):
     """The tracker: a scheduler, the connections that talk to it, and its timers.
@@ -105,6 +110,13 @@ class TrackerService(service.Service):
 
     def apply(self, effects: list[Effect]) -> None:
         """Carry out what the scheduler decided, then re-arm the deadline timer."""
+        # A grant or an ended lease has its own log line; the device's busy/free change
+        # that comes with it would only repeat it (and logging is a third of a cycle).
+        routine = {
+            effect.lease.device.name
+            for effect in effects
+            if isinstance(effect, (Granted, LeaseEnded))
+        }
         for effect in effects:
             if isinstance(effect, Granted):
                 self._granted(effect)
@@ -115,7 +127,7 @@ class TrackerService(service.Service):
             elif isinstance(effect, QueueChanged):
                 self._dirty_keys.add(effect.key)
             elif isinstance(effect, DeviceChanged):
-                log.info(
+                (log.debug if effect.device.name in routine else log.info)(
                     "device {device} ({key}) is {state}: {why}",
                     device=effect.device.name,
                     key=effect.device.key,
@@ -234,7 +246,14 @@ class TrackerService(service.Service):
         keys, self._dirty_keys = self._dirty_keys, set()
         for key in keys:
             for request_id, position in self.scheduler.positions(key).items():
-                if self._sent_positions.get(request_id) == position:
+                sent = self._sent_positions.get(request_id)
+                if sent == position:
+                    continue
+                if (sent is not None and position > PUSH_EVERY_CHANGE_UP_TO
+                        and abs(sent - position) * 10 < sent):
+                    # Far back in a long queue, moving up one place is not news: tell
+                    # once the position changed by a tenth, so one grant does not cost
+                    # a notice to every waiting request.
                     continue
                 self._sent_positions[request_id] = position
                 request = self.scheduler.requests[request_id]
@@ -350,6 +369,7 @@ class TrackerConnection(CompassPeer):
     ) -> dict[str, Any]:
         if self.greeted:
             raise BadRequest("This connection already said hello.")
+        software = check_text("software", software or "unknown software")
         version = choose_version(versions)
         if version is None:
             raise UnsupportedVersion(
@@ -374,7 +394,7 @@ class TrackerConnection(CompassPeer):
             role=role,
             user=identity.user,
             peer=self.describe(),
-            software=check_text("software", software or "unknown software"),
+            software=software,
             version=version,
         )
         return {

@@ -1,0 +1,174 @@
+"""Start and stop real compassd daemons (``twistd PLUGIN``) for end-to-end tests.
+
+The daemon runs in the foreground (``-n``) with its log on stdout; it is ready when it logs
+``... listening on tcp 127.0.0.1:PORT``. ``python -m twisted`` runs ``twist``, not
+``twistd`` (on Twisted 22.4 as on newer ones), so the twistd entry point is called
+through ``-c``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_LISTENING = re.compile(rb"listening on tcp 127\.0\.0\.1:(\d+)")
+_TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+class DaemonFailed(Exception):
+    """The daemon exited, or did not say it was listening, before the deadline."""
+
+
+def daemon_env() -> dict[str, str]:
+    """The environment for a child process that must import compassd from this tree."""
+    env = dict(os.environ)
+    paths = [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.pop("COMPASS_TRACKER", None)
+    env.pop("COMPASS_TOKEN", None)
+    return env
+
+
+def start_twistd(
+    plugin: str, *args: str, deadline: float = 20.0
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``twistd -n PLUGIN --listen tcp:0:interface=127.0.0.1 ARGS``; return the
+    process and the port it bound, once it has logged that it listens.
+
+    Raises L{DaemonFailed} with the log so far if it exits or stays silent for
+    C{deadline} seconds; the process is stopped in that case.
+    """
+    command = [
+        sys.executable, "-c", _TWISTD, "-n", "--pidfile=", "--logfile=-", plugin,
+        "--listen", "tcp:0:interface=127.0.0.1", *args,
+    ]
+    proc = subprocess.Popen(
+        command, cwd=str(ROOT), env=daemon_env(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    log = b""
+    end = time.monotonic() + deadline
+    try:
+        while True:
+            found = _LISTENING.search(log)
+            if found:
+                os.set_blocking(fd, True)
+                _drain(proc, log)
+                return proc, int(found.group(1))
+            left = end - time.monotonic()
+            if left <= 0:
+                raise DaemonFailed(
+                    f"twistd {plugin} did not listen within {deadline:g} s; its log:\n"
+                    + log.decode("utf-8", "replace")
+                )
+            readable, _, _ = select.select([fd], [], [], left)
+            if not readable:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                proc.wait(timeout=5)
+                raise DaemonFailed(
+                    f"twistd {plugin} exited with {proc.returncode} before listening; its"
+                    " log:\n" + log.decode("utf-8", "replace")
+                )
+            log += chunk
+    except BaseException:
+        stop(proc)
+        raise
+
+
+def _drain(proc: subprocess.Popen[bytes], start: bytes) -> None:
+    """Keep reading the daemon's log so a full pipe never blocks it; the lines so far are
+    in C{proc.compass_log} (a list of chunks) for failure messages."""
+    chunks = [start]
+    proc.compass_log = chunks  # type: ignore[attr-defined]
+    stream = proc.stdout
+    assert stream is not None
+
+    def read() -> None:
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read, name=f"log of pid {proc.pid}", daemon=True)
+    proc.compass_reader = reader  # type: ignore[attr-defined]
+    reader.start()
+
+
+def daemon_log(proc: subprocess.Popen[bytes]) -> str:
+    """What the daemon has logged so far."""
+    return b"".join(getattr(proc, "compass_log", [])).decode("utf-8", "replace")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """Stop C{proc} by its PID (SIGTERM, then SIGKILL after C{timeout}); return its
+    exit status."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+    reader = getattr(proc, "compass_reader", None)
+    if reader is not None:
+        reader.join(timeout)  # the pipe ends with the process: take the last lines
+    if proc.stdout is not None and (reader is None or not reader.is_alive()):
+        proc.stdout.close()
+    return proc.returncode
+
+
+def free_port() -> int:
+    """A loopback port that was just bound and closed: nothing listens on it."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def registered_board(
+    address: tuple[str, int], device: str = "npu-1", key: str = "npu-x2",
+    where: str = "10.0.0.5:9091", info: tuple[str, ...] = ("target=X2_1204",),
+    token: str | None = None, deadline: float = 10.0,
+) -> Iterator[Any]:
+    """A board connection to the tracker at C{address} that has registered C{device} in
+    C{key}; it closes (and the device goes offline) when the block ends.
+
+    It is an L{AsyncTracker} connected with the board role, driven through the blocking
+    client's private reactor. It sends no heartbeats: start the tracker with a long
+    --heartbeat-timeout when a test may outlast the default 15 s.
+    """
+    from compassd.client import AsyncTracker, _reactor
+    from compassd.protocol import board_tracker as bt
+
+    host, port = address
+    connection = _reactor.call(
+        lambda: AsyncTracker.connect(_reactor.reactor(), host, port, role="board",
+                                     user="rack", token=token, timeout=deadline),
+        timeout=deadline,
+    )
+    try:
+        _reactor.call(connection.call, bt.Register, device=device, key=key, address=where,
+                      info=list(info), timeout=deadline)
+        yield connection
+    finally:
+        _reactor.call(connection.close, timeout=deadline)
