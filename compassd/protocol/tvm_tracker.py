@@ -111,7 +111,7 @@ class FrameDecoder:
 def _port(value: Any) -> int:
     try:
         port = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise TvmProtocolError(f"{value!r} is not a port number.") from None
     if not 0 <= port < 65536:
         raise TvmProtocolError(f"{port} is not a port number.")
@@ -130,6 +130,8 @@ def parse_message(frame: bytes) -> Message:
         data = json.loads(frame.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise TvmProtocolError(f"The frame is not JSON: {e}.") from None
+    except RecursionError:
+        raise TvmProtocolError("The frame's JSON is nested too deeply.") from None
     if not isinstance(data, list) or not data or type(data[0]) is not int:
         raise TvmProtocolError("A tracker message is a JSON array starting with a code.")
     code, args = data[0], data[1:]
