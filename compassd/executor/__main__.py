@@ -1,0 +1,272 @@
+"""The executor process: ``python -m compassd.executor --backend aipu|onnx [--driver PATH]``.
+
+A board server starts one per session (and one warm spare); see ``docs/executor.md``. It
+loads the backend, then speaks AMP (L{compassd.protocol.executor}) on file descriptor 3
+(commands in) and 4 (answers out). Its stdout and stderr belong to the server's log: the
+NPU driver prints there. It exits when the server closes fd 3, and on its own (status
+L{EXIT_RECYCLE}) after a driver timeout, which leaves a job that must never be cleaned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from twisted.internet.protocol import connectionDone
+from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.python.failure import Failure
+
+from ..protocol.errors import BadRequest, LimitExceeded, ModelRejected, NoSuchFile, PathRefused
+from ..protocol.executor import Attach, CheckHealth, Execute, Load, Measure, Ready
+from ..protocol.peer import CompassPeer
+from .arena import Arena, ArenaFull, Slot
+from .backends import Backend, BackendPoisoned, make_backend
+from .manifest import Manifest, ManifestError, load_manifest, parse_manifest
+
+COMMAND_FD = 3
+"""The executor reads AMP boxes from this descriptor."""
+ANSWER_FD = 4
+"""The executor writes AMP boxes to this descriptor."""
+EXIT_RECYCLE = 3
+"""Exit status after the backend was poisoned (a driver job timed out)."""
+
+T = TypeVar("T")
+
+try:
+    _libc: Any = ctypes.CDLL(None)
+except OSError:  # pragma: no cover
+    _libc = None
+
+
+def flush_c_stdio() -> None:
+    """Flush C stdio buffers: the driver's printf output reaches the log now, not at exit."""
+    if _libc is not None:
+        _libc.fflush(None)
+
+
+class ExecutorServer(CompassPeer):
+    """The executor's side of the channel: serves the server's commands with a backend.
+
+    The channel is private (two pipes the server made), so there is no hello exchange.
+    Backend calls block: this process serves one session and nothing else.
+    """
+
+    greeted = True
+    _peer = "the board server"
+
+    def __init__(self, backend: Backend, stop: Callable[[int], object]) -> None:
+        super().__init__()
+        self.backend = backend
+        self._stop = stop
+        self.workdir: str | None = None
+        self.arena: Arena | None = None
+        self.session = ""
+        self.exit_code = 0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._peer = "the board server"
+        self.callRemote(Ready, backend=self.backend.name, info=self.backend.info(), pid=os.getpid())
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        if self.arena is not None:
+            try:
+                self.arena.close()
+            except BufferError:
+                pass
+        self._stop(self.exit_code)
+
+    # --- helpers ------------------------------------------------------------------
+
+    def _call(self, work: Callable[..., T], *args: Any) -> T:
+        """Call the backend; on poisoning, answer and then exit so the server recycles us."""
+        try:
+            return work(*args)
+        except BackendPoisoned:
+            self.exit_code = EXIT_RECYCLE
+            self.after_dispatch(self._recycle)
+            raise
+        finally:
+            flush_c_stdio()
+
+    def _recycle(self) -> None:
+        print("executor: the backend is poisoned; exiting to be recycled", file=sys.stderr)
+        transport: Any = self.transport
+        if transport is not None:
+            transport.loseConnection()  # writes the pending answer, then ends
+        else:
+            self._stop(self.exit_code)
+
+    def _inside(self, path: str, what: str) -> str:
+        if self.workdir is None:
+            raise BadRequest(f"Attach the executor to a session before using {what}.")
+        if os.path.isabs(path) or ".." in path.replace("\\", "/").split("/"):
+            raise PathRefused(f"The {what} path {path!r} must be relative and stay in the session.")
+        full = os.path.realpath(os.path.join(self.workdir, path))
+        if os.path.commonpath([full, self.workdir]) != self.workdir:
+            raise PathRefused(f"The {what} path {path!r} leaves the session directory.")
+        if not os.path.isfile(full):
+            raise NoSuchFile(
+                f"There is no file {path!r} in the session directory; upload it first."
+            )
+        return full
+
+    def _need_arena(self) -> Arena:
+        if self.arena is None:
+            raise BadRequest("Attach the executor to a session (and its arena) before running.")
+        return self.arena
+
+    def _inputs(self, rows: Sequence[dict[str, Any]]) -> list[tuple[str, Any]]:
+        arena = self._need_arena()
+        result = []
+        for row in rows:
+            slot = Slot.from_amp(row)
+            try:
+                result.append((slot.name, arena.read(slot, copy=False)))
+            except ValueError as e:
+                raise BadRequest(f"Input slot {slot.name!r} is not usable: {e}.") from None
+        return result
+
+    # --- responders ---------------------------------------------------------------
+
+    @Attach.responder
+    def attach(self, workdir: str, arena: str, arena_size: int, session: str) -> dict[str, Any]:
+        real = os.path.realpath(workdir)
+        try:
+            os.chdir(real)
+        except OSError as e:
+            raise BadRequest(
+                f"The session directory {workdir} is not usable: {e.strerror}."
+            ) from None
+        if self.arena is not None:
+            try:
+                self.arena.close()
+            except BufferError:  # a view is still alive; the mapping goes with it
+                pass
+            self.arena = None
+        try:
+            self.arena = Arena.attach(os.path.join(real, arena), arena_size)
+        except (OSError, ValueError) as e:
+            raise BadRequest(f"The arena {arena} cannot be mapped: {e}.") from None
+        self.workdir = real
+        self.session = session
+        return {}
+
+    @CheckHealth.responder
+    def check_health(self) -> dict[str, Any]:
+        healthy, detail = self._call(self.backend.health)
+        return {"healthy": healthy, "detail": detail}
+
+    @Load.responder
+    def load(self, path: str, manifest: str | None = None) -> dict[str, Any]:
+        full = self._inside(path, "model")
+        parsed: Manifest | None = None
+        try:
+            if manifest is not None and manifest.lstrip().startswith("{"):
+                parsed = parse_manifest(manifest, f"the manifest given for {path}")
+            elif manifest:
+                parsed = load_manifest(self._inside(manifest, "manifest"))
+        except ManifestError as e:
+            raise ModelRejected(f"Model {path} was not loaded: {e}.") from None
+        model = self._call(lambda: self.backend.load(full, parsed, name=path))
+        return {
+            "model": path,
+            "inputs": [s.to_amp() for s in model.inputs],
+            "outputs": [s.to_amp() for s in model.outputs],
+        }
+
+    @Execute.responder
+    def execute(
+        self, model: str, inputs: list[dict[str, Any]], out_offset: int, out_capacity: int
+    ) -> dict[str, Any]:
+        arena = self._need_arena()
+        arrays = self._inputs(inputs)
+        start = time.perf_counter()
+        outputs = self._call(self.backend.run, model, arrays)
+        seconds = time.perf_counter() - start
+        specs = self.backend.model(model).outputs
+        try:
+            slots = arena.write_all(
+                [(spec.name, out) for spec, out in zip(specs, outputs, strict=True)],
+                out_offset,
+                out_capacity,
+            )
+        except ArenaFull as e:
+            raise LimitExceeded(f"Model {model} ran, but its outputs do not fit: {e}.") from None
+        except ValueError as e:
+            raise BadRequest(f"The output range of model {model} is not usable: {e}.") from None
+        return {"outputs": [s.to_amp() for s in slots], "seconds": seconds}
+
+    @Measure.responder
+    def measure(
+        self, model: str, inputs: list[dict[str, Any]], number: int, repeat: int, warmup: int
+    ) -> dict[str, Any]:
+        arrays = self._inputs(inputs)
+        times = self._call(self.backend.benchmark, model, arrays, number, repeat, warmup)
+        return {"times": times}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m compassd.executor",
+        description="A compass-server executor: runs models for one session. It speaks AMP on"
+        " fds 3 (in) and 4 (out); the board server starts it.",
+    )
+    parser.add_argument("--backend", choices=("aipu", "onnx"), required=True)
+    parser.add_argument("--driver", help="the NPU driver library (default: COMPASS_AIPU_DRIVER)")
+    parser.add_argument(
+        "--job-timeout-ms",
+        type=int,
+        default=60_000,
+        help="longest an NPU job may run before the executor gives up and exits (<= 0: no limit)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    for fd in (COMMAND_FD, ANSWER_FD):
+        try:
+            os.fstat(fd)
+        except OSError:
+            print(
+                f"executor: fd {fd} is not open; the board server starts executors", file=sys.stderr
+            )
+            return 2
+    backend = make_backend(args.backend, args.driver, args.job_timeout_ms)
+    flush_c_stdio()
+
+    from twisted.internet import reactor as _reactor
+    from twisted.internet._posixstdio import StandardIO
+
+    reactor: Any = _reactor
+
+    status = [0]
+
+    def stop(code: int) -> None:
+        status[0] = code
+        if reactor.running:
+            reactor.stop()
+
+    StandardIO(ExecutorServer(backend, stop), stdin=COMMAND_FD, stdout=ANSWER_FD)
+    reactor.run()
+    return status[0]
+
+
+def _exit(code: int) -> None:
+    """Leave without Python's teardown: a hung driver job must not block the exit."""
+    flush_c_stdio()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    _exit(main())
