@@ -10,13 +10,22 @@ Asynchronous, for Twisted programs: L{AsyncTracker.connect}.
 """
 
 from ..protocol.errors import (
+    ChecksumMismatch,
     CompassError,
+    ExecutorDied,
     LimitExceeded,
+    ModelRejected,
     NoSuchDevice,
+    NoSuchFile,
     NoSuchLease,
     NoSuchRequest,
     NotAuthorized,
     NotYourLease,
+    PathRefused,
+    RunFailed,
+    SessionEnded,
+    TensorMismatch,
+    TicketRejected,
     UnsupportedVersion,
 )
 from .asynchronous import DEFAULT_PORT, AsyncLease, AsyncTracker, parse_address
@@ -31,8 +40,35 @@ from .errors import (
     TrackerUnreachable,
     WaitTimeout,
 )
+from .session import (
+    AsyncModel,
+    AsyncSession,
+    BoardUnreachable,
+    Model,
+    RemoteFile,
+    Session,
+    TensorSpec,
+    connect_session,
+)
 
 __all__ = [
+    "AsyncModel",
+    "AsyncSession",
+    "BoardUnreachable",
+    "ChecksumMismatch",
+    "ExecutorDied",
+    "Model",
+    "ModelRejected",
+    "NoSuchFile",
+    "PathRefused",
+    "RemoteFile",
+    "RunFailed",
+    "Session",
+    "SessionEnded",
+    "TensorMismatch",
+    "TensorSpec",
+    "TicketRejected",
+    "connect_session",
     "DEFAULT_PORT",
     "AsyncLease",
     "AsyncTracker",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import getpass
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -25,7 +25,11 @@ from twisted.python.failure import Failure
 from .. import __version__
 from ..protocol import SUPPORTED_VERSIONS, Hello
 from ..protocol import client_tracker as ct
+from ..protocol.errors import NoSuchLease
 from ..protocol.peer import CompassPeer
+
+if TYPE_CHECKING:
+    from .session import AsyncModel, AsyncSession
 from .errors import (
     DeviceLost,
     LeaseExpired,
@@ -90,6 +94,10 @@ class AsyncLease:
     ended: Deferred[LeaseLost | None] = attrs.Factory(Deferred)
     end_reason: LeaseLost | None = None
     released: bool = False
+    _session: AsyncSession | None = attrs.field(default=None, init=False, repr=False)
+    _session_waiters: list[Deferred[AsyncSession]] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
 
     @property
     def active(self) -> bool:
@@ -101,11 +109,18 @@ class AsyncLease:
         return max(0.0, self.deadline - time.monotonic())
 
     def release(self) -> Deferred[None]:
-        """Give the device back now. Releasing an ended lease does nothing."""
+        """Give the device back now (closing its session first, if one is open).
+        Releasing an ended lease does nothing."""
+        if self._session is not None and self._session.active:
+            return self.close_session().addCallback(lambda _: self.release())
         if not self.active:
             return succeed(None)
         self.released = True
         d = self.tracker.call(ct.Release, lease=self.id)
+        if self._session is not None:
+            # The board ends the lease itself when its session closes; our release may
+            # arrive after that, which is no error.
+            d.addErrback(lambda f: f.trap(NoSuchLease) and None)
         d.addCallback(lambda _: self._end(None))
         return d
 
@@ -113,6 +128,74 @@ class AsyncLease:
         if not self.ended.called:
             self.end_reason = reason
             self.ended.callback(reason)
+
+    # --- the session on the device (compassd.client.session) -------------------------
+
+    def open_session(
+        self,
+        reactor: Any = None,
+        *,
+        token: str | None = None,
+        user: str | None = None,
+        endpoint: str | IStreamClientEndpoint | None = None,
+        timeout: float = 10.0,
+    ) -> Deferred[AsyncSession]:
+        """The session on the leased device, opened with the ticket on first use (later
+        calls give the same one). C{reactor} defaults to the tracker's."""
+        from .session import AsyncSession
+
+        if self._session is not None:
+            return succeed(self._session)
+        waiting: Deferred[AsyncSession] = Deferred()
+        if self._session_waiters is not None:
+            self._session_waiters.append(waiting)
+            return waiting
+        self._session_waiters = [waiting]
+        if reactor is None:
+            reactor = self.tracker.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        d = AsyncSession.open(reactor, self.address, self.ticket, token=token,
+                              user=user or self.tracker.user, endpoint=endpoint,
+                              timeout=timeout)
+
+        def opened(outcome: Any) -> None:
+            waiters, self._session_waiters = self._session_waiters or [], None
+            if not isinstance(outcome, Failure):
+                self._session = outcome
+            for w in waiters:
+                if isinstance(outcome, Failure):
+                    w.errback(outcome)
+                else:
+                    w.callback(outcome)
+
+        d.addBoth(opened)
+        return waiting
+
+    def close_session(self) -> Deferred[None]:
+        """Close the session on the device, if one was opened; the lease stays held."""
+        if self._session is None:
+            return succeed(None)
+        return self._session.close()
+
+    def upload(self, source: Any, remote_name: str | None = None,
+               progress: Callable[[int, int], object] | None = None) -> Deferred[str]:
+        """L{AsyncSession.upload} on this lease's session (opened on first use)."""
+        return self.open_session().addCallback(
+            lambda s: s.upload(source, remote_name, progress))
+
+    def download(self, remote: str, local_path: Any = None) -> Deferred[Any]:
+        return self.open_session().addCallback(lambda s: s.download(remote, local_path))
+
+    def listdir(self, path: str | None = None) -> Deferred[Any]:
+        return self.open_session().addCallback(lambda s: s.listdir(path))
+
+    def remove(self, path: str) -> Deferred[None]:
+        return self.open_session().addCallback(lambda s: s.remove(path))
+
+    def load_model(self, path: Any, manifest: Any = None) -> Deferred[AsyncModel]:
+        """L{AsyncSession.load_model} on this lease's session (opened on first use)."""
+        return self.open_session().addCallback(lambda s: s.load_model(path, manifest))
 
 
 @attrs.define(eq=False)
@@ -172,6 +255,8 @@ class AsyncTracker:
         self.address = address
         self.user = user
         self.roles: list[str] = []
+        self.reactor: Any = None
+        """The reactor it was connected with (sessions on its leases use it too)."""
         self.server_software = ""
         self._pending: dict[str, _Pending] = {}
         self.leases: dict[str, AsyncLease] = {}
@@ -218,6 +303,7 @@ class AsyncTracker:
 
         def hello(protocol: _TrackerProtocol) -> Deferred[AsyncTracker]:
             tracker = cls(protocol, where, name)
+            tracker.reactor = reactor
             d = protocol.callRemote(
                 Hello,
                 versions=list(SUPPORTED_VERSIONS),

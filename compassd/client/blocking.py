@@ -15,12 +15,14 @@ background thread (see L{compassd.client._reactor}), so this works in any progra
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from . import _reactor
 from .asynchronous import DEFAULT_PORT, AsyncLease, AsyncTracker
+from .session import Model, Progress, RemoteFile, Session, Source
 
 
 class Lease:
@@ -28,6 +30,7 @@ class Lease:
 
     def __init__(self, lease: AsyncLease) -> None:
         self._lease = lease
+        self._session: Session | None = None
 
     def __repr__(self) -> str:
         return f"<Lease {self.id} on {self.device} at {self.address}, {self.remaining:.0f} s left>"
@@ -55,14 +58,62 @@ class Lease:
         return self._lease.end_reason
 
     def release(self) -> None:
-        """Give the device back now (nothing happens if the lease already ended)."""
+        """Give the device back now (nothing happens if the lease already ended); its
+        session, if one was opened, is closed first."""
         _reactor.call(self._lease.release)
+
+    # --- the session on the device, opened on first use ---------------------------------
+
+    def open_session(self, token: str | None = None, *, endpoint: str | None = None,
+                     timeout: float = 10.0) -> Session:
+        """The session on the leased device (see L{compassd.client.session.Session}),
+        opened with the lease's ticket on first use; later calls return the same one."""
+        if self._session is None:
+            self._session = Session(
+                _reactor.call(
+                    lambda: self._lease.open_session(
+                        _reactor.reactor(), token=token, endpoint=endpoint, timeout=timeout
+                    )
+                )
+            )
+        return self._session
+
+    def close_session(self) -> None:
+        """Close the session if one was opened; the lease stays held."""
+        if self._session is not None:
+            self._session.close()
+
+    def load_model(self, path: str | os.PathLike[str],
+                   manifest: str | os.PathLike[str] | None = None) -> Model:
+        """Upload (if local) and load a model on the device; see L{Session.load_model}."""
+        return self.open_session().load_model(path, manifest)
+
+    def upload(self, source: Source, remote_name: str | None = None,
+               progress: Progress | None = None) -> str:
+        return self.open_session().upload(source, remote_name, progress)
+
+    def download(self, remote: str, local_path: str | os.PathLike[str] | None = None,
+                 progress: Progress | None = None) -> Any:
+        return self.open_session().download(remote, local_path, progress)
+
+    def listdir(self, path: str | None = None) -> list[RemoteFile]:
+        return self.open_session().listdir(path)
+
+    def remove(self, path: str) -> None:
+        self.open_session().remove(path)
 
     def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
+        if self._session is not None:
+            try:
+                self.close_session()
+            finally:
+                if self._lease.tracker.connected:
+                    self.release()
+            return
         if self._lease.tracker.connected:
             self.release()
 

@@ -23,6 +23,7 @@ from ._command import (
 from .errors import (
     ALL_ERRORS,
     BadRequest,
+    BoardBusy,
     ChecksumMismatch,
     CompassError,
     DeviceConflict,
@@ -43,6 +44,7 @@ from .errors import (
     SessionEnded,
     TensorMismatch,
     TicketRejected,
+    Unavailable,
     UnsupportedVersion,
 )
 
@@ -75,5 +77,7 @@ __all__ = [
     "NotAuthorized",
     "NotYourLease",
     "TicketRejected",
+    "Unavailable",
     "UnsupportedVersion",
+    "BoardBusy",
 ]

@@ -149,6 +149,18 @@ class SessionEnded(CompassError):
     code = b"SESSION_ENDED"
 
 
+class Unavailable(CompassError):
+    """Something the command needs is out of reach right now (a board's tracker); retry."""
+
+    code = b"UNAVAILABLE"
+
+
+class BoardBusy(CompassError):
+    """The board already serves a session; a ticket for another lease cannot open one."""
+
+    code = b"BOARD_BUSY"
+
+
 ALL_ERRORS: tuple[type[CompassError], ...] = (
     BadRequest,
     HelloRequired,
@@ -171,5 +183,7 @@ ALL_ERRORS: tuple[type[CompassError], ...] = (
     RunFailed,
     ExecutorDied,
     SessionEnded,
+    Unavailable,
+    BoardBusy,
 )
 """Every error class, in one place; each code is unique (a test checks it)."""

@@ -8,3 +8,10 @@ compass_tracker = ServiceMaker(
     "compassd's tracker: NPU board pools, fair queues and leases.",
     "compass-tracker",
 )
+
+compass_server = ServiceMaker(
+    "compass-server",
+    "compassd.server.tap",
+    "compassd's board server: sessions that run models on the NPU or ONNX Runtime.",
+    "compass-server",
+)

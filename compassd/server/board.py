@@ -1,0 +1,390 @@
+"""The board: one device, at most one session at a time, and the way back to free.
+
+L{BoardService} ties together the tracker link, the warm spare executor, the session
+directory and the lease deadline. Every way a session can end (the client closes it or
+goes away, the lease expires, the tracker revokes it, the executor dies, the server
+stops) goes through L{BoardService.end_session}, which kills the session's executor,
+removes its directory and its arena, tells the client and the tracker, and starts a new
+spare executor so the next session does not wait for one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .. import __version__
+from ..executor.arena import Arena
+from ..executor.handle import ExecutorHandle, spawn_executor
+from ..protocol.errors import BoardBusy, ExecutorDied, SessionEnded, Unavailable
+from .sessiondir import SessionDirectory, clean_stale
+from .tracker_link import BoardDescription, TrackerLink
+
+log = Logger(namespace="compass.server")
+
+DEFAULT_ARENA = 1 << 30
+"""Bytes of shared memory per session for tensors (a sparse file: pages cost only when
+touched)."""
+
+
+class ActiveSession:
+    """The session the board serves now."""
+
+    def __init__(self, ident: str, lease: str, user: str, deadline: float,
+                 directory: SessionDirectory, arena: Arena,
+                 executor: ExecutorHandle, connection: Any) -> None:
+        self.ident = ident
+        self.lease = lease
+        self.user = user
+        self.deadline = deadline
+        self.directory = directory
+        self.arena = arena
+        self.executor = executor
+        self.connection = connection
+        self.started = time.monotonic()
+        self.timer: IDelayedCall | None = None
+        self.ended: str | None = None
+        """Why it ended, once it has."""
+        self.models: dict[str, str] = {}
+
+
+def _arena_dir(session_dir: Path) -> Path:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else session_dir
+
+
+class BoardService(service.MultiService):
+    """Serve one device: register it, keep a spare executor warm, run one session at a time."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        key: str,
+        device: str,
+        backend: str,
+        tracker: str,
+        workdir: str | os.PathLike[str],
+        driver: str | None = None,
+        advertise: str | None = None,
+        tags: list[str] | None = None,
+        max_lease: float | None = None,
+        token: str | None = None,
+        max_upload: int = 4 << 30,
+        run_timeout: float = 300.0,
+        health_interval: float = 30.0,
+        arena_size: int = DEFAULT_ARENA,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.key = key
+        self.device = device
+        self.backend = backend
+        self.driver = driver
+        self.workdir = Path(workdir)
+        self.advertise = advertise
+        self.max_upload = max_upload
+        self.run_timeout = run_timeout
+        self.health_interval = health_interval
+        self.arena_size = arena_size
+        self.session: ActiveSession | None = None
+        self.backend_info: list[str] = []
+        self._spare_pending: ExecutorHandle | None = None
+        self._spare_handle: ExecutorHandle | None = None
+        self._health: LoopingCall | None = None
+        self.sessions_served = 0
+        self.link = TrackerLink(
+            reactor, tracker,
+            BoardDescription(device=device, key=key, address=advertise or "",
+                             tags=list(tags or []), max_lease=max_lease,
+                             info=[f"backend={backend}", f"server=compass-server {__version__}"],
+                             healthy=False, health_detail="starting"),
+            on_revoke=self._revoked, token=token)
+
+    @classmethod
+    def from_options(cls, options: Any, reactor: Any) -> BoardService:
+        return cls(
+            reactor, key=options["key"], device=options["device"],
+            backend=options["backend"], tracker=options["tracker-endpoint"],
+            workdir=options["workdir"], driver=options["driver"],
+            advertise=options["advertise"], tags=options["tags"],
+            max_lease=options["max-lease"], token=options["token"],
+            max_upload=options["max-upload"], run_timeout=options["run-timeout"],
+            health_interval=options["health-interval"])
+
+    def factory(self) -> Factory:
+        from .session import SessionConnection
+
+        return Factory.forProtocol(lambda: SessionConnection(self))
+
+    # --- life ----------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for stale in clean_stale(self.workdir):
+            log.info("removed the stale session directory {path} left by an earlier run",
+                     path=stale)
+        self._clean_stale_arenas()
+        self._health = LoopingCall(self._check_health)
+        self._health.clock = self.reactor
+        self._health.start(self.health_interval, now=False)
+        self._warm_spare()
+        if self.advertise:
+            self.link.startService()
+
+    def listening(self, port: IListeningPort) -> IListeningPort:
+        """Called when a client port is bound: it gives the address to advertise."""
+        if not self.link.board.address:
+            host: Any = port.getHost()
+            name = host.host
+            if name in ("0.0.0.0", "::", ""):
+                name = socket.getfqdn()
+            self.link.board.address = (f"[{name}]:{host.port}" if ":" in name
+                                       else f"{name}:{host.port}")
+            if self.running and not self.link.running:
+                self.link.startService()
+        return port
+
+    def stopService(self) -> Deferred[None]:
+        if self._health is not None and self._health.running:
+            self._health.stop()
+        if self.session is not None:
+            self.end_session(self.session, "server-stopped",
+                             "The board's server is stopping; the session ended.")
+        for spare in (self._spare_handle, self._spare_pending):
+            if spare is not None:
+                spare.kill()
+        self._spare_handle = self._spare_pending = None
+        d = maybeDeferred(super().stopService)
+        if self.link.running:
+            d.addCallback(lambda _: self.link.stopService())
+        return d
+
+    # --- the warm spare ------------------------------------------------------------
+
+    def _warm_spare(self) -> None:
+        if self._spare_pending is not None or self._spare_handle is not None \
+                or not self.running:
+            return
+        handle = spawn_executor(self.reactor, self.backend, driver=self.driver,
+                                tag=f"{self.device} spare")
+        self._spare_pending = handle
+        handle.when_ready().addCallbacks(
+            lambda _: self._spare_ready(handle), lambda f: self._spare_failed(handle, f))
+
+    def _spare_ready(self, handle: ExecutorHandle) -> None:
+        if self._spare_pending is not handle:
+            return  # a session took it while it started
+        self._spare_pending = None
+        if not self.running:
+            handle.kill()
+            return
+        self._spare_handle = handle
+        handle.ended.addCallback(self._spare_ended, handle)
+        self.backend_info = [line for line in handle.info
+                             if not line.startswith(("backend=", "pid="))]
+        self.link.board.info = [f"backend={self.backend}", *self.backend_info,
+                                f"server=compass-server {__version__}"]
+        self._check_health()
+
+    def _spare_failed(self, handle: ExecutorHandle, failure: Failure) -> None:
+        if self._spare_pending is handle:
+            self._spare_pending = None
+        detail = f"the {self.backend} executor did not start: {failure.getErrorMessage()}"
+        log.warn("{device}: {detail}", device=self.device, detail=detail)
+        self.link.set_health(False, detail)
+
+    def _spare_ended(self, why: object, handle: ExecutorHandle) -> object:
+        if self._spare_handle is handle:
+            self._spare_handle = None
+            log.warn("{device}: the spare executor ended ({why}); starting another",
+                     device=self.device, why=why)
+            self.link.set_health(False, f"the spare executor ended: {why}")
+            self._warm_spare()
+        return why
+
+    def _check_health(self) -> None:
+        if self.session is not None:
+            return
+        handle = self._spare_handle
+        if handle is None:
+            self._warm_spare()
+            return
+
+        def checked(answer: tuple[bool, str]) -> None:
+            healthy, detail = bool(answer[0]), str(answer[1])
+            if healthy != self.link.board.healthy:
+                log.info("{device} is {state}: {detail}", device=self.device,
+                         state="healthy" if healthy else "unhealthy", detail=detail)
+            self.link.set_health(healthy, detail)
+
+        def failed(failure: Failure) -> None:
+            self.link.set_health(False, f"health check failed: {failure.getErrorMessage()}")
+
+        handle.check_health().addCallbacks(checked, failed)
+
+    # --- sessions ------------------------------------------------------------------
+
+    def open_session(self, connection: Any, ticket: str) -> Deferred[ActiveSession]:
+        """Check C{ticket} with the tracker, then give the connection a fresh session."""
+        if self.session is not None:
+            raise BoardBusy(
+                f"The board {self.device} is serving another session; a ticket opens a"
+                " session only on the board it was granted for, once.")
+        opening = self.link.redeem(ticket)
+
+        def redeemed(answer: dict[str, Any]) -> Deferred[ActiveSession]:
+            if self.session is not None:
+                raise BoardBusy(f"The board {self.device} is serving another session.")
+            return self._start(connection, answer["lease"], answer["user"],
+                               float(answer["expires_in"]))
+
+        return opening.addCallback(redeemed)
+
+    def _take_executor(self) -> Deferred[ExecutorHandle]:
+        handle, self._spare_handle = self._spare_handle, None
+        if handle is not None:
+            d: Deferred[ExecutorHandle] = Deferred()
+            d.callback(handle)
+            return d
+        pending, self._spare_pending = self._spare_pending, None
+        if pending is not None:
+            return pending.when_ready().addCallback(lambda _: pending)
+        fresh = spawn_executor(self.reactor, self.backend, driver=self.driver,
+                               tag=self.device)
+        return fresh.ready.addCallback(lambda _: fresh)
+
+    def _start(self, connection: Any, lease: str, user: str,
+               expires_in: float) -> Deferred[ActiveSession]:
+        ident = secrets.token_hex(8)
+        directory = SessionDirectory.create(self.workdir, self.max_upload, ident)
+        arena_path = _arena_dir(directory.path) / f"compass-arena-{self.device}-{ident}"
+        try:
+            arena = Arena.create(arena_path, self.arena_size)
+        except BaseException:
+            directory.destroy()
+            raise
+        placeholder: dict[str, ActiveSession] = {}
+
+        def attach(handle: ExecutorHandle) -> Deferred[ActiveSession]:
+            session = ActiveSession(ident, lease, user, self.reactor.seconds() + expires_in,
+                                    directory, arena, handle, connection)
+            placeholder["s"] = session
+            self.session = session
+            handle.tag = f"{self.device} session {ident} ({user})"
+            handle.ended.addCallback(self._executor_ended, session)
+            session.timer = self.reactor.callLater(max(0.0, expires_in), self._expired,
+                                                   session)
+            log.info("{device}: session {session} opened for {user} (lease {lease},"
+                     " {left:.0f} s left)", device=self.device, session=ident, user=user,
+                     lease=lease, left=expires_in)
+            d = handle.attach(str(directory.files), arena.path, arena.size, ident)
+            return d.addCallback(lambda _: session)
+
+        def failed(failure: Failure) -> Failure:
+            session = placeholder.get("s")
+            if session is not None:
+                self.end_session(session, "failed",
+                                 f"The session could not start: {failure.getErrorMessage()}")
+            else:
+                arena.close()
+                _unlink(arena.path)
+                directory.destroy()
+                self.link.session_ended(lease, "the session could not start")
+            return failure
+
+        d = self._take_executor().addCallback(attach).addErrback(failed)
+        self.reactor.callLater(0, self._warm_spare)
+        return d
+
+    def _expired(self, session: ActiveSession) -> None:
+        session.timer = None
+        held = time.monotonic() - session.started
+        self.end_session(session, "expired",
+                         f"The lease expired after {held:.0f} s; the session on"
+                         f" {self.device} ended and the board went back to the pool."
+                         " Ask for a longer lease (request(..., lease=SECONDS)) if you need"
+                         " more time.")
+
+    def _revoked(self, lease: str, reason: str, message: str) -> None:
+        session = self.session
+        if session is not None and session.lease == lease:
+            self.end_session(session, reason, message or f"The tracker ended the lease"
+                             f" ({reason}).", tell_tracker=False)
+
+    def _executor_ended(self, why: object, session: ActiveSession) -> object:
+        if session.ended is None:
+            self.end_session(session, "executor-died",
+                             f"The session's executor on {self.device} ended ({why});"
+                             " the session is over and the board went back to the pool.")
+        return why
+
+    def client_lost(self, session: ActiveSession) -> None:
+        if session.ended is None:
+            self.end_session(session, "client-lost", "The client went away.")
+
+    def end_session(self, session: ActiveSession, reason: str, message: str, *,
+                    tell_tracker: bool = True) -> None:
+        """End C{session}: every resource goes, the client and the tracker are told."""
+        if session.ended is not None:
+            return
+        session.ended = reason
+        if session.timer is not None and session.timer.active():
+            session.timer.cancel()
+        session.timer = None
+        session.executor.kill()
+        session.arena.close()
+        _unlink(session.arena.path)
+        session.directory.destroy()
+        if self.session is session:
+            self.session = None
+        self.sessions_served += 1
+        held = time.monotonic() - session.started
+        log.info("{device}: session {session} of {user} ended after {held:.1f} s"
+                 " ({reason}): {message}", device=self.device, session=session.ident,
+                 user=session.user, held=held, reason=reason, message=message)
+        closing = getattr(session.connection, "session_closing", None)
+        if closing is not None:
+            closing(reason, message)
+        if tell_tracker:
+            self.link.session_ended(session.lease, f"{reason}: {message}")
+        self._warm_spare()
+
+    def _clean_stale_arenas(self) -> None:
+        shm = Path("/dev/shm")
+        if not shm.is_dir():
+            return
+        for path in shm.glob(f"compass-arena-{self.device}-*"):
+            _unlink(str(path))
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def session_gone(session: ActiveSession | None) -> SessionEnded:
+    """The error for a command that arrives when no session is open."""
+    if session is None:
+        return SessionEnded("No session is open on this connection: send open-session"
+                            " with the ticket the tracker granted first.")
+    return SessionEnded(f"The session has ended ({session.ended}); open a new one with a"
+                        " new lease.")
+
+
+__all__ = ["ActiveSession", "BoardService", "ExecutorDied", "Unavailable", "session_gone"]

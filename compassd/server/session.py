@@ -1,0 +1,399 @@
+"""One client connection to compass-server: the session protocol's responders.
+
+Nothing but hello and open-session is served until the tracker has confirmed the ticket.
+Large values cross as raw byte runs (see L{compassd.protocol.session}): uploads go
+straight into a partial file of the session directory, input tensors straight into the
+session's shared arena, where the executor reads them; outputs go from the arena to the
+socket right after the answer that announces them. A byte run announced by a refused
+command is still read whole and thrown away, so the connection stays in step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IPullProducer
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .. import __version__
+from ..executor.arena import Arena, Slot, align_up, parse_dtype
+from ..protocol import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, choose_version
+from ..protocol import session as ps
+from ..protocol.errors import (
+    BadRequest,
+    LimitExceeded,
+    RunFailed,
+    SessionEnded,
+    TensorMismatch,
+    UnsupportedVersion,
+)
+from ..protocol.peer import CompassPeer
+from .board import ActiveSession, BoardService, session_gone
+from .upload import UploadSink, download_chunks
+
+log = Logger(namespace="compass.server")
+
+
+@implementer(IPullProducer)
+class _ChunkProducer:
+    """Write an iterator's chunks to a transport as fast as it takes them."""
+
+    def __init__(self, transport: Any, chunks: Iterator[bytes]) -> None:
+        self._transport = transport
+        self._chunks = chunks
+        transport.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            self._transport.unregisterProducer()
+            return
+        self._transport.write(chunk)
+
+    def stopProducing(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+class _SlotWriter:
+    """A raw-run sink that fills byte ranges of the arena one after the other."""
+
+    def __init__(self, arena: Arena, ranges: list[tuple[int, int]]) -> None:
+        self._view = arena.view()
+        self._ranges = [r for r in ranges if r[1]]
+        self._index = 0
+        self._done = 0
+
+    def __call__(self, data: bytes) -> None:
+        piece = memoryview(data)
+        while piece:
+            offset, nbytes = self._ranges[self._index]
+            take = min(len(piece), nbytes - self._done)
+            at = offset + self._done
+            self._view[at:at + take] = piece[:take]
+            self._done += take
+            piece = piece[take:]
+            if self._done == nbytes:
+                self._index += 1
+                self._done = 0
+
+    def close(self, result: object) -> object:
+        self._view.release()
+        return result
+
+
+def _discard(data: bytes) -> None:
+    """Where the bytes of a refused byte run go."""
+
+
+class SessionConnection(CompassPeer):
+    """A client of this board: at most one session, opened with a ticket."""
+
+    def __init__(self, board: BoardService) -> None:
+        super().__init__()
+        self.board = board
+        self.session: ActiveSession | None = None
+        self.closing: tuple[str, str] | None = None
+
+    # --- the board's side ----------------------------------------------------------
+
+    def session_closing(self, reason: str, message: str) -> None:
+        """The board ended our session: tell the client, and hang up a little later."""
+        self.closing = (reason, message)
+        if self.alive:
+            self.callRemote(ps.SessionClosing, reason=reason, message=message)
+            self.board.reactor.callLater(30.0, self.drop)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        if self.session is not None:
+            self.board.client_lost(self.session)
+
+    def _active(self) -> ActiveSession:
+        session = self.session
+        if session is None or session.ended is not None:
+            if self.closing is not None:
+                raise SessionEnded(self.closing[1])
+            raise session_gone(session)
+        return session
+
+    def _refuse_run(self, size: int, error: Exception) -> Deferred[Any]:
+        """Read the C{size} bytes announced by a refused command, then refuse it."""
+        return self.expect_raw(size, _discard).addCallback(lambda _: fail(error))
+
+    # --- hello and opening ---------------------------------------------------------
+
+    @Hello.responder
+    def hello(self, versions: list[int], role: str, token: str | None = None,
+              user: str | None = None, software: str | None = None) -> dict[str, Any]:
+        if self.greeted:
+            raise BadRequest("This connection already said hello.")
+        version = choose_version(versions)
+        if version is None:
+            raise UnsupportedVersion(
+                f"This board speaks protocol versions {list(SUPPORTED_VERSIONS)}; you"
+                f" offered {versions}. Upgrade the older side.")
+        if role != "client":
+            raise BadRequest(f"A board serves clients; a {role!r} has nothing to do here.")
+        self.greeted = True
+        return {"version": version, "user": user or "", "roles": ["client"],
+                "software": f"compassd {__version__} server (protocol {PROTOCOL_VERSION})"}
+
+    @ps.OpenSession.responder
+    def open_session(self, ticket: str) -> Deferred[dict[str, Any]]:
+        if self.session is not None:
+            raise BadRequest("This connection already has a session; open another"
+                             " connection for another lease.")
+
+        def opened(session: ActiveSession) -> dict[str, Any]:
+            if not self.alive:
+                self.board.client_lost(session)
+                raise SessionEnded("The client went away while the session opened.")
+            self.session = session
+            return {
+                "session": session.ident,
+                "lease": session.lease,
+                "expires_in": max(0.0, session.deadline - self.board.reactor.seconds()),
+                "backend": self.board.backend,
+                "info": list(self.board.link.board.info),
+                "max_upload": self.board.max_upload,
+            }
+
+        return self.board.open_session(self, ticket).addCallback(opened)
+
+    @ps.CloseSession.responder
+    def close_session(self) -> dict[str, Any]:
+        session = self._active()
+        self.closing = ("closed", "The session was closed by its client.")
+        self.board.end_session(session, "closed", "The client closed the session.")
+        return {}
+
+    # --- files ---------------------------------------------------------------------
+
+    @ps.Upload.responder
+    def upload(self, path: str, size: int, sha256: str) -> Deferred[dict[str, Any]]:
+        if size < 0:
+            raise BadRequest(f"An upload of {size} bytes makes no sense.")
+        try:
+            session = self._active()
+            sink = UploadSink.start(session.directory, path, size, sha256)
+        except Exception as e:
+            return self._refuse_run(size, e)
+        arrived = self.expect_raw(size, sink)
+
+        def stored(_: object) -> dict[str, Any]:
+            sink.finish()
+            log.info("{device}: session {session} stored {path} ({size} bytes)",
+                     device=self.board.device, session=session.ident, path=path, size=size)
+            return {}
+
+        def lost(failure: Failure) -> Failure:
+            sink.abort()
+            return failure
+
+        return arrived.addCallbacks(stored, lost)
+
+    @ps.Download.responder
+    def download(self, path: str) -> dict[str, Any]:
+        session = self._active()
+        source = download_chunks(session.directory, path)
+        self._follow_answer(lambda: _ChunkProducer(self.transport, iter(source)))
+        return {"size": source.size, "sha256": source.sha256}
+
+    @ps.ListFiles.responder
+    def list_files(self, path: str | None = None) -> dict[str, Any]:
+        session = self._active()
+        return {"files": [entry.as_box() for entry in session.directory.listdir(path)]}
+
+    @ps.RemoveFile.responder
+    def remove_file(self, path: str) -> dict[str, Any]:
+        self._active().directory.remove(path)
+        return {}
+
+    # --- models --------------------------------------------------------------------
+
+    @ps.LoadModel.responder
+    def load_model(self, path: str, manifest: str | None = None) -> Deferred[dict[str, Any]]:
+        session = self._active()
+        files = session.directory.files
+        model_path = session.directory.resolve(path).relative_to(files)
+        manifest_path = (str(session.directory.resolve(manifest).relative_to(files))
+                         if manifest is not None and not manifest.lstrip().startswith("{")
+                         else manifest)
+        d = session.executor.load(str(model_path), manifest_path,
+                                  timeout=self._time_left(session))
+
+        def loaded(answer: tuple[str, list[Any], list[Any]]) -> dict[str, Any]:
+            model, inputs, outputs = answer
+            session.models[model] = path
+            log.info("{device}: session {session} loaded {path} as {model}",
+                     device=self.board.device, session=session.ident, path=path,
+                     model=model)
+            return {"model": model, "inputs": [spec.to_amp() for spec in inputs],
+                    "outputs": [spec.to_amp() for spec in outputs]}
+
+        return d.addCallback(loaded)
+
+    def _inputs_to_arena(self, session: ActiveSession, inputs: list[dict[str, Any]]
+                         ) -> tuple[list[dict[str, Any]], int, int]:
+        """Plan where each input goes in the arena: slots, total bytes, end offset."""
+        slots, offset, total = [], 0, 0
+        for row in inputs:
+            name = row["name"]
+            try:
+                dtype = parse_dtype(row["dtype"])
+            except (TypeError, ValueError) as e:
+                raise TensorMismatch(f"Input {name!r} has the unknown dtype"
+                                     f" {row['dtype']!r}.") from e
+            shape = [int(d) for d in row["shape"]]
+            if any(d < 0 for d in shape):
+                raise TensorMismatch(f"Input {name!r} has a negative dimension in {shape}.")
+            expected = math.prod(shape) * dtype.itemsize
+            if expected != row["nbytes"]:
+                raise TensorMismatch(
+                    f"Input {name!r} is {dtype.name} with shape {tuple(shape)}, which takes"
+                    f" {expected} bytes, but {row['nbytes']} were announced.")
+            offset = align_up(offset)
+            slots.append({"name": name, "dtype": dtype.name, "shape": shape,
+                          "offset": offset, "nbytes": expected})
+            offset += expected
+            total += expected
+        if offset > session.arena.size // 2:
+            raise LimitExceeded(
+                f"The inputs take {total} bytes, more than half of the session's"
+                f" {session.arena.size}-byte tensor arena; send smaller tensors.")
+        return slots, total, offset
+
+    def _receive_inputs(self, session: ActiveSession, slots: list[dict[str, Any]],
+                        total: int) -> Deferred[None]:
+        """Read the inputs' raw bytes straight into their arena slots."""
+        writer = _SlotWriter(session.arena, [(s["offset"], s["nbytes"]) for s in slots])
+        return self.expect_raw(total, writer).addBoth(writer.close)
+
+    def _time_left(self, session: ActiveSession, timeout: float | None = None) -> float:
+        """How long a backend call may take: the run timeout, the client's, and the lease."""
+        limit = self.board.run_timeout if timeout is None else min(timeout,
+                                                                   self.board.run_timeout)
+        left = session.deadline - self.board.reactor.seconds()
+        if left <= 0:
+            raise SessionEnded("The lease has expired; the session is ending.")
+        return min(limit, left)
+
+    def _ended_meanwhile(self, failure: Failure, session: ActiveSession) -> Failure:
+        """A call cut short because the session ended says why the session ended."""
+        if session.ended is not None and session.ended != "executor-died" \
+                and self.closing is not None and not failure.check(SessionEnded):
+            return Failure(SessionEnded(self.closing[1]))
+        return failure
+
+    @ps.Run.responder
+    def run(self, model: str, inputs: list[dict[str, Any]],
+            timeout: float | None = None) -> Deferred[Any]:
+        announced = sum(int(row["nbytes"]) for row in inputs)
+        try:
+            session = self._active()
+            if timeout is not None and not timeout > 0:
+                raise BadRequest(f"A run timeout must be positive, not {timeout}.")
+            slots, total, end = self._inputs_to_arena(session, inputs)
+        except Exception as e:
+            return self._refuse_run(announced, e)
+        out_offset = align_up(end)
+        arena = session.arena
+
+        def execute(_: object) -> Deferred[tuple[list[Slot], float]]:
+            if session.ended is not None:
+                raise SessionEnded(self.closing[1] if self.closing else "The session ended.")
+            return session.executor.execute(
+                model, [Slot.from_amp(slot) for slot in slots], out_offset,
+                arena.size - out_offset, timeout=self._time_left(session, timeout))
+
+        answer: Deferred[Any] = self._receive_inputs(session, slots, total)
+        answer.addCallback(execute)
+        outputs: dict[str, Any] = {}
+
+        def reply(result: tuple[list[Slot], float]) -> dict[str, Any]:
+            slots_out, seconds = result
+            rows = []
+            for slot in slots_out:
+                if not 0 <= slot.offset <= slot.end <= arena.size:
+                    raise RunFailed(f"The executor put output {slot.name!r} outside the"
+                                    " arena.")
+                rows.append({"name": slot.name, "dtype": slot.dtype,
+                             "shape": list(slot.shape), "nbytes": slot.nbytes})
+            outputs["slots"] = slots_out
+            return {"outputs": rows, "seconds": seconds}
+
+        def send_outputs() -> None:
+            for slot in outputs.get("slots", []):
+                if slot.nbytes and self.transport is not None:
+                    self.transport.write(arena.read_bytes(slot.offset, slot.nbytes))
+
+        answer.addErrback(self._ended_meanwhile, session)
+        answer.addCallback(reply)
+        self._follow_answer(send_outputs, answer)
+        return answer
+
+    @ps.Benchmark.responder
+    def benchmark(self, model: str, inputs: list[dict[str, Any]], number: int, repeat: int,
+                  warmup: int | None = None) -> Deferred[dict[str, Any]]:
+        announced = sum(int(row["nbytes"]) for row in inputs)
+        try:
+            session = self._active()
+            if not (0 < number <= 1_000_000 and 0 < repeat <= 1000):
+                raise BadRequest(f"number ({number}) and repeat ({repeat}) must be positive"
+                                 " (at most 1,000,000 and 1,000).")
+            if warmup is not None and not 0 <= warmup <= 1_000_000:
+                raise BadRequest(f"warmup must be 0 to 1,000,000, not {warmup}.")
+            slots, total, _ = self._inputs_to_arena(session, inputs)
+        except Exception as e:
+            return self._refuse_run(announced, e)
+
+        def measure(_: object) -> Deferred[list[float]]:
+            return session.executor.measure(
+                model, [Slot.from_amp(slot) for slot in slots], number, repeat,
+                1 if warmup is None else warmup, timeout=self._time_left(session))
+
+        d: Deferred[Any] = self._receive_inputs(session, slots, total)
+        d.addCallback(measure)
+        d.addErrback(self._ended_meanwhile, session)
+        return d.addCallback(lambda times: {"times": list(times)})
+
+    # --- plumbing ------------------------------------------------------------------
+
+    def _follow_answer(self, work: Callable[[], object],
+                       answer: Deferred[Any] | None = None) -> None:
+        """Run C{work} right after the answer to the box being handled is written.
+
+        AMP attaches its answer-writing callbacks to the responder's Deferred once the
+        responder returns; L{CompassPeer.after_dispatch} runs after that, so a callback
+        added then runs after the answer went out. Nothing follows a refusal.
+        """
+        if answer is None:
+            self.after_dispatch(work)
+            return
+        succeeded: list[bool] = []
+
+        def note(result: Any) -> Any:
+            succeeded.append(True)
+            return result
+
+        def follow(result: Any) -> Any:
+            if succeeded:
+                work()
+            return result
+
+        answer.addCallback(note)
+
+        def then() -> None:
+            answer.addBoth(follow)
+
+        self.after_dispatch(then)
+

@@ -1,0 +1,158 @@
+"""``twistd compass-server``: its options and how they become a running service."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.python import usage
+
+from ..client.asynchronous import parse_address
+from ..listening import Listener
+
+BACKENDS = ("aipu", "onnx")
+
+
+def tracker_endpoint(text: str) -> str:
+    """A Twisted client endpoint string from C{HOST:PORT} or an endpoint string."""
+    if text.startswith(("tcp:", "ssl:", "tls:", "unix:")) and "=" in text:
+        return text
+    host, port = parse_address(text)
+    return f"tcp:host={host}:port={port}" if ":" not in host else \
+        f"tcp:host={host.replace(':', chr(92) + ':')}:port={port}"
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"{text} is not a positive number")
+    return value
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K, M or G suffix (powers of 1024)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    scale = units.get(text[-1:].upper(), 1)
+    number = text[:-1] if scale != 1 else text
+    value = int(float(number) * scale)
+    if value < 1:
+        raise ValueError(f"{text} is not a positive size")
+    return value
+
+
+class Options(usage.Options):
+    synopsis = "--key KEY [options]"
+    longdesc = (
+        "Run compass-server on a board: it registers the board's device with the tracker"
+        " under KEY (and keeps it registered, reconnecting as needed), accepts only"
+        " clients holding a ticket the tracker granted for it, and runs each session's"
+        " models in a separate executor process that drives the NPU through"
+        " libaipudrv.so (--backend aipu) or ONNX Runtime on the CPU (--backend onnx)."
+        " It never runs code a client sends. Durations are in seconds."
+    )
+
+    optParameters = [
+        ["key", "k", None, "The pool to join, e.g. npu-x2 (required)."],
+        ["tracker", "t", "127.0.0.1:9190",
+         "The tracker: HOST:PORT or a Twisted client endpoint string"
+         " (tcp:host=H:port=P, tls:...)."],
+        ["backend", "b", "aipu", "How models run: aipu (the NPU driver) or onnx (CPU)."],
+        ["driver", None, None,
+         "Path of libaipudrv.so for --backend aipu (default: $COMPASS_AIPU_DRIVER, then"
+         " the library search path)."],
+        ["advertise", None, None,
+         "HOST:PORT clients should connect to (default: this host's name and the port"
+         " of the first --listen)."],
+        ["device", None, None, "This device's name at the tracker (default: HOST-KEY)."],
+        ["max-lease", None, None, "Longest lease this device accepts.", _positive],
+        ["workdir", None, None,
+         "Where session directories live (default: $STATE_DIRECTORY, else"
+         " /var/lib/compass-server/KEY). Leftover session directories there are removed"
+         " at start."],
+        ["token-file", None, None,
+         "File holding this board's token for the tracker (first line)."],
+        ["max-upload", None, "4G",
+         "Most bytes a session may store (K, M, G suffixes).", _size],
+        ["run-timeout", None, 300.0,
+         "Longest a single run or benchmark may take unless the client asks for less;"
+         " past it the executor is killed.", _positive],
+        ["health-interval", None, 30.0,
+         "How often to check the backend's health while idle.", _positive],
+    ]
+    compData = usage.Completions(
+        optActions={
+            "backend": usage.CompleteList(list(BACKENDS)),
+            "driver": usage.CompleteFiles(),
+            "workdir": usage.CompleteDirs(),
+            "token-file": usage.CompleteFiles(),
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["tags"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Listen for clients on this Twisted endpoint (repeatable; default tcp:9191),
+        e.g. tcp:9191:interface=10.0.0.5, systemd:domain=INET:index=0."""
+        self["listen"].append(endpoint)
+
+    def opt_tag(self, tag: str) -> None:
+        """A tag requests can ask for, e.g. dram-4g (repeatable)."""
+        self["tags"].append(tag)
+
+    def postOptions(self) -> None:
+        if not self["key"]:
+            raise usage.UsageError("--key is required: the pool this board joins.")
+        if self["backend"] not in BACKENDS:
+            raise usage.UsageError(
+                f"--backend must be one of {', '.join(BACKENDS)}, not {self['backend']!r}.")
+        if isinstance(self["max-upload"], str):  # a default is not coerced by usage
+            self["max-upload"] = _size(self["max-upload"])
+        if not self["listen"]:
+            self["listen"] = ["tcp:9191"]
+        try:
+            self["tracker-endpoint"] = tracker_endpoint(self["tracker"])
+        except ValueError as e:
+            raise usage.UsageError(f"--tracker: {e}") from e
+        if self["advertise"]:
+            try:
+                parse_address(self["advertise"])
+            except ValueError as e:
+                raise usage.UsageError(f"--advertise: {e}") from e
+        if self["device"] is None:
+            self["device"] = f"{socket.gethostname()}-{self['key']}"
+        if self["workdir"] is None:
+            state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+            self["workdir"] = state or f"/var/lib/compass-server/{self['key']}"
+        self["token"] = None
+        if self["token-file"]:
+            try:
+                lines = Path(self["token-file"]).read_text().split()
+            except OSError as e:
+                raise usage.UsageError(
+                    f"Cannot read --token-file {self['token-file']}: {e.strerror}.") from e
+            if not lines:
+                raise usage.UsageError(f"--token-file {self['token-file']} is empty.")
+            self["token"] = lines[0]
+
+
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    from .board import BoardService
+
+    top = service.MultiService()
+    board = BoardService.from_options(options, reactor)
+    board.setServiceParent(top)
+    for endpoint in options["listen"]:
+        listener = Listener(reactor, "compass-server", endpoint, board.factory())
+        listener.ready.addCallback(board.listening)
+        listener.setServiceParent(top)
+    return top

@@ -1,0 +1,235 @@
+"""compass-server's link to the tracker: registered for as long as the server runs.
+
+The link reconnects with backoff whenever the connection drops (tracker restart, network
+cut), and on every new connection it says hello as a board, registers the device again
+with its current health, and heartbeats at the interval the tracker asked for. If a
+heartbeat goes unanswered for a whole interval the tracker is taken as gone and the
+connection is dropped, so a reconnection starts at once instead of after TCP gives up.
+
+The server asks the tracker through the link whether a client's ticket is good
+(L{TrackerLink.redeem}), tells it when a session ended (L{TrackerLink.session_ended}), and
+learns through L{BoardDescription.on_revoke} that the tracker ended a lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .. import __version__
+from ..protocol import SUPPORTED_VERSIONS, Hello
+from ..protocol import board_tracker as bt
+from ..protocol.errors import Unavailable
+from ..protocol.peer import CompassPeer
+
+log = Logger(namespace="compass.server")
+
+
+@attrs.define
+class BoardDescription:
+    """What the server registers: the device and how clients reach it."""
+
+    device: str
+    key: str
+    address: str
+    tags: list[str] = attrs.Factory(list)
+    info: list[str] = attrs.Factory(list)
+    max_lease: float | None = None
+    healthy: bool = True
+    health_detail: str = ""
+
+
+class _BoardProtocol(CompassPeer):
+    """The board's end of a tracker connection: it only needs to hear revocations."""
+
+    def __init__(self, on_revoke: Callable[[str, str, str, str], object]) -> None:
+        super().__init__()
+        self._on_revoke = on_revoke
+        self.greeted = True  # the board said hello; the tracker sends no hello back
+        self.lost: Deferred[None] = Deferred()
+
+    @bt.Revoke.responder
+    def revoke(self, device: str, lease: str, reason: str, message: str) -> dict[str, Any]:
+        self._on_revoke(device, lease, reason, message)
+        return {}
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.lost.callback(None)
+
+
+class TrackerLink(service.Service):
+    """Keep one device registered with the tracker at C{endpoint} while running."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: str,
+        board: BoardDescription,
+        on_revoke: Callable[[str, str, str], object],
+        token: str | None = None,
+        retry_max_delay: float = 30.0,
+    ) -> None:
+        self._reactor = reactor
+        self.endpoint = endpoint
+        self.board = board
+        self._on_revoke = on_revoke
+        self._token = token
+        self._connected: _BoardProtocol | None = None
+        self._heartbeat: LoopingCall | None = None
+        self._beat_pending = False
+        self.registrations = 0
+        """How many times the device was registered (once per connection)."""
+        factory = Factory.forProtocol(lambda: _BoardProtocol(self._revoked))
+        self._clients = ClientService(
+            clientFromString(reactor, endpoint),
+            factory,
+            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=retry_max_delay),
+            clock=reactor,
+            prepareConnection=self._prepare,  # type: ignore[arg-type]
+        )
+
+    # --- service -------------------------------------------------------------------
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        log.info("registering {device} with the tracker at {endpoint}",
+                 device=self.board.device, endpoint=self.endpoint)
+        self._clients.startService()
+
+    def stopService(self) -> Deferred[None]:
+        service.Service.stopService(self)
+        self._stop_heartbeat()
+        return self._clients.stopService()
+
+    @property
+    def registered(self) -> bool:
+        """Whether the device is registered on a live connection right now."""
+        return self._connected is not None and self._connected.alive
+
+    # --- what the server asks ------------------------------------------------------
+
+    def redeem(self, ticket: str) -> Deferred[dict[str, Any]]:
+        """Check C{ticket} with the tracker: the answer has C{lease}, C{user}, C{expires_in}.
+
+        Fails with L{Unavailable} when the tracker cannot be reached right now, or
+        with the tracker's own L{TicketRejected}.
+        """
+        protocol = self._connected
+        if protocol is None or not protocol.alive:
+            return fail(Unavailable(
+                f"The board {self.board.device} cannot reach its tracker at {self.endpoint}"
+                " right now, so it cannot check the ticket; try again shortly."))
+        return protocol.callRemote(bt.Redeem, device=self.board.device, ticket=ticket)
+
+    def session_ended(self, lease: str, detail: str = "") -> None:
+        """Tell the tracker the session of C{lease} is over and the board free.
+
+        When the tracker is unreachable there is nothing to tell: the lease ended with
+        the connection (the tracker ends leases of a board it lost).
+        """
+        protocol = self._connected
+        if protocol is None or not protocol.alive:
+            return
+        d = protocol.callRemote(bt.SessionEnded, device=self.board.device, lease=lease,
+                                detail=detail)
+        d.addErrback(lambda f: log.info("the tracker did not take the end of lease {lease}:"
+                                        " {why}", lease=lease, why=f.getErrorMessage()))
+
+    def set_health(self, healthy: bool, detail: str = "") -> None:
+        """Report a health change; it is also sent again on every registration."""
+        changed = healthy != self.board.healthy or detail != self.board.health_detail
+        self.board.healthy = healthy
+        self.board.health_detail = detail
+        protocol = self._connected
+        if changed and protocol is not None and protocol.alive:
+            d = protocol.callRemote(bt.Health, device=self.board.device, healthy=healthy,
+                                    detail=detail)
+            d.addErrback(lambda f: log.info("could not report health: {why}",
+                                            why=f.getErrorMessage()))
+
+    # --- connection life -----------------------------------------------------------
+
+    def _prepare(self, protocol: _BoardProtocol) -> Deferred[None]:
+        arguments: dict[str, Any] = {
+            "versions": list(SUPPORTED_VERSIONS),
+            "role": "board",
+            "software": f"compass-server {__version__}",
+        }
+        if self._token:
+            arguments["token"] = self._token
+        board = self.board
+        d = protocol.callRemote(Hello, **arguments)
+
+        def register(_: object) -> Deferred[dict[str, Any]]:
+            return protocol.callRemote(
+                bt.Register, device=board.device, key=board.key, address=board.address,
+                tags=list(board.tags), info=list(board.info), max_lease=board.max_lease,
+                healthy=board.healthy, flavor="compassd")
+
+        def registered(answer: dict[str, Any]) -> None:
+            self.registrations += 1
+            self._connected = protocol
+            protocol.lost.addCallback(self._lost, protocol)
+            self._start_heartbeat(protocol, answer["heartbeat"])
+            log.info("registered {device} in pool {key} as {address}; heartbeat every"
+                     " {interval:g} s", device=board.device, key=board.key,
+                     address=board.address, interval=answer["heartbeat"])
+
+        def refused(failure: Failure) -> Failure:
+            log.warn("the tracker at {endpoint} refused {device}: {why}",
+                     endpoint=self.endpoint, device=board.device,
+                     why=failure.getErrorMessage())
+            protocol.drop()
+            return failure
+
+        return d.addCallback(register).addCallback(registered).addErrback(refused)
+
+    def _lost(self, _: object, protocol: _BoardProtocol) -> None:
+        if self._connected is protocol:
+            self._connected = None
+            self._stop_heartbeat()
+            if self.running:
+                log.warn("lost the tracker at {endpoint}; reconnecting",
+                         endpoint=self.endpoint)
+
+    def _start_heartbeat(self, protocol: _BoardProtocol, interval: float) -> None:
+        self._stop_heartbeat()
+        self._beat_pending = False
+
+        def beat() -> None:
+            if self._beat_pending:
+                log.warn("the tracker did not answer a heartbeat within {interval:g} s;"
+                         " reconnecting", interval=interval)
+                protocol.drop(abort=True)
+                return
+            self._beat_pending = True
+
+            def answered(_: object) -> None:
+                self._beat_pending = False
+
+            protocol.callRemote(bt.Heartbeat).addCallbacks(answered, lambda f: None)
+
+        self._heartbeat = LoopingCall(beat)
+        self._heartbeat.clock = self._reactor
+        self._heartbeat.start(interval, now=False)
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._heartbeat = None
+
+    def _revoked(self, device: str, lease: str, reason: str, message: str) -> None:
+        if device == self.board.device:
+            self._on_revoke(lease, reason, message)
+

@@ -1,0 +1,233 @@
+"""Files streamed into a session directory, and out of it again.
+
+An upload (L{compassd.protocol.session.Upload}) announces a path, a size and a SHA-256,
+then its bytes follow raw on the connection. L{UploadSink} is what the server hands to
+L{compassd.protocol.peer.CompassPeer.expect_raw} for them::
+
+    sink = UploadSink.start(directory, path, size, sha256)  # may refuse: see below
+    done = peer.expect_raw(size, sink)                      # sink(bytes) per piece
+    done.addCallbacks(lambda _: sink.finish(), lambda f: (sink.abort(), f)[1])
+
+Promises, each checked by the tests:
+
+- an upload over the session's quota, with a malformed SHA-256 or to a refused path is
+  refused by L{UploadSink.start}, before a byte is written; the server must still read
+  the C{size} bytes that follow the box (into a sink that drops them, e.g. C{lambda
+  data: None}) so the connection stays in step;
+- the bytes go to a file in the session's C{partial/} folder and are hashed as they
+  arrive; calling the sink never raises (an exception there would drop the connection),
+  a write error is kept and reported by L{UploadSink.finish};
+- L{UploadSink.finish} stores the file at its path in one atomic rename only when the
+  byte count and SHA-256 match; otherwise, and after L{UploadSink.abort} (the peer
+  vanished mid-transfer), nothing of the upload is left: no partial file, no reserved
+  quota, and any file already at the path is untouched.
+
+L{download_chunks} is the other direction (L{compassd.protocol.session.Download}): it
+opens the file once, answers its size and SHA-256, then yields exactly that many bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import attrs
+
+from ..protocol.errors import BadRequest, ChecksumMismatch, InternalError, LimitExceeded
+from .sessiondir import SessionDirectory
+
+DEFAULT_CHUNK = 256 * 1024
+"""Bytes per chunk L{download_chunks} yields unless told otherwise."""
+
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def check_sha256(what: str, value: str) -> str:
+    """Return C{value} in lower case if it is a hex SHA-256 digest, else L{BadRequest}."""
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise BadRequest(
+            f"The SHA-256 of {what} should be 64 hexadecimal digits, not {value!r}."
+        )
+    return value.lower()
+
+
+@attrs.define(eq=False)
+class UploadSink:
+    """The receiving end of one announced upload. Make one with L{UploadSink.start}."""
+
+    directory: SessionDirectory
+    relpath: str
+    size: int
+    sha256: str
+    _partial: Path
+    _file: BinaryIO
+    _token: object
+    _hash: Any = attrs.field(factory=hashlib.sha256)
+    received: int = 0
+    """Bytes that have arrived so far (including any beyond C{size})."""
+    _error: OSError | None = None
+    _state: str = "receiving"
+
+    @classmethod
+    def start(
+        cls, directory: SessionDirectory, relpath: str, size: int, sha256: str
+    ) -> UploadSink:
+        """Check the announcement and get ready for its bytes, or refuse it with
+        L{PathRefused}, L{BadRequest} or L{LimitExceeded} having written nothing."""
+        what = directory.describe(relpath)
+        digest = check_sha256(what, sha256)
+        if not isinstance(size, int) or size < 0:
+            raise BadRequest(f"The size of {what} must be zero or more bytes, not {size!r}.")
+        directory.resolve(relpath)
+        token = object()
+        directory.reserve(token, size, relpath)
+        try:
+            partial, file = directory.new_partial()
+        except BaseException:
+            directory.release(token)
+            raise
+        return cls(directory, relpath, size, digest, partial, file, token)
+
+    def __call__(self, data: bytes) -> None:
+        """Take the next piece of the upload (what C{expect_raw} calls). Never raises."""
+        if self._state != "receiving":
+            return
+        self.received += len(data)
+        if self._error is not None or self.received > self.size:
+            return
+        self._hash.update(data)
+        try:
+            self._file.write(data)
+        except OSError as e:
+            self._error = e
+
+    def finish(self) -> Path:
+        """All bytes are in: store the file and return its path, or remove what arrived
+        and raise L{ChecksumMismatch}, L{BadRequest} (wrong byte count) or
+        L{LimitExceeded} / L{InternalError} (the board could not write it)."""
+        if self._state != "receiving":
+            raise RuntimeError(f"The upload of {self.relpath!r} is already {self._state}.")
+        what = self.directory.describe(self.relpath)
+        try:
+            try:
+                self._file.close()
+            except OSError as e:
+                self._error = self._error or e
+            if self._error is not None:
+                raise _write_failed(what, self._error)
+            if self.received != self.size:
+                raise BadRequest(
+                    f"The upload of {what} brought {self.received} bytes, but {self.size}"
+                    " were announced; nothing was stored. Send it again."
+                )
+            actual = self._hash.hexdigest()
+            if actual != self.sha256:
+                raise ChecksumMismatch(
+                    f"The upload of {what} arrived with SHA-256 {actual}, but {self.sha256}"
+                    " was announced; nothing was stored. Send it again, and check that"
+                    " the file did not change while it was sent."
+                )
+            path = self.directory.commit(self._partial, self.relpath)
+        except BaseException:
+            self._discard("refused")
+            raise
+        self._state = "stored"
+        self.directory.release(self._token)
+        return path
+
+    def abort(self) -> None:
+        """Give up on the upload (the peer vanished): remove what arrived. Safe to call
+        at any time, more than once, and after L{finish}."""
+        if self._state == "receiving":
+            self._discard("aborted")
+
+    def _discard(self, state: str) -> None:
+        self._state = state
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self._partial)
+        except FileNotFoundError:
+            pass
+        self.directory.release(self._token)
+
+
+def _write_failed(what: str, error: OSError) -> Exception:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return LimitExceeded(
+            f"The board ran out of disk space while storing {what}; nothing was stored."
+            " Remove files from the session or send a smaller file."
+        )
+    return InternalError(
+        f"The board could not write {what} ({error.strerror or error}); nothing was stored."
+    )
+
+
+@attrs.define(eq=False)
+class FileDownload:
+    """A file opened for L{compassd.protocol.session.Download}: its C{size} and C{sha256}
+    go in the answer, then iterating gives exactly C{size} bytes in chunks.
+
+    Should the file change after it was opened, a shrunk file is padded with zero bytes
+    and a grown one cut at C{size}, so the connection stays in step; the client then
+    sees a checksum mismatch rather than a stream out of step.
+    """
+
+    size: int
+    sha256: str
+    chunk_size: int
+    _file: BinaryIO
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            self._file.seek(0)
+            left = self.size
+            while left:
+                chunk = self._file.read(min(self.chunk_size, left))
+                if not chunk:
+                    chunk = bytes(min(self.chunk_size, left))
+                left -= len(chunk)
+                yield chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the file (iterating to the end does it too)."""
+        self._file.close()
+
+
+def download_chunks(
+    directory: SessionDirectory, relpath: str, chunk_size: int = DEFAULT_CHUNK
+) -> FileDownload:
+    """Open the file C{relpath} of a session for download and hash it: raises
+    L{PathRefused} or L{NoSuchFile} as L{SessionDirectory.open_for_read} does.
+
+    Hashing reads the whole file, so for large files call this outside the reactor
+    thread (C{deferToThread}).
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, not {chunk_size!r}.")
+    file = directory.open_for_read(relpath)
+    try:
+        size = os.fstat(file.fileno()).st_size
+        digest = hashlib.sha256()
+        left = size
+        while left:
+            block = file.read(min(DEFAULT_CHUNK, left))
+            if not block:
+                break
+            digest.update(block)
+            left -= len(block)
+        if left:
+            digest.update(bytes(left))
+    except BaseException:
+        file.close()
+        raise
+    return FileDownload(size=size, sha256=digest.hexdigest(), chunk_size=chunk_size, file=file)
