@@ -105,9 +105,19 @@ class CompassPeer(amp.AMP):
         run.done.callback(None)
         return data[take:]
 
+    bulk_buffer: int | None = None
+    """On connections that carry models and tensors: bytes to read per system call and to
+    buffer before pausing a producer (Twisted's default is 64 KiB, which costs a pass
+    through Python per 64 KiB of a multi-gigabyte transfer)."""
+
     def connectionMade(self) -> None:
         super().connectionMade()
         self.alive = True
+        if self.bulk_buffer is not None and self.transport is not None:
+            transport: Any = self.transport
+            if hasattr(transport, "bufferSize") and hasattr(transport, "SEND_LIMIT"):
+                transport.bufferSize = self.bulk_buffer
+                transport.SEND_LIMIT = self.bulk_buffer
         get_peer = getattr(self.transport, "getPeer", None)
         if get_peer is not None:
             from ..listening import describe_address

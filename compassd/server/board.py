@@ -86,8 +86,11 @@ class BoardService(service.MultiService):
         run_timeout: float = 300.0,
         health_interval: float = 30.0,
         arena_size: int = DEFAULT_ARENA,
+        proxy: str | None = None,
     ) -> None:
         super().__init__()
+        self.proxy = proxy
+        """The compass-proxy endpoint this board reaches its tracker and clients through."""
         self.reactor = reactor
         self.key = key
         self.device = device
@@ -106,12 +109,13 @@ class BoardService(service.MultiService):
         self._health: LoopingCall | None = None
         self.sessions_served = 0
         self.link = TrackerLink(
-            reactor, tracker,
+            reactor, proxy or tracker,
             BoardDescription(device=device, key=key, address=advertise or "",
                              tags=list(tags or []), max_lease=max_lease,
                              info=[f"backend={backend}", f"server=compass-server {__version__}"],
                              healthy=False, health_detail="starting"),
-            on_revoke=self._revoked, token=token)
+            on_revoke=self._revoked, token=token,
+            on_dial=self._dial if proxy else None)
 
     @classmethod
     def from_options(cls, options: Any, reactor: Any) -> BoardService:
@@ -122,7 +126,7 @@ class BoardService(service.MultiService):
             advertise=options["advertise"], tags=options["tags"],
             max_lease=options["max-lease"], token=options["token"],
             max_upload=options["max-upload"], run_timeout=options["run-timeout"],
-            health_interval=options["health-interval"])
+            health_interval=options["health-interval"], proxy=options.get("proxy"))
 
     def factory(self) -> Factory:
         from .session import SessionConnection
@@ -142,7 +146,7 @@ class BoardService(service.MultiService):
         self._health.clock = self.reactor
         self._health.start(self.health_interval, now=False)
         self._warm_spare()
-        if self.advertise:
+        if self.advertise or self.proxy:  # behind a proxy, the proxy's address is used
             self.link.startService()
 
     def listening(self, port: IListeningPort) -> IListeningPort:
@@ -238,6 +242,27 @@ class BoardService(service.MultiService):
 
     # --- sessions ------------------------------------------------------------------
 
+    def _dial(self, channel: str) -> Deferred[None]:
+        """Connect back to the proxy for one client: the new connection attaches to
+        C{channel} and then serves the client's session like a direct one."""
+        from ..protocol import proxy as px
+        from ..tls import client_from_string
+
+        assert self.proxy is not None
+        endpoint, _ = client_from_string(self.reactor, self.proxy)
+        connecting: Deferred[Any] = endpoint.connect(self.factory())
+
+        def attach(connection: Any) -> Deferred[None]:
+            d = connection.callRemote(px.Attach, channel=channel)
+
+            def refused(failure: Failure) -> Failure:
+                connection.drop()
+                return failure
+
+            return d.addCallbacks(lambda _: None, refused)
+
+        return connecting.addCallback(attach)
+
     def open_session(self, connection: Any, ticket: str) -> Deferred[ActiveSession]:
         """Check C{ticket} with the tracker, then give the connection a fresh session."""
         if self.session is not None:
@@ -271,7 +296,8 @@ class BoardService(service.MultiService):
                expires_in: float) -> Deferred[ActiveSession]:
         ident = secrets.token_hex(8)
         directory = SessionDirectory.create(self.workdir, self.max_upload, ident)
-        arena_path = _arena_dir(directory.path) / f"compass-arena-{self.device}-{ident}"
+        arena_path = (_arena_dir(directory.path)
+                      / f"compass-arena-{self.device}-{os.getpid()}-{ident}")
         try:
             arena = Arena.create(arena_path, self.arena_size)
         except BaseException:
@@ -367,8 +393,21 @@ class BoardService(service.MultiService):
         shm = Path("/dev/shm")
         if not shm.is_dir():
             return
-        for path in shm.glob(f"compass-arena-{self.device}-*"):
-            _unlink(str(path))
+        for path in shm.glob(f"compass-arena-{self.device}-*-*"):
+            pid = path.name[len(f"compass-arena-{self.device}-"):].split("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                _unlink(str(path))
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process C{pid} exists (its arena may still be in use)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _unlink(path: str) -> None:

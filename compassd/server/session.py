@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -94,8 +95,18 @@ def _discard(data: bytes) -> None:
     """Where the bytes of a refused byte run go."""
 
 
+def _connection_gone(failure: Failure, doing: str) -> Failure:
+    """A byte run cut by the client going away fails with a declared error: AMP logs an
+    undeclared one as an unexpected error with its traceback."""
+    if failure.check(ConnectionLost, ConnectionDone):
+        return Failure(SessionEnded(f"The client went away while {doing}."))
+    return failure
+
+
 class SessionConnection(CompassPeer):
     """A client of this board: at most one session, opened with a ticket."""
+
+    bulk_buffer = 1 << 20
 
     def __init__(self, board: BoardService) -> None:
         super().__init__()
@@ -148,7 +159,8 @@ class SessionConnection(CompassPeer):
                 "software": f"compassd {__version__} server (protocol {PROTOCOL_VERSION})"}
 
     @ps.OpenSession.responder
-    def open_session(self, ticket: str) -> Deferred[dict[str, Any]]:
+    def open_session(self, ticket: str, device: str | None = None
+                     ) -> Deferred[dict[str, Any]]:
         if self.session is not None:
             raise BadRequest("This connection already has a session; open another"
                              " connection for another lease.")
@@ -197,7 +209,7 @@ class SessionConnection(CompassPeer):
 
         def lost(failure: Failure) -> Failure:
             sink.abort()
-            return failure
+            return _connection_gone(failure, f"uploading {path!r}")
 
         return arrived.addCallbacks(stored, lost)
 
@@ -276,7 +288,8 @@ class SessionConnection(CompassPeer):
                         total: int) -> Deferred[None]:
         """Read the inputs' raw bytes straight into their arena slots."""
         writer = _SlotWriter(session.arena, [(s["offset"], s["nbytes"]) for s in slots])
-        return self.expect_raw(total, writer).addBoth(writer.close)
+        d: Deferred[Any] = self.expect_raw(total, writer).addBoth(writer.close)
+        return d.addErrback(_connection_gone, "sending the inputs")
 
     def _time_left(self, session: ActiveSession, timeout: float | None = None) -> float:
         """How long a backend call may take: the run timeout, the client's, and the lease."""
