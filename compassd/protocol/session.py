@@ -45,10 +45,13 @@ FILE = [
 
 
 class OpenSession(CompassCommand):
-    """Open the session of a granted lease. The board checks C{ticket} with the tracker."""
+    """Open the session of a granted lease. The board checks C{ticket} with the tracker.
+
+    C{device} is the granted device's name: a board ignores it, a compass-proxy needs it
+    to pick the board the session is for."""
 
     commandName = b"open-session"
-    arguments = [(b"ticket", amp.Unicode())]
+    arguments = [(b"ticket", amp.Unicode()), (b"device", amp.Unicode(optional=True))]
     response = [
         (b"session", amp.Unicode()),
         (b"lease", amp.Unicode()),

@@ -12,6 +12,8 @@ from twisted.python import usage
 
 from ..client.asynchronous import parse_address
 from ..listening import Listener
+from ..protocol.limits import HELLO_TIMEOUT, MAX_CONNECTIONS_PER_ADDRESS, ConnectionGuard
+from ..systemd import SystemdNotifier
 
 BACKENDS = ("aipu", "onnx")
 
@@ -59,6 +61,11 @@ class Options(usage.Options):
         ["tracker", "t", "127.0.0.1:9190",
          "The tracker: HOST:PORT or a Twisted client endpoint string"
          " (tcp:host=H:port=P, tls:...)."],
+        ["proxy", None, None,
+         "Reach the tracker and clients through the compass-proxy at this HOST:PORT or"
+         " Twisted client endpoint string, for a board that cannot accept connections:"
+         " it dials out and keeps that link up; the proxy's address is advertised and"
+         " --listen is not needed."],
         ["backend", "b", "aipu", "How models run: aipu (the NPU driver) or onnx (CPU)."],
         ["driver", None, None,
          "Path of libaipudrv.so for --backend aipu (default: $COMPASS_AIPU_DRIVER, then"
@@ -81,6 +88,11 @@ class Options(usage.Options):
          " past it the executor is killed.", _positive],
         ["health-interval", None, 30.0,
          "How often to check the backend's health while idle.", _positive],
+        ["max-connections-per-address", None, str(MAX_CONNECTIONS_PER_ADDRESS),
+         "Client connections one IP address may have open at once ('0' for no limit)."],
+        ["hello-timeout", None, str(HELLO_TIMEOUT),
+         "A client connection that has not said hello within this time is closed ('0'"
+         " for never)."],
     ]
     compData = usage.Completions(
         optActions={
@@ -111,9 +123,25 @@ class Options(usage.Options):
         if self["backend"] not in BACKENDS:
             raise usage.UsageError(
                 f"--backend must be one of {', '.join(BACKENDS)}, not {self['backend']!r}.")
+        try:
+            count = int(self["max-connections-per-address"])
+            hello = float(self["hello-timeout"])
+            if count < 0 or hello < 0:
+                raise ValueError("it is negative")
+        except ValueError as e:
+            raise usage.UsageError(
+                f"--max-connections-per-address and --hello-timeout take a number: {e}."
+            ) from e
+        self["max-connections-per-address"] = count or None
+        self["hello-timeout"] = hello or None
         if isinstance(self["max-upload"], str):  # a default is not coerced by usage
             self["max-upload"] = _size(self["max-upload"])
-        if not self["listen"]:
+        if self["proxy"]:
+            try:
+                self["proxy"] = tracker_endpoint(self["proxy"])
+            except ValueError as e:
+                raise usage.UsageError(f"--proxy: {e}") from e
+        if not self["listen"] and not self["proxy"]:
             self["listen"] = ["tcp:9191"]
         try:
             self["tracker-endpoint"] = tracker_endpoint(self["tracker"])
@@ -151,8 +179,34 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     top = service.MultiService()
     board = BoardService.from_options(options, reactor)
     board.setServiceParent(top)
+    listeners = []
+    guarded = ConnectionGuard(board.factory(), reactor, what="board",
+                              per_address=options["max-connections-per-address"],
+                              hello_timeout=options["hello-timeout"])
     for endpoint in options["listen"]:
-        listener = Listener(reactor, "compass-server", endpoint, board.factory())
+        listener = Listener(reactor, "compass-server", endpoint, guarded)
         listener.ready.addCallback(board.listening)
         listener.setServiceParent(top)
+        listeners.append(listener)
+    SystemdNotifier(
+        reactor,
+        is_ready=lambda: board.link.registered
+        and all(listener.port is not None for listener in listeners),
+        status=lambda: server_status(board),
+    ).setServiceParent(top)
     return top
+
+
+def server_status(board: Any) -> str:
+    """The board server's one-line state for systemd, e.g. C{registered with tracker,
+    idle}."""
+    link = board.link
+    if not link.registered:
+        text = f"not registered: connecting to the tracker at {link.endpoint}"
+    elif board.session is not None:
+        text = f"registered with tracker, serving a session of {board.session.user}"
+    else:
+        text = "registered with tracker, idle"
+    if not link.board.healthy and link.board.health_detail:
+        text += f"; unhealthy: {link.board.health_detail}"
+    return text

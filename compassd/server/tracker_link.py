@@ -20,7 +20,6 @@ import attrs
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -29,8 +28,10 @@ from twisted.python.failure import Failure
 from .. import __version__
 from ..protocol import SUPPORTED_VERSIONS, Hello
 from ..protocol import board_tracker as bt
-from ..protocol.errors import Unavailable
+from ..protocol import proxy as px
+from ..protocol.errors import BadRequest, Unavailable
 from ..protocol.peer import CompassPeer
+from ..tls import client_from_string
 
 log = Logger(namespace="compass.server")
 
@@ -52,9 +53,11 @@ class BoardDescription:
 class _BoardProtocol(CompassPeer):
     """The board's end of a tracker connection: it only needs to hear revocations."""
 
-    def __init__(self, on_revoke: Callable[[str, str, str, str], object]) -> None:
+    def __init__(self, on_revoke: Callable[[str, str, str, str], object],
+                 on_dial: Callable[[str], Deferred[None]] | None = None) -> None:
         super().__init__()
         self._on_revoke = on_revoke
+        self._on_dial = on_dial
         self.greeted = True  # the board said hello; the tracker sends no hello back
         self.lost: Deferred[None] = Deferred()
 
@@ -62,6 +65,14 @@ class _BoardProtocol(CompassPeer):
     def revoke(self, device: str, lease: str, reason: str, message: str) -> dict[str, Any]:
         self._on_revoke(device, lease, reason, message)
         return {}
+
+    @px.Dial.responder
+    def dial(self, channel: str) -> Deferred[dict[str, Any]]:
+        """A compass-proxy has a client for us: connect back to it on C{channel}."""
+        if self._on_dial is None:
+            return fail(BadRequest("This board was not started with --proxy; it takes no"
+                                   " connections through a proxy."))
+        return self._on_dial(channel).addCallback(lambda _: {})
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
@@ -79,6 +90,7 @@ class TrackerLink(service.Service):
         on_revoke: Callable[[str, str, str], object],
         token: str | None = None,
         retry_max_delay: float = 30.0,
+        on_dial: Callable[[str], Deferred[None]] | None = None,
     ) -> None:
         self._reactor = reactor
         self.endpoint = endpoint
@@ -90,9 +102,10 @@ class TrackerLink(service.Service):
         self._beat_pending = False
         self.registrations = 0
         """How many times the device was registered (once per connection)."""
-        factory = Factory.forProtocol(lambda: _BoardProtocol(self._revoked))
+        factory = Factory.forProtocol(lambda: _BoardProtocol(self._revoked, on_dial))
+        target, self._tls = client_from_string(reactor, endpoint)
         self._clients = ClientService(
-            clientFromString(reactor, endpoint),
+            target,
             factory,
             retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=retry_max_delay),
             clock=reactor,
@@ -187,9 +200,16 @@ class TrackerLink(service.Service):
                      address=board.address, interval=answer["heartbeat"])
 
         def refused(failure: Failure) -> Failure:
+            explained = self._tls.explain(failure, f"the tracker at {self.endpoint}") \
+                if self._tls is not None else None
             log.warn("the tracker at {endpoint} refused {device}: {why}",
                      endpoint=self.endpoint, device=board.device,
-                     why=failure.getErrorMessage())
+                     why=str(explained) if explained else failure.getErrorMessage())
+            # ClientService counts this attempt as failed already and has no transition
+            # for the later loss of its connection (a NoTransition traceback in the log,
+            # e.g. when the server stops mid-registration): keep that loss from it.
+            if hasattr(protocol, "_lostNotification"):
+                protocol._lostNotification = lambda reason: None
             protocol.drop()
             return failure
 

@@ -97,7 +97,7 @@ class FakeBoard(CompassPeer):
                 "software": "fake board"}
 
     @sp.OpenSession.responder
-    def open_session(self, ticket: str) -> dict[str, Any]:
+    def open_session(self, ticket: str, device: str | None = None) -> dict[str, Any]:
         self.seen.append("open-session")
         if ticket != TICKET:
             raise TicketRejected(f"Ticket {ticket!r} is not one the tracker granted.")

@@ -15,3 +15,10 @@ compass_server = ServiceMaker(
     "compassd's board server: sessions that run models on the NPU or ONNX Runtime.",
     "compass-server",
 )
+
+compass_proxy = ServiceMaker(
+    "compass-proxy",
+    "compassd.proxy.tap",
+    "compassd's proxy: fronts boards behind NAT and relays their clients' sessions.",
+    "compass-proxy",
+)

@@ -1,0 +1,92 @@
+"""``compass-proxy`` as a service: its listeners, the boards behind it, their channels."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from .connection import ProxyConnection
+from .pairing import Channel, Pairing, too_late
+
+log = Logger(namespace="compass.proxy")
+
+
+class ProxyService(service.MultiService):
+    """Front the boards that dial in, for the tracker at C{tracker} (an endpoint string,
+    or a client endpoint).
+
+    C{advertise} (C{HOST:PORT}) is the address registered for every board behind the
+    proxy; without it, the host and port of the first listening port are used.
+    C{dial_timeout} is how long a client waits for its board to connect back;
+    C{idle_timeout} how long a new connection may stay silent (a board's control
+    connection, once registered, three heartbeat intervals).
+    """
+
+    def __init__(self, reactor: Any, tracker: Any, advertise: str | None = None, *,
+                 dial_timeout: float = 10.0, idle_timeout: float = 60.0,
+                 max_pending: int = 64) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.tracker = tracker
+        self.advertise = advertise
+        self.dial_timeout = dial_timeout
+        self.idle_timeout = idle_timeout
+        self.pairing: Pairing[ProxyConnection, ProxyConnection] = Pairing(
+            max_pending=max_pending)
+        self.connections: set[ProxyConnection] = set()
+        self._expiry: IDelayedCall | None = None
+
+    def factory(self) -> Factory:
+        return Factory.forProtocol(lambda: ProxyConnection(self))
+
+    def listening(self, port: IListeningPort) -> IListeningPort:
+        """Called when a port is bound: without --advertise, the first one is it."""
+        if not self.advertise:
+            host: Any = port.getHost()
+            name = host.host
+            if name in ("0.0.0.0", "::", ""):
+                name = socket.getfqdn()
+            self.advertise = f"[{name}]:{host.port}" if ":" in name else f"{name}:{host.port}"
+            log.info("boards behind this proxy are registered as {address}",
+                     address=self.advertise)
+        return port
+
+    def advertised(self) -> str:
+        return self.advertise or ""
+
+    def stopService(self) -> Any:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        for connection in list(self.connections):
+            connection.drop()
+        return super().stopService()
+
+    # --- channels --------------------------------------------------------------------
+
+    def open_channel(self, device: str | None, client: ProxyConnection
+                     ) -> Channel[ProxyConnection, ProxyConnection]:
+        channel = self.pairing.open_channel(device, client, self.reactor.seconds(),
+                                            self.dial_timeout)
+        self._schedule()
+        return channel
+
+    def _schedule(self) -> None:
+        if self._expiry is None or not self._expiry.active():
+            self._expiry = self.reactor.callLater(self.dial_timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        for channel in self.pairing.expired(self.reactor.seconds()):
+            channel.waiter.board_failed(too_late(channel.device, self.dial_timeout))
+        if self.pairing.pending():
+            self._schedule()
+
+    def summary(self) -> dict[str, Any]:
+        """What the proxy fronts now (for logs and tests)."""
+        return {"devices": self.pairing.devices(), "pending": self.pairing.pending(),
+                "connections": len(self.connections)}
