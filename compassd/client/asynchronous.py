@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
@@ -27,6 +27,7 @@ from ..protocol import SUPPORTED_VERSIONS, Hello
 from ..protocol import client_tracker as ct
 from ..protocol.errors import NoSuchLease
 from ..protocol.peer import CompassPeer
+from ..tls import ClientTLS, TLSFailed, VerifyingCreator, client_from_string
 
 if TYPE_CHECKING:
     from .session import AsyncModel, AsyncSession
@@ -157,7 +158,8 @@ class AsyncLease:
             from twisted.internet import reactor
         d = AsyncSession.open(reactor, self.address, self.ticket, token=token,
                               user=user or self.tracker.user, endpoint=endpoint,
-                              timeout=timeout)
+                              timeout=timeout, tls=getattr(self.tracker, "tls", None),
+                              device=self.device)
 
         def opened(outcome: Any) -> None:
             waiters, self._session_waiters = self._session_waiters or [], None
@@ -258,6 +260,8 @@ class AsyncTracker:
         self.reactor: Any = None
         """The reactor it was connected with (sessions on its leases use it too)."""
         self.server_software = ""
+        self.tls: ClientTLS | None = None
+        """The TLS settings it connected with; sessions on its leases use them too."""
         self._pending: dict[str, _Pending] = {}
         self.leases: dict[str, AsyncLease] = {}
         protocol.owner = self
@@ -275,18 +279,27 @@ class AsyncTracker:
         role: str = "client",
         endpoint: str | IStreamClientEndpoint | None = None,
         timeout: float = 10.0,
+        tls: ClientTLS | None = None,
     ) -> Deferred[AsyncTracker]:
         """Connect and say hello. C{endpoint} (a Twisted client endpoint or its string)
-        replaces C{host} and C{port}, e.g. for TLS."""
+        replaces C{host} and C{port}. C{tls} connects with TLS, verifying the tracker's
+        certificate against its CA (see L{compassd.tls}); sessions on leases granted
+        over this connection then use the same TLS settings with their boards."""
         where = f"{host}:{port}"
         target: IStreamClientEndpoint
-        if endpoint is None:
-            target = HostnameEndpoint(reactor, host, port, timeout=timeout)
-        elif isinstance(endpoint, str):
-            where = endpoint
-            target = clientFromString(reactor, endpoint)
-        else:
-            target = endpoint
+        creator: VerifyingCreator | None = None
+        try:
+            if endpoint is None and tls is not None:
+                target, creator = tls.endpoint(reactor, host, port, timeout)
+            elif endpoint is None:
+                target = HostnameEndpoint(reactor, host, port, timeout=timeout)
+            elif isinstance(endpoint, str):
+                where = endpoint
+                target, creator = client_from_string(reactor, endpoint)
+            else:
+                target = endpoint
+        except (TLSFailed, ValueError) as e:
+            return fail(e)
         name = user or _login_name()
 
         def unreachable(failure: Failure) -> Failure:
@@ -304,6 +317,7 @@ class AsyncTracker:
         def hello(protocol: _TrackerProtocol) -> Deferred[AsyncTracker]:
             tracker = cls(protocol, where, name)
             tracker.reactor = reactor
+            tracker.tls = tls
             d = protocol.callRemote(
                 Hello,
                 versions=list(SUPPORTED_VERSIONS),
@@ -322,7 +336,9 @@ class AsyncTracker:
 
             def refused(failure: Failure) -> Failure:
                 protocol.drop()
-                return failure
+                explained = creator.explain(failure, f"the tracker at {where}") \
+                    if creator is not None else None
+                return failure if explained is None else Failure(explained)
 
             return d.addCallbacks(greeted, refused)
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from ..tls import ClientTLS
 from . import _reactor
 from .asynchronous import DEFAULT_PORT, AsyncLease, AsyncTracker
 from .session import Model, Progress, RemoteFile, Session, Source
@@ -203,8 +204,17 @@ def connect_tracker(
     user: str | None = None,
     endpoint: str | None = None,
     timeout: float = 10.0,
+    tls: bool = False,
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
 ) -> Tracker:
     """Connect to compass-tracker at C{host}:C{port} and say hello.
+
+    C{tls=True} (or a C{ca}) connects with TLS: the tracker's certificate must be signed
+    by the CA in the PEM file C{ca} and name C{host}; C{cert} and C{key} (PEM files; the
+    key may be in C{cert}) are this client's own certificate, for trackers that ask.
+    Sessions on leases from this tracker use the same settings with their boards.
 
     C{token} identifies the user to a tracker that has a tokens file; without one the
     tracker must allow anonymous use, and C{user} (default: the login name) is the name
@@ -215,7 +225,17 @@ def connect_tracker(
         _reactor.call(
             lambda: AsyncTracker.connect(
                 _reactor.reactor(), host, port, token=token, user=user, endpoint=endpoint,
-                timeout=timeout,
+                timeout=timeout, tls=_client_tls(tls, ca, cert, key),
             )
         )
     )
+
+
+def _client_tls(tls: bool, ca: str | None, cert: str | None,
+                key: str | None) -> ClientTLS | None:
+    if not (tls or ca):
+        return None
+    if ca is None:
+        raise ValueError("tls=True needs ca=: the PEM file of the CA that signed the"
+                         " tracker's certificate.")
+    return ClientTLS(ca, cert, key)

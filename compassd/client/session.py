@@ -35,7 +35,7 @@ from typing import IO, Any, TypeVar, Union
 import attrs
 import numpy as np
 from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IPullProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, connectionDone
@@ -54,6 +54,7 @@ from ..protocol.errors import (
     TensorMismatch,
 )
 from ..protocol.peer import CompassPeer
+from ..tls import ClientTLS, TLSFailed, VerifyingCreator, client_from_string
 from . import _reactor
 from .asynchronous import _info_dict, _login_name, parse_address
 
@@ -262,6 +263,8 @@ class _Filler:
 class _SessionProtocol(CompassPeer):
     """The client's end of a board connection: it receives the board's notices."""
 
+    bulk_buffer = 1 << 20
+
     def __init__(self) -> None:
         super().__init__()
         self.owner: AsyncSession | None = None
@@ -327,23 +330,34 @@ class AsyncSession:
         user: str | None = None,
         endpoint: str | IStreamClientEndpoint | None = None,
         timeout: float = 10.0,
+        tls: ClientTLS | None = None,
+        device: str | None = None,
     ) -> Deferred[AsyncSession]:
         """Connect to the board at C{address} (C{host:port}), say hello and open the
         session of the lease C{ticket} belongs to. C{endpoint} (a Twisted client endpoint
-        or its string) replaces C{address}, e.g. for TLS."""
+        or its string) replaces C{address}. C{tls} connects with TLS and verifies the
+        board's certificate names the host or IP of C{address} (L{compassd.tls}).
+        C{device} names the granted device; a compass-proxy at C{address} needs it."""
         where = address
         target: IStreamClientEndpoint
-        if endpoint is None:
-            try:
-                host, port = parse_address(address, 0)
-            except ValueError as e:
-                return fail(BoardUnreachable(f"The board address {e}"))
-            target = HostnameEndpoint(reactor, host, port, timeout=timeout)
-        elif isinstance(endpoint, str):
-            where = endpoint
-            target = clientFromString(reactor, endpoint)
-        else:
-            target = endpoint
+        creator: VerifyingCreator | None = None
+        try:
+            if endpoint is None:
+                try:
+                    host, port = parse_address(address, 0)
+                except ValueError as e:
+                    return fail(BoardUnreachable(f"The board address {e}"))
+                if tls is not None:
+                    target, creator = tls.endpoint(reactor, host, port, timeout)
+                else:
+                    target = HostnameEndpoint(reactor, host, port, timeout=timeout)
+            elif isinstance(endpoint, str):
+                where = endpoint
+                target, creator = client_from_string(reactor, endpoint)
+            else:
+                target = endpoint
+        except (TLSFailed, ValueError) as e:
+            return fail(e)
 
         def unreachable(failure: Failure) -> Failure:
             return Failure(
@@ -369,10 +383,14 @@ class AsyncSession:
 
             def greeted(_: dict[str, Any]) -> Deferred[dict[str, Any]]:
                 protocol.greeted = True
-                return protocol.callRemote(sp.OpenSession, ticket=ticket)
+                return protocol.callRemote(sp.OpenSession, ticket=ticket, device=device)
 
             def refused(failure: Failure) -> Failure:
                 protocol.drop()
+                explained = creator.explain(failure, f"the board at {where}") \
+                    if creator is not None else None
+                if explained is not None:
+                    return Failure(explained)
                 if failure.check(ConnectionClosed):
                     return unreachable(failure)
                 return failure
@@ -919,11 +937,13 @@ class Session:
 
 def connect_session(address: str, ticket: str, token: str | None = None, *,
                     user: str | None = None, endpoint: str | None = None,
-                    timeout: float = 10.0) -> Session:
-    """Open the session of a granted lease on the board at C{address} (blocking)."""
+                    timeout: float = 10.0, device: str | None = None) -> Session:
+    """Open the session of a granted lease on the board at C{address} (blocking).
+    C{device} (the lease's device) is needed when C{address} is a compass-proxy."""
     return Session(
         _reactor.call(
             lambda: AsyncSession.open(_reactor.reactor(), address, ticket, token=token,
-                                      user=user, endpoint=endpoint, timeout=timeout)
+                                      user=user, endpoint=endpoint, timeout=timeout,
+                                      device=device)
         )
     )

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
-from .errors import BadRequest
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from .errors import BadRequest, LimitExceeded
+
+log = Logger(namespace="compass.limits")
 
 MAX_NAME = 64
 """Characters in a device key, a device name, a user name or a tag."""
@@ -72,3 +79,108 @@ def check_seconds(what: str, value: float | None, *, allow_none: bool = True) ->
     if not (value > 0 and value < 10 * 365 * 86400):
         raise BadRequest(f"The {what} must be a positive number of seconds, not {value!r}.")
     return float(value)
+
+
+# --- connections ----------------------------------------------------------------------
+
+MAX_CONNECTIONS_PER_ADDRESS = 64
+"""Default cap on connections open at once from one IP address (per daemon)."""
+
+HELLO_TIMEOUT = 30.0
+"""Default seconds a new connection has to complete the hello exchange."""
+
+
+class _Refusal(amp.AMP):
+    """Answers whatever is asked with L{LimitExceeded} (the sentence), then hangs up;
+    a peer that asks nothing is hung up on after a few seconds."""
+
+    def __init__(self, sentence: str, reactor: Any) -> None:
+        super().__init__()
+        self.sentence = sentence
+        self.reactor = reactor
+        self._give_up: Any = None
+
+    def locateResponder(self, name: bytes) -> Any:
+        def refuse(box: amp.AmpBox) -> Any:
+            self.reactor.callLater(0, self.hang_up)
+            raise amp.RemoteAmpError(LimitExceeded.code, self.sentence)
+
+        return refuse
+
+    def hang_up(self) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.loseConnection()
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._give_up = self.reactor.callLater(5.0, self.hang_up)
+
+    def connectionLost(self, reason: Any = connectionDone) -> None:
+        if self._give_up is not None and self._give_up.active():
+            self._give_up.cancel()
+        super().connectionLost(reason)
+
+
+class ConnectionGuard(Factory):
+    """Wrap a factory: cap connections per peer address, and close any connection that
+    has not completed the hello exchange (its protocol's C{greeted}) within
+    C{hello_timeout} seconds. A connection over the cap is answered with
+    L{LimitExceeded} naming the cap on its first command, then closed."""
+
+    def __init__(self, wrapped: Factory, reactor: Any, *, what: str,
+                 per_address: int | None = MAX_CONNECTIONS_PER_ADDRESS,
+                 hello_timeout: float | None = HELLO_TIMEOUT) -> None:
+        self.wrapped = wrapped
+        self.reactor = reactor
+        self.what = what
+        self.per_address = per_address
+        self.hello_timeout = hello_timeout
+        self.open: dict[str, int] = {}
+
+    def doStart(self) -> None:
+        self.wrapped.doStart()
+
+    def doStop(self) -> None:
+        self.wrapped.doStop()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        host = str(getattr(addr, "host", addr))
+        count = self.open.get(host, 0)
+        if self.per_address is not None and count >= self.per_address:
+            log.warn("refused a connection from {host}: it already has {count} open to"
+                     " this {what}", host=host, count=count, what=self.what)
+            return _Refusal(
+                f"{host} already has {count} connections open to this {self.what}, the"
+                f" most it allows from one address; close some, or raise"
+                " --max-connections-per-address.", self.reactor)
+        protocol = self.wrapped.buildProtocol(addr)
+        if protocol is None:
+            return None
+        self.open[host] = count + 1
+        timer = None
+        if self.hello_timeout is not None:
+            timer = self.reactor.callLater(self.hello_timeout, self._no_hello, protocol,
+                                           host)
+        lost = protocol.connectionLost
+
+        def connection_lost(reason: Any = connectionDone) -> None:
+            left = self.open.get(host, 1) - 1
+            if left:
+                self.open[host] = left
+            else:
+                self.open.pop(host, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+            lost(reason)
+
+        protocol.connectionLost = connection_lost  # type: ignore[method-assign]
+        return protocol
+
+    def _no_hello(self, protocol: Any, host: str) -> None:
+        if getattr(protocol, "greeted", True) or protocol.transport is None:
+            return
+        log.warn("closed a connection from {host}: no hello within {timeout:g} s",
+                 host=host, timeout=self.hello_timeout)
+        transport: Any = protocol.transport
+        (getattr(transport, "abortConnection", None) or transport.loseConnection)()

@@ -5,8 +5,9 @@ device keys the user may request. One entry per line::
 
     sha256:<64 hex digits>  user=alice  roles=client,admin  keys=npu-*,cpu
 
-``roles`` are ``client`` (request devices), ``board`` (register devices) and ``admin``
-(drain, undrain, kick, cancel anyone's request; implies ``client``). ``keys`` are shell
+``roles`` are ``client`` (request devices; ``user`` is the same role under the name the
+security docs use), ``board`` (register devices) and ``admin`` (drain, undrain, kick,
+cancel anyone's request; implies ``client``). ``keys`` are shell
 patterns (``*`` for all, the default). Blank lines and lines starting with ``#`` are
 ignored. ``compass token`` prints a new token and its line.
 
@@ -29,6 +30,9 @@ from ..protocol.errors import NotAuthorized
 from ..protocol.limits import check_name
 
 ROLES = frozenset({"client", "board", "admin"})
+
+ALIASES = {"user": "client"}
+"""Other names for roles, accepted in tokens files and in hello."""
 
 
 @attrs.frozen
@@ -69,6 +73,7 @@ class Access:
 
     def identify(self, token: str | None, user: str | None, role: str) -> Identity:
         """Return who the caller is, or raise L{NotAuthorized} saying why not."""
+        role = ALIASES.get(role, role)
         if role not in ROLES:
             raise NotAuthorized(
                 f"There is no role {role!r}; say client, board or admin in hello."
@@ -123,7 +128,10 @@ def load_tokens(path: str | Path) -> dict[str, Identity]:
             values[name] = value
         if "user" not in values:
             raise TokensFileError(f"{where}: the entry has no user=.")
-        roles = frozenset(filter(None, values.get("roles", "client").split(",")))
+        roles = frozenset(
+            ALIASES.get(role, role)
+            for role in filter(None, values.get("roles", "client").split(","))
+        )
         if not roles <= ROLES:
             raise TokensFileError(
                 f"{where}: unknown roles {', '.join(sorted(roles - ROLES))}."

@@ -41,10 +41,13 @@ from ..protocol.limits import (
     check_text,
 )
 from ..protocol.peer import CompassPeer
-from .access import Access, Identity
+from ..tls import certificate_subject, peer_certificate, verified_by
+from .access import ALIASES, Access, Identity, TokensFileError, load_tokens
+from .audit import AuditLog
 from .listing import device_row, queue_row, waiting_row
 from .scheduler import (
     DeviceChanged,
+    DeviceState,
     Effect,
     Granted,
     LeaseEnded,
@@ -55,6 +58,8 @@ from .scheduler import (
 
 log = Logger(namespace="compass.tracker")
 
+
+_ROUTINE_STATES = (DeviceState.BUSY, DeviceState.FREE)
 
 PUSH_EVERY_CHANGE_UP_TO = 100
 """Waiting requests at this position or nearer hear of every change of their position;
@@ -75,6 +80,12 @@ class TrackerService(service.Service):
     access: Access = attrs.Factory(Access)
     heartbeat_timeout: float = 15.0
     position_interval: float = 0.5
+    audit: AuditLog | None = None
+    """Where audit events go (L{compassd.tracker.audit}); None for nowhere."""
+    board_ca: str | None = None
+    """A PEM CA file: the board role then needs a TLS client certificate it signed."""
+    tokens_path: str | None = None
+    """The tokens file L{reload_access} reads again."""
 
     _connections: set[Any] = attrs.Factory(set)
     _timer: IDelayedCall | None = None
@@ -94,6 +105,31 @@ class TrackerService(service.Service):
     def now(self) -> float:
         return self.reactor.seconds()
 
+    def record(self, event: str, **fields: Any) -> None:
+        """Write an audit event, if there is an audit log."""
+        if self.audit is not None:
+            self.audit.write(event, **fields)
+
+    def reload_access(self) -> bool:
+        """Read the tokens file again (on SIGHUP). Connections already greeted keep the
+        identity they have; new hellos use the new table. A file with a mistake leaves
+        the old table in force (and says so in the log). Returns whether it changed."""
+        if self.audit is not None:
+            self.audit.reopen()
+        if self.tokens_path is None:
+            return False
+        try:
+            tokens = load_tokens(self.tokens_path)
+        except TokensFileError as e:
+            log.error("kept the old tokens: {why}", why=str(e))
+            self.record("tokens-reload-failed", reason=str(e))
+            return False
+        self.access = attrs.evolve(self.access, tokens=tokens)
+        log.info("reloaded {count} tokens from {path}", count=len(tokens),
+                 path=self.tokens_path)
+        self.record("tokens-reloaded", reason=f"{len(tokens)} tokens from {self.tokens_path}")
+        return True
+
     def stopService(self) -> Any:
         for call in (self._timer, self._positions_call):
             if call is not None and call.active():
@@ -111,7 +147,8 @@ class TrackerService(service.Service):
     def apply(self, effects: list[Effect]) -> None:
         """Carry out what the scheduler decided, then re-arm the deadline timer."""
         # A grant or an ended lease has its own log line; the device's busy/free change
-        # that comes with it would only repeat it (and logging is a third of a cycle).
+        # that comes with it would only repeat it, and writing a log line costs as much
+        # as the rest of a grant.
         routine = {
             effect.lease.device.name
             for effect in effects
@@ -126,8 +163,10 @@ class TrackerService(service.Service):
                 self._lease_ended(effect)
             elif isinstance(effect, QueueChanged):
                 self._dirty_keys.add(effect.key)
-            elif isinstance(effect, DeviceChanged):
-                (log.debug if effect.device.name in routine else log.info)(
+            elif isinstance(effect, DeviceChanged) and not (
+                effect.device.name in routine and effect.state in _ROUTINE_STATES
+            ):
+                log.info(
                     "device {device} ({key}) is {state}: {why}",
                     device=effect.device.name,
                     key=effect.device.key,
@@ -144,6 +183,8 @@ class TrackerService(service.Service):
         lease = effect.lease
         request = lease.request
         self._sent_positions.pop(request.id, None)
+        self.record("grant", user=request.user, device=lease.device.name, lease=lease.id,
+                    request=request.id, key=request.key)
         log.info(
             "granted {lease} on {device} to {user} for {request} after waiting {waited:.3f} s;"
             " lease {seconds:g} s",
@@ -169,6 +210,10 @@ class TrackerService(service.Service):
     def _request_ended(self, effect: RequestEnded) -> None:
         request = effect.request
         self._sent_positions.pop(request.id, None)
+        if effect.outcome.value != "granted":
+            self.record("request-ended", user=request.user, request=request.id,
+                        reason=effect.message, outcome=effect.outcome.value,
+                        key=request.key)
         log.info(
             "{request} of {user} for {key} ended {outcome}: {message}",
             request=request.id,
@@ -189,6 +234,8 @@ class TrackerService(service.Service):
 
     def _lease_ended(self, effect: LeaseEnded) -> None:
         lease = effect.lease
+        self.record(effect.outcome.value, user=lease.user, device=lease.device.name,
+                    lease=lease.id, request=lease.request.id, reason=effect.message)
         log.info(
             "{lease} of {user} on {device} ended {outcome}: {message}",
             lease=lease.id,
@@ -333,6 +380,33 @@ class TrackerConnection(CompassPeer):
         )
         self.drop(abort=True)
 
+    def locateResponder(self, name: bytes) -> Any:
+        inner = super().locateResponder(name)
+        if inner is None:
+            return None
+
+        def audited(box: amp.AmpBox) -> Any:
+            try:
+                return inner(box).addErrback(self._refused, name)
+            except amp.RemoteAmpError as e:
+                self._refused(Failure(e), name)
+                raise
+
+        return audited
+
+    def _refused(self, failure: Failure, name: bytes) -> Failure:
+        error = failure.value
+        code = getattr(error, "errorCode", b"?")
+        self.tracker.record(
+            "refused",
+            user=self.identity.user if self.identity else None,
+            peer=self.describe(),
+            reason=str(getattr(error, "description", failure.getErrorMessage())),
+            command=name.decode("ascii", "replace"),
+            code=code.decode("ascii", "replace") if isinstance(code, bytes) else str(code),
+        )
+        return failure
+
     def notify(self, command: type[amp.Command], arguments: dict[str, Any]) -> None:
         """Send a one-way notice, after the box being handled (if any) is answered."""
         if self.alive:
@@ -369,6 +443,7 @@ class TrackerConnection(CompassPeer):
     ) -> dict[str, Any]:
         if self.greeted:
             raise BadRequest("This connection already said hello.")
+        role = ALIASES.get(role, role)
         software = check_text("software", software or "unknown software")
         version = choose_version(versions)
         if version is None:
@@ -378,6 +453,8 @@ class TrackerConnection(CompassPeer):
             )
         try:
             identity = self.tracker.access.identify(token, user, role)
+            if role == "board" and self.tracker.board_ca is not None:
+                self._check_board_certificate(identity)
         except NotAuthorized as e:
             log.warn(
                 "refused hello as {role} from {peer}: {why}", role=role, peer=self.describe(),
@@ -385,6 +462,7 @@ class TrackerConnection(CompassPeer):
             )
             raise
         self.identity, self.role, self.greeted = identity, role, True
+        self.tracker.record("hello", user=identity.user, peer=self.describe(), role=role)
         if role == "board":
             self._idle = self.tracker.reactor.callLater(
                 self.tracker.heartbeat_timeout, self._silent
@@ -403,6 +481,23 @@ class TrackerConnection(CompassPeer):
             "roles": sorted(identity.roles),
             "software": f"compassd {__version__} tracker (protocol {PROTOCOL_VERSION})",
         }
+
+    def _check_board_certificate(self, identity: Identity) -> None:
+        ca = self.tracker.board_ca
+        assert ca is not None
+        certificate = peer_certificate(self.transport)
+        if certificate is None:
+            raise NotAuthorized(
+                f"This tracker takes boards only over TLS with a client certificate signed"
+                f" by its board CA; {identity.user} at {self.describe()} presented none."
+                " Give compass-server a tls: --tracker endpoint with certificate= and"
+                " privateKey=."
+            )
+        if not verified_by(certificate, ca):
+            raise NotAuthorized(
+                f"The client certificate of {identity.user} ({certificate_subject(certificate)})"
+                " is not signed by this tracker's board CA."
+            )
 
     # --- clients ----------------------------------------------------------------------
 
@@ -469,6 +564,7 @@ class TrackerConnection(CompassPeer):
     def drain(self, device: str) -> dict[str, Any]:
         identity = self._require("admin")
         log.info("admin {user} drains {device}", user=identity.user, device=device)
+        self.tracker.record("drain", user=identity.user, device=device)
         self._apply(self._scheduler.set_draining(self._now, device, True))
         return {}
 
@@ -476,6 +572,7 @@ class TrackerConnection(CompassPeer):
     def undrain(self, device: str) -> dict[str, Any]:
         identity = self._require("admin")
         log.info("admin {user} undrains {device}", user=identity.user, device=device)
+        self.tracker.record("undrain", user=identity.user, device=device)
         self._apply(self._scheduler.set_draining(self._now, device, False))
         return {}
 
@@ -570,6 +667,8 @@ class TrackerConnection(CompassPeer):
             "{user} registered {device} in {key} at {address}", user=identity.user,
             device=device, key=key, address=address,
         )
+        self.tracker.record("register", user=identity.user, device=device, key=key,
+                            address=address, peer=self.describe())
         return {"heartbeat": self.tracker.heartbeat_interval}
 
     @bt.Unregister.responder
@@ -602,6 +701,8 @@ class TrackerConnection(CompassPeer):
             raise
         log.info("{lease} on {device} claimed by {user}", lease=lease.id, device=device,
                  user=lease.user)
+        self.tracker.record("claim", user=lease.user, device=device, lease=lease.id,
+                            request=lease.request.id)
         return {
             "lease": lease.id,
             "user": lease.user,

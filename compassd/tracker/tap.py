@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from functools import partial
 from typing import Any
 
@@ -10,7 +11,11 @@ from twisted.internet.protocol import Protocol
 from twisted.python import usage
 
 from ..listening import Listener
+from ..protocol.limits import HELLO_TIMEOUT, MAX_CONNECTIONS_PER_ADDRESS, ConnectionGuard
+from ..systemd import SystemdNotifier, default_listen, plural
+from ..tls import ClientCertListener, TLSFailed, load_ca
 from .access import Access, TokensFileError, load_tokens
+from .audit import AuditLog
 from .frontdoor import front_door_factory, parse_networks
 from .scheduler import Policy, Scheduler
 from .service import TrackerConnection, TrackerService, log
@@ -67,6 +72,17 @@ class Options(usage.Options):
          "Waiting requests one user may have at once ('0' for no limit).", _count],
         ["position-interval", None, 0.5,
          "Push queue positions to waiting clients at most this often.", _seconds],
+        ["board-ca", None, None,
+         "PEM file of the CA that signs board certificates: the board role then needs"
+         " TLS with a client certificate it signed (ssl: --listen endpoints ask for one)."],
+        ["audit-log", None, None,
+         "Append audit events (registrations, grants, releases, expiries, kicks,"
+         " refusals) to this file as JSON lines. SIGHUP reopens it."],
+        ["max-connections-per-address", None, MAX_CONNECTIONS_PER_ADDRESS,
+         "Connections one IP address may have open at once ('0' for no limit).", _count],
+        ["hello-timeout", None, HELLO_TIMEOUT,
+         "A connection that has not said hello within this time is closed ('0' for"
+         " never).", _optional_seconds],
     ]
     optFlags = [
         ["allow-anonymous", None,
@@ -76,7 +92,9 @@ class Options(usage.Options):
          " port, so unmodified TVM servers, clients and tools can use this tracker. Off"
          " unless given; see also --tvm-listen and --tvm-allow."],
     ]
-    compData = usage.Completions(optActions={"tokens": usage.CompleteFiles()})
+    compData = usage.Completions(optActions={
+        "tokens": usage.CompleteFiles(), "board-ca": usage.CompleteFiles(),
+        "audit-log": usage.CompleteFiles()})
 
     def __init__(self) -> None:
         super().__init__()
@@ -99,7 +117,8 @@ class Options(usage.Options):
             raise usage.UsageError(f"--tvm-allow: {e}.") from e
 
     def opt_listen(self, endpoint: str) -> None:
-        """Listen on this Twisted endpoint (repeatable; default tcp:9190), e.g.
+        """Listen on this Twisted endpoint (repeatable; default: the sockets systemd
+        passed, else tcp:9190), e.g.
         tcp:9190:interface=127.0.0.1, ssl:9190:privateKey=key.pem:certKey=cert.pem,
         systemd:domain=INET:index=0."""
         self["listen"].append(endpoint)
@@ -116,7 +135,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if not self["listen"]:
-            self["listen"] = ["tcp:9190"]
+            self["listen"] = default_listen("tcp:9190")
         if self["default-lease"] > self["max-lease"]:
             raise usage.UsageError(
                 f"--default-lease ({self['default-lease']:g} s) is longer than --max-lease"
@@ -131,6 +150,16 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e)) from e
         else:
             self["access"] = Access()
+        if self["board-ca"]:
+            try:
+                load_ca(self["board-ca"])
+            except TLSFailed as e:
+                raise usage.UsageError(f"--board-ca: {e}") from e
+        # Defaults are not coerced by usage.
+        for name, coerce in (("max-connections-per-address", _count),
+                             ("hello-timeout", _optional_seconds)):
+            if isinstance(self[name], (int, float)) and not isinstance(self[name], bool):
+                self[name] = coerce(str(self[name]))
 
 
 def make_tracker(options: Options, reactor: Any) -> TrackerService:
@@ -148,6 +177,10 @@ def make_tracker(options: Options, reactor: Any) -> TrackerService:
         access=options["access"],
         heartbeat_timeout=options["heartbeat-timeout"],
         position_interval=options["position-interval"],
+        audit=AuditLog(options["audit-log"], reactor.seconds) if options["audit-log"]
+        else None,
+        board_ca=options["board-ca"],
+        tokens_path=options["tokens"],
     )
 
 
@@ -169,13 +202,65 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         log.warn("TVM's tracker protocol is on: TVM peers are not authenticated")
     else:
         main = tracker.factory()
+    main = ConnectionGuard(main, reactor, what="tracker",
+                           per_address=options["max-connections-per-address"],
+                           hello_timeout=options["hello-timeout"])
+    listeners: list[Listener] = []
     for endpoint in options["listen"]:
-        Listener(reactor, "compass-tracker", endpoint, main).setServiceParent(top)
+        if options["board-ca"]:
+            listeners.append(ClientCertListener(reactor, "compass-tracker", endpoint, main,
+                                                ca=options["board-ca"]))
+        else:
+            listeners.append(Listener(reactor, "compass-tracker", endpoint, main))
+    if tracker.tokens_path or tracker.audit:
+        ReloadOnHangup(reactor, tracker).setServiceParent(top)
     for endpoint in options["tvm-listen"]:
         only_tvm = front_door_factory(lambda: _Refuse(), make_tvm, options["tvm-allow"])
-        Listener(reactor, "compass-tracker (TVM protocol)", endpoint,
-                 only_tvm).setServiceParent(top)
+        listeners.append(Listener(reactor, "compass-tracker (TVM protocol)", endpoint,
+                                  only_tvm))
+    for listener in listeners:
+        listener.setServiceParent(top)
+    SystemdNotifier(
+        reactor,
+        is_ready=lambda: all(listener.port is not None for listener in listeners),
+        status=lambda: tracker_status(tracker),
+    ).setServiceParent(top)
     return top
+
+
+def tracker_status(tracker: TrackerService) -> str:
+    """The tracker's one-line state for systemd, e.g. C{3 devices, 1 leased, 2 waiting}."""
+    scheduler = tracker.scheduler
+    devices = scheduler.devices.values()
+    offline = sum(1 for device in devices if not device.online)
+    text = plural(len(devices), "device")
+    if offline:
+        text += f" ({offline} offline)"
+    return f"{text}, {len(scheduler.leases)} leased, {len(scheduler.requests)} waiting"
+
+
+class ReloadOnHangup(service.Service):
+    """On SIGHUP, read the tokens file again and reopen the audit log, without
+    dropping a connection."""
+
+    def __init__(self, reactor: Any, tracker: TrackerService) -> None:
+        self.reactor = reactor
+        self.tracker = tracker
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        if hasattr(signal, "SIGHUP") and hasattr(self.reactor, "callFromThread"):
+            self._previous = signal.signal(signal.SIGHUP, self._hangup)
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.tracker.reload_access)
+
+    def stopService(self) -> Any:
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+        return super().stopService()
 
 
 class _Refuse(Protocol):
