@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
@@ -217,7 +218,16 @@ class ProxyConnection(CompassPeer):
         if tracker is None or not tracker.alive:
             raise Unavailable("The proxy lost its link to the tracker for this board;"
                               " reconnect and register again.")
-        return tracker.callRemote(command, **arguments)
+        return tracker.callRemote(command, **arguments).addErrback(self._tracker_gone)
+
+    @staticmethod
+    def _tracker_gone(failure: Failure) -> Failure:
+        """A command the tracker link lost on the way is unavailable, not an internal error."""
+        if failure.check(ConnectionDone, ConnectionLost):
+            return Failure(Unavailable(
+                "The proxy's link to the tracker closed while it forwarded this command;"
+                " reconnect and register again."))
+        return failure
 
     @bt.Register.responder
     def register(self, device: str, key: str, address: str, tags: list[str] | None = None,
