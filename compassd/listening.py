@@ -8,6 +8,7 @@ L{Listener.ready} fires once the port is bound so readiness can wait for it.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import attrs
@@ -78,8 +79,17 @@ class Listener(service.Service):
         )
         self.ready.errback(failure)
         self.ready.addErrback(lambda _: None)
+        # A listen that fails while twistd starts the services fails before the reactor
+        # runs: stop it as soon as it does, so the daemon exits instead of idling, and
+        # exit with status 1 so systemd and scripts see the failure (twistd itself
+        # would exit 0).
+        if not hasattr(self.reactor, "callWhenRunning"):
+            return
+        self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
         if getattr(self.reactor, "running", False):
             self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def stopService(self) -> Deferred[None] | None:
         service.Service.stopService(self)
@@ -87,3 +97,9 @@ class Listener(service.Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
+
+
+def _exit_failed() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)

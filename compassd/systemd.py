@@ -155,6 +155,7 @@ class SystemdNotifier(service.Service):
     _poller: LoopingCall | None = None
     _pinger: LoopingCall | None = None
     _hang_call: IDelayedCall | None = None
+    _view_failed: bool = False
 
     def __attrs_post_init__(self) -> None:
         service.Service.__init__(self)
@@ -188,9 +189,10 @@ class SystemdNotifier(service.Service):
             self.send("STOPPING=1\nSTATUS=stopping", self.address)
 
     def _check(self) -> None:
-        text = self.status()
+        ready = self._view(lambda: self.ready_sent or self.is_ready(), self.ready_sent)
+        text = self._view(self.status, "running")
         fields = []
-        if not self.ready_sent and self.is_ready():
+        if not self.ready_sent and ready:
             self.ready_sent = True
             fields.append("READY=1")
         if text != self.last_status:
@@ -198,6 +200,17 @@ class SystemdNotifier(service.Service):
             fields.append(f"STATUS={text}")
         if fields:
             self.send("\n".join(fields), self.address)
+
+    def _view(self, view: Callable[[], Any], fallback: Any) -> Any:
+        """C{view()}, or C{fallback} if it raises: a broken view must stop neither
+        readiness nor the watchdog pings (it is logged once)."""
+        try:
+            return view()
+        except Exception:
+            if not self._view_failed:
+                self._view_failed = True
+                log.failure("cannot compute the readiness or status for systemd")
+            return fallback
 
     def _ping(self) -> None:
         self.send("WATCHDOG=1", self.address)

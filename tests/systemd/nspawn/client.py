@@ -1,0 +1,103 @@
+"""Run inside the booted test container: ask the tracker, check or use the board.
+
+    client.py devices          print the devices the tracker knows, one JSON line each
+    client.py wait-online DEV  wait (bounded) until DEV is registered and online
+    client.py run              request pool "demo", load a fake-driver model, run it
+    client.py hold             keep a session open (running a model) until it ends
+
+Every wait has a deadline; the exit status says whether the check passed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+
+import numpy as np
+from graphs import Tensor, write_graph
+
+from compassd.client import connect_tracker
+
+TRACKER = ("127.0.0.1", 9190)
+
+
+def devices() -> list[dict]:
+    client = connect_tracker(*TRACKER, timeout=10.0)
+    try:
+        return list(client.devices())
+    finally:
+        client.close()
+
+
+def wait_online(name: str, deadline: float = 30.0) -> int:
+    end = time.monotonic() + deadline
+    seen: list[dict] = []
+    while time.monotonic() < end:
+        try:
+            seen = devices()
+        except Exception as e:  # the tracker may be restarting
+            seen = [{"error": str(e)}]
+        for device in seen:
+            if device.get("name") == name and device.get("state") in ("free", "busy"):
+                print(json.dumps(device, default=str))
+                return 0
+        time.sleep(0.2)
+    print(f"{name} not online within {deadline:g} s; last answer: {seen}", file=sys.stderr)
+    return 1
+
+
+def run() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        model = f"{tmp}/add3.bin"
+        write_graph(model, [Tensor(16, "int8")], [Tensor(16, "int8")], behaviour="add",
+                    value=3)
+        client = connect_tracker(*TRACKER, timeout=10.0)
+        try:
+            with client.request("demo", wait=60.0) as session:
+                loaded = session.load_model(model)
+                x = np.arange(16, dtype=np.int8)
+                (y,) = loaded.run(x)
+                ok = y.tolist() == (x + 3).tolist()
+                print(f"ran add3 on {session.address}: {y.tolist()}")
+        finally:
+            client.close()
+    return 0 if ok else 1
+
+
+def hold(seconds: float = 60.0) -> int:
+    """Open a session on pool "demo", load a model, and keep it for C{seconds} (the
+    probe stops the board meanwhile; the end of the session is the expected outcome)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model = f"{tmp}/id.bin"
+        write_graph(model, [Tensor(4, "int8")], [Tensor(4, "int8")])
+        client = connect_tracker(*TRACKER, timeout=10.0)
+        lease = client.request("demo", wait=60.0)
+        loaded = lease.load_model(model)
+        loaded.run(np.zeros(4, dtype=np.int8))
+        print("holding a session", flush=True)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                loaded.run(np.zeros(4, dtype=np.int8))
+            except Exception as e:
+                print(f"the session ended: {e}", flush=True)
+                return 0
+            time.sleep(0.2)
+    return 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "hold":
+        sys.exit(hold())
+    what = sys.argv[1]
+    if what == "devices":
+        for device in devices():
+            print(json.dumps(device, default=str))
+        sys.exit(0)
+    if what == "wait-online":
+        sys.exit(wait_online(sys.argv[2]))
+    if what == "run":
+        sys.exit(run())
+    sys.exit(f"unknown command {what!r}")
