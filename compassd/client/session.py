@@ -63,6 +63,10 @@ T = TypeVar("T")
 CHUNK = 256 * 1024
 """Bytes read from a file and written to the transport at a time while uploading."""
 
+BUFFER_CHUNK = 4 << 20
+"""Bytes of in-memory tensors copied and written at a time: a few SEND_LIMIT pieces per
+pass through the reactor, in memory that is reused from one chunk to the next."""
+
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 """What can be uploaded: a local file's path, or the bytes themselves."""
 
@@ -208,7 +212,7 @@ class _RunSender:
     def resumeProducing(self) -> None:
         if self.done.called:
             return
-        want = min(CHUNK, self.size - self.sent)
+        want = min(CHUNK if self._file is not None else BUFFER_CHUNK, self.size - self.sent)
         chunk = self._take(want)
         if len(chunk) < want:
             chunk += bytes(want - len(chunk))

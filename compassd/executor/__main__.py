@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import os
 import sys
 import time
@@ -24,9 +25,9 @@ from twisted.python.failure import Failure
 from ..protocol.errors import BadRequest, LimitExceeded, ModelRejected, NoSuchFile, PathRefused
 from ..protocol.executor import Attach, CheckHealth, Execute, Load, Measure, Ready
 from ..protocol.peer import CompassPeer
-from .arena import Arena, ArenaFull, Slot
+from .arena import Arena, ArenaFull, Slot, align_up, parse_dtype
 from .backends import Backend, BackendPoisoned, make_backend
-from .manifest import Manifest, ManifestError, load_manifest, parse_manifest
+from .manifest import Manifest, ManifestError, TensorSpec, load_manifest, parse_manifest
 
 COMMAND_FD = 3
 """The executor reads AMP boxes from this descriptor."""
@@ -106,6 +107,8 @@ class ExecutorServer(CompassPeer):
     def _inside(self, path: str, what: str) -> str:
         if self.workdir is None:
             raise BadRequest(f"Attach the executor to a session before using {what}.")
+        if "\0" in path:
+            raise PathRefused(f"The {what} path {path!r} has a NUL character.")
         if os.path.isabs(path) or ".." in path.replace("\\", "/").split("/"):
             raise PathRefused(f"The {what} path {path!r} must be relative and stay in the session.")
         full = os.path.realpath(os.path.join(self.workdir, path))
@@ -129,7 +132,7 @@ class ExecutorServer(CompassPeer):
             slot = Slot.from_amp(row)
             try:
                 result.append((slot.name, arena.read(slot, copy=False)))
-            except ValueError as e:
+            except (ValueError, OverflowError) as e:
                 raise BadRequest(f"Input slot {slot.name!r} is not usable: {e}.") from None
         return result
 
@@ -137,10 +140,18 @@ class ExecutorServer(CompassPeer):
 
     @Attach.responder
     def attach(self, workdir: str, arena: str, arena_size: int, session: str) -> dict[str, Any]:
+        # A refused attach leaves the earlier session's directory and arena in place.
         real = os.path.realpath(workdir)
+        if not os.path.isdir(real):
+            raise BadRequest(f"The session directory {workdir} is not a directory.")
+        try:
+            mapped = Arena.attach(os.path.join(real, arena), arena_size)
+        except (OSError, ValueError, OverflowError) as e:
+            raise BadRequest(f"The arena {arena} cannot be mapped: {e}.") from None
         try:
             os.chdir(real)
         except OSError as e:
+            mapped.close()
             raise BadRequest(
                 f"The session directory {workdir} is not usable: {e.strerror}."
             ) from None
@@ -149,11 +160,7 @@ class ExecutorServer(CompassPeer):
                 self.arena.close()
             except BufferError:  # a view is still alive; the mapping goes with it
                 pass
-            self.arena = None
-        try:
-            self.arena = Arena.attach(os.path.join(real, arena), arena_size)
-        except (OSError, ValueError) as e:
-            raise BadRequest(f"The arena {arena} cannot be mapped: {e}.") from None
+        self.arena = mapped
         self.workdir = real
         self.session = session
         return {}
@@ -187,10 +194,16 @@ class ExecutorServer(CompassPeer):
     ) -> dict[str, Any]:
         arena = self._need_arena()
         arrays = self._inputs(inputs)
-        start = time.perf_counter()
-        outputs = self._call(self.backend.run, model, arrays)
-        seconds = time.perf_counter() - start
         specs = self.backend.model(model).outputs
+        planned = _plan_outputs(arena, specs, out_offset, out_capacity)
+        views = [arena.read(slot, copy=False) for slot in planned] if planned else None
+        start = time.perf_counter()
+        outputs = self._call(self.backend.run, model, arrays, views)
+        seconds = time.perf_counter() - start
+        if planned and views is not None and all(
+            o is v for o, v in zip(outputs, views, strict=True)
+        ):
+            return {"outputs": [s.to_amp() for s in planned], "seconds": seconds}
         try:
             slots = arena.write_all(
                 [(spec.name, out) for spec, out in zip(specs, outputs, strict=True)],
@@ -210,6 +223,30 @@ class ExecutorServer(CompassPeer):
         arrays = self._inputs(inputs)
         times = self._call(self.backend.benchmark, model, arrays, number, repeat, warmup)
         return {"times": times}
+
+
+def _plan_outputs(
+    arena: Arena, specs: Sequence[TensorSpec], offset: int, capacity: int
+) -> list[Slot] | None:
+    """The slots L{Arena.write_all} would give outputs of these specs, for the backend to
+    write into directly; None when a shape is not fixed or they do not fit (the outputs
+    are then written after the run, which reports what did not fit)."""
+    slots = []
+    cursor = align_up(offset)
+    for spec in specs:
+        if any(d < 0 for d in spec.shape):
+            return None
+        try:
+            dtype = parse_dtype(spec.dtype)
+        except ValueError:
+            return None
+        nbytes = math.prod(spec.shape) * dtype.itemsize
+        slots.append(Slot(spec.name, dtype.name, spec.shape, cursor, nbytes))
+        cursor = align_up(cursor + nbytes)
+    end = slots[-1].end if slots else offset
+    if end > offset + capacity or end > arena.size or offset < 0:
+        return None
+    return slots
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

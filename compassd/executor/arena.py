@@ -12,6 +12,7 @@ L{Arena} is the file and its mapping.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -261,7 +262,7 @@ class Arena:
         shape = tuple(slot.shape)
         if any(d < 0 for d in shape):
             raise ValueError(f"tensor {slot.name!r} has a negative dimension in {shape}")
-        expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        expected = math.prod(shape) * dt.itemsize  # exact: int64 would wrap
         if expected != slot.nbytes:
             raise ValueError(
                 f"tensor {slot.name!r}: {slot.dtype} with shape {shape} takes {expected} bytes,"

@@ -150,6 +150,14 @@ class Backend(abc.ABC):
     def _runner(self, model: str, arrays: list[NDArray[Any]]) -> Callable[[], list[NDArray[Any]]]:
         """A callable running C{model} on checked inputs, for C{run} and C{benchmark}."""
 
+    def _runner_into(
+        self, model: str, arrays: list[NDArray[Any]], out: list[NDArray[Any]]
+    ) -> Callable[[], list[NDArray[Any]]] | None:
+        """A callable running C{model} that writes its outputs into the arrays C{out}
+        (one per output, of its dtype and shape) and returns them; None where the backend
+        cannot write into caller memory (then L{run} returns new arrays)."""
+        return None
+
     def model(self, name: str) -> LoadedModel:
         try:
             return self.models[name]
@@ -159,9 +167,21 @@ class Backend(abc.ABC):
                 f"No model named {name!r} is loaded (loaded: {loaded}); load it first."
             ) from None
 
-    def run(self, model: str, inputs: Sequence[Any]) -> list[NDArray[Any]]:
-        """Run C{model} once on inputs given in model order (arrays, or (name, array))."""
+    def run(
+        self, model: str, inputs: Sequence[Any], out: list[NDArray[Any]] | None = None
+    ) -> list[NDArray[Any]]:
+        """Run C{model} once on inputs given in model order (arrays, or (name, array)).
+
+        With C{out} (a writable C-contiguous array per output, of the output's dtype and
+        shape, e.g. views of the arena), a backend that can writes the outputs there and
+        returns those very arrays, saving an allocation and a copy; others return new
+        arrays, so callers compare with C{is}.
+        """
         arrays = check_inputs(model, self.model(model).inputs, _pairs(inputs))
+        if out is not None:
+            runner = self._runner_into(model, arrays, out)
+            if runner is not None:
+                return runner()
         return self._runner(model, arrays)()
 
     def benchmark(
@@ -201,6 +221,7 @@ class AipuBackend(Backend):
         self.driver_path = driver_path
         self.timeout_ms = timeout_ms
         self._graphs: dict[str, Any] = {}
+        self._jobs: dict[str, Any] = {}
         self._driver: Any = None
         self._open_error = ""
         self._open()
@@ -257,6 +278,7 @@ class AipuBackend(Backend):
                 raise ModelRejected(f"Model {key} was not loaded: {e}.") from None
         old = self._graphs.pop(key, None)
         self.models.pop(key, None)
+        self._drop_job(key)
         if old is not None:
             old.close()
         try:
@@ -280,6 +302,23 @@ class AipuBackend(Backend):
         return model
 
     def _runner(self, model: str, arrays: list[NDArray[Any]]) -> Callable[[], list[NDArray[Any]]]:
+        return self._graph_runner(model, arrays, None)
+
+    def _runner_into(
+        self, model: str, arrays: list[NDArray[Any]], out: list[NDArray[Any]]
+    ) -> Callable[[], list[NDArray[Any]]] | None:
+        specs = self.models[model].outputs
+        if len(out) != len(specs) or any(
+            o.dtype != np.dtype(s.dtype) or o.shape != tuple(s.shape)
+            or not o.flags.c_contiguous or not o.flags.writeable
+            for o, s in zip(out, specs, strict=True)
+        ):
+            return None
+        return self._graph_runner(model, arrays, out)
+
+    def _graph_runner(
+        self, model: str, arrays: list[NDArray[Any]], out: list[NDArray[Any]] | None
+    ) -> Callable[[], list[NDArray[Any]]]:
         self._usable()
         graph = self._graphs[model]
         specs = self.models[model].outputs
@@ -287,9 +326,22 @@ class AipuBackend(Backend):
         timeout = self.timeout_ms
 
         def run() -> list[NDArray[Any]]:
-            outputs = [np.empty(s.shape, dtype=s.dtype) for s in specs]
+            # The driver copies each output straight into its buffer: the arena's view
+            # when given, so no output is allocated and copied again.
+            outputs = out if out is not None else [np.empty(s.shape, s.dtype) for s in specs]
             try:
-                graph.run(arrays, outputs, timeout)
+                # One job per model, run again and again (the driver allows re-running a
+                # DONE job): creating and cleaning a job per run costs its buffers each
+                # time. A job that failed is dropped; the binding then cleans it, unless
+                # it timed out.
+                job = self._jobs.get(model)
+                if job is None:
+                    job = self._jobs[model] = graph.create_job()
+                try:
+                    job.run(arrays, outputs, timeout)
+                except BaseException:
+                    self._jobs.pop(model, None)
+                    raise
             except aipu.JobTimeout as e:
                 raise BackendPoisoned(
                     f"Model {model} did not finish within {timeout} ms on the NPU ({e});"
@@ -309,8 +361,18 @@ class AipuBackend(Backend):
 
         return run
 
+    def _drop_job(self, model: str) -> None:
+        job = self._jobs.pop(model, None)
+        if job is not None and not job.closed:
+            try:
+                job.close()
+            except (self._aipu.AipuError, RuntimeError):
+                pass  # unloading the graph takes its jobs with it
+
     def close(self) -> None:
         super().close()
+        for model in list(self._jobs):
+            self._drop_job(model)
         for graph in self._graphs.values():
             if not graph.closed:
                 graph.close()

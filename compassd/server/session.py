@@ -41,13 +41,23 @@ from .upload import UploadSink, download_chunks
 log = Logger(namespace="compass.server")
 
 
+OUTPUT_CHUNK = 4 << 20
+"""Bytes of an output tensor copied out of the arena per write: Twisted transports take
+only bytes, and one copy of a whole large tensor costs a fresh allocation (page faults)
+each run, while chunks of this size reuse memory and leave whole SEND_LIMIT pieces."""
+
+
 @implementer(IPullProducer)
 class _ChunkProducer:
-    """Write an iterator's chunks to a transport as fast as it takes them."""
+    """Write an iterator's chunks to a transport as fast as it takes them, then call
+    C{done}. A chunk that cannot be made (the arena closed under it) aborts the
+    connection: the byte run cannot be finished, and the peer must not wait for it."""
 
-    def __init__(self, transport: Any, chunks: Iterator[bytes]) -> None:
+    def __init__(self, transport: Any, chunks: Iterator[bytes],
+                 done: Callable[[], object] = lambda: None) -> None:
         self._transport = transport
         self._chunks = chunks
+        self._done = done
         transport.registerProducer(self, False)
 
     def resumeProducing(self) -> None:
@@ -55,6 +65,12 @@ class _ChunkProducer:
             chunk = next(self._chunks)
         except StopIteration:
             self._transport.unregisterProducer()
+            self._done()
+            return
+        except Exception:
+            log.failure("A byte run could not be finished; dropping the connection")
+            self._transport.unregisterProducer()
+            self._transport.abortConnection()
             return
         self._transport.write(chunk)
 
@@ -62,6 +78,13 @@ class _ChunkProducer:
         close = getattr(self._chunks, "close", None)
         if close is not None:
             close()
+
+
+def _arena_chunks(arena: Arena, slots: list[Slot]) -> Iterator[bytes]:
+    """The bytes of C{slots}, in order, in pieces of at most L{OUTPUT_CHUNK}."""
+    for slot in slots:
+        for at in range(slot.offset, slot.end, OUTPUT_CHUNK):
+            yield arena.read_bytes(at, min(OUTPUT_CHUNK, slot.end - at))
 
 
 class _SlotWriter:
@@ -113,6 +136,7 @@ class SessionConnection(CompassPeer):
         self.board = board
         self.session: ActiveSession | None = None
         self.closing: tuple[str, str] | None = None
+        self._held: list[Callable[[], object]] = []
 
     # --- the board's side ----------------------------------------------------------
 
@@ -120,8 +144,35 @@ class SessionConnection(CompassPeer):
         """The board ended our session: tell the client, and hang up a little later."""
         self.closing = (reason, message)
         if self.alive:
-            self.callRemote(ps.SessionClosing, reason=reason, message=message)
+            self._between_runs(lambda: self.callRemote(ps.SessionClosing, reason=reason,
+                                                       message=message))
             self.board.reactor.callLater(30.0, self.drop)
+
+    _streaming = False
+    """Whether a byte run (outputs, a download) is being written by a producer."""
+
+    def _between_runs(self, work: Callable[[], object]) -> None:
+        """Do C{work} (write a box) now, or once the byte run being written is done: a
+        box in the middle of it would put the connection out of step."""
+        if self._streaming:
+            self._held.append(work)
+        else:
+            work()
+
+    def _stream(self, chunks: Iterator[bytes]) -> None:
+        """Write C{chunks} as a byte run through a producer (boxes wait for its end)."""
+        if self.transport is None:
+            return
+        self._streaming = True
+
+        def done() -> None:
+            self._streaming = False
+            held, self._held = self._held, []
+            for work in held:
+                if self.alive:
+                    work()
+
+        _ChunkProducer(self.transport, chunks, done)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
@@ -138,7 +189,9 @@ class SessionConnection(CompassPeer):
 
     def _refuse_run(self, size: int, error: Exception) -> Deferred[Any]:
         """Read the C{size} bytes announced by a refused command, then refuse it."""
-        return self.expect_raw(size, _discard).addCallback(lambda _: fail(error))
+        d: Deferred[Any] = self.expect_raw(size, _discard)
+        d.addErrback(_connection_gone, "sending the bytes of a refused command")
+        return d.addCallback(lambda _: fail(error))
 
     # --- hello and opening ---------------------------------------------------------
 
@@ -217,7 +270,7 @@ class SessionConnection(CompassPeer):
     def download(self, path: str) -> dict[str, Any]:
         session = self._active()
         source = download_chunks(session.directory, path)
-        self._follow_answer(lambda: _ChunkProducer(self.transport, iter(source)))
+        self._follow_answer(lambda: self._stream(iter(source)))
         return {"size": source.size, "sha256": source.sha256}
 
     @ps.ListFiles.responder
@@ -310,7 +363,7 @@ class SessionConnection(CompassPeer):
     @ps.Run.responder
     def run(self, model: str, inputs: list[dict[str, Any]],
             timeout: float | None = None) -> Deferred[Any]:
-        announced = sum(int(row["nbytes"]) for row in inputs)
+        announced = sum(max(0, int(row["nbytes"])) for row in inputs)
         try:
             session = self._active()
             if timeout is not None and not timeout > 0:
@@ -345,9 +398,13 @@ class SessionConnection(CompassPeer):
             return {"outputs": rows, "seconds": seconds}
 
         def send_outputs() -> None:
-            for slot in outputs.get("slots", []):
-                if slot.nbytes and self.transport is not None:
-                    self.transport.write(arena.read_bytes(slot.offset, slot.nbytes))
+            slots = [slot for slot in outputs.get("slots", []) if slot.nbytes]
+            if not slots or self.transport is None:
+                return
+            if sum(slot.nbytes for slot in slots) <= OUTPUT_CHUNK:
+                self.transport.write(b"".join(_arena_chunks(arena, slots)))
+            else:
+                self._stream(_arena_chunks(arena, slots))
 
         answer.addErrback(self._ended_meanwhile, session)
         answer.addCallback(reply)
@@ -357,7 +414,7 @@ class SessionConnection(CompassPeer):
     @ps.Benchmark.responder
     def benchmark(self, model: str, inputs: list[dict[str, Any]], number: int, repeat: int,
                   warmup: int | None = None) -> Deferred[dict[str, Any]]:
-        announced = sum(int(row["nbytes"]) for row in inputs)
+        announced = sum(max(0, int(row["nbytes"])) for row in inputs)
         try:
             session = self._active()
             if not (0 < number <= 1_000_000 and 0 < repeat <= 1000):

@@ -155,3 +155,35 @@ def test_onnx_backend_runs_a_tiny_model_and_checks_inputs(tmp_path: Path) -> Non
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     with pytest.raises(ModelRejected, match="ONNX Runtime refused model bad"):
         backend.load(str(tmp_path / "bad.onnx"), name="bad")
+
+
+def test_aipu_writes_outputs_into_given_arrays_and_reuses_its_job(
+    aipu: AipuBackend, tmp_path: Path
+) -> None:
+    write_graph(tmp_path / "id.bin", [Tensor(8, "int16")], [Tensor(8, "int16")])
+    aipu.load(str(tmp_path / "id.bin"), name="id")
+    out = [np.zeros(4, np.int16)]
+    for k in range(3):
+        x = np.array([1, -2, 3, 4], np.int16) * (k + 1)
+        (y,) = aipu.run("id", [x], out=out)
+        assert y is out[0]
+        np.testing.assert_array_equal(out[0], x)
+    # An array of the wrong shape is not written into: the run gives a new one.
+    wrong = [np.zeros(3, np.int16)]
+    (z,) = aipu.run("id", [x], out=wrong)
+    assert z is not wrong[0]
+    np.testing.assert_array_equal(z, x)
+
+
+def test_aipu_runs_again_after_a_job_exception(aipu: AipuBackend, tmp_path: Path) -> None:
+    write_graph(tmp_path / "exc.bin", [4], [4], behaviour="exception")
+    write_graph(tmp_path / "id.bin", [4], [4])
+    aipu.load(str(tmp_path / "exc.bin"), name="exc")
+    aipu.load(str(tmp_path / "id.bin"), name="id")
+    for _ in range(2):
+        with pytest.raises(RunFailed, match="raised an exception on the NPU"):
+            aipu.run("exc", [np.zeros(4, np.int8)])
+    x = np.arange(4, dtype=np.int8)
+    np.testing.assert_array_equal(aipu.run("id", [x])[0], x)
+    aipu.load(str(tmp_path / "id.bin"), name="id")  # reloading drops the cached job
+    np.testing.assert_array_equal(aipu.run("id", [x + 1])[0], x + 1)
