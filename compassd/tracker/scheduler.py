@@ -235,6 +235,9 @@ class _Pool:
     """The devices and waiting requests of one key."""
 
     devices: dict[str, Device] = attrs.Factory(dict)
+    offline: set[str] = attrs.Factory(set)
+    """The names in C{devices} that are offline (so every request's answer can say how
+    many are online without counting them)."""
     free: OrderedDict[str, Device] = attrs.Factory(OrderedDict)
     queue: FairQueue[Request] = attrs.Factory(FairQueue)
 
@@ -289,7 +292,8 @@ class Scheduler:
         return list(pool.devices.values()) if pool else []
 
     def online_count(self, key: str) -> int:
-        return sum(1 for d in self.pool_devices(key) if d.online)
+        pool = self._pools.get(key)
+        return len(pool.devices) - len(pool.offline) if pool else 0
 
     def free_count(self, key: str) -> int:
         pool = self._pools.get(key)
@@ -422,6 +426,7 @@ class Scheduler:
             device = self._devices[name]
             device.online = False
             device.offline_since = now
+            self._pools[device.key].offline.add(name)
             self._unfree(device)
             if device.lease is not None:
                 effects += self._end_lease(
@@ -671,6 +676,14 @@ class Scheduler:
     def _timer(self, when: float, kind: str, ident: str) -> None:
         self._counter += 1
         heapq.heappush(self._timers, (when, self._counter, kind, ident))
+        # Timers of leases and requests that ended early stay in the heap until they
+        # reach its top; at thousands of grants a second with long leases that is
+        # millions. Each live request, lease or device has at most two live timers, so
+        # past that (with room) the heap is mostly dead: rebuild it, amortised O(1).
+        live = len(self._requests) + len(self._leases) + len(self._devices)
+        if len(self._timers) > 4 * live + 1024:
+            self._timers = [t for t in self._timers if self._timer_live(t)]
+            heapq.heapify(self._timers)
 
     def _timer_live(self, timer: tuple[float, int, str, str]) -> bool:
         when, _, kind, ident = timer
@@ -802,6 +815,7 @@ class Scheduler:
             )
         pool = self._pools[device.key]
         pool.free.pop(device.name, None)
+        pool.offline.discard(device.name)
         del pool.devices[device.name]
         del self._devices[device.name]
         owned = self._boards.get(device.owner)
