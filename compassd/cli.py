@@ -34,6 +34,7 @@ from .client import (
     connect_tracker,
     parse_address,
 )
+from .tls import TLSFailed
 
 EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 3
@@ -62,7 +63,10 @@ def _connect(ctx: click.Context) -> Tracker:
         host, port = parse_address(address)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--tracker") from e
-    return connect_tracker(host, port, ctx.obj["token"], user=ctx.obj["user"])
+    tls = ctx.obj.get("tls") or {}
+    return connect_tracker(host, port, ctx.obj["token"], user=ctx.obj["user"],
+                           tls=bool(tls.get("tls") or tls.get("ca") or tls.get("cert")),
+                           ca=tls.get("ca"), cert=tls.get("cert"), key=tls.get("key"))
 
 
 def _run(ctx: click.Context, action: Callable[[Tracker], Any]) -> Any:
@@ -73,7 +77,7 @@ def _run(ctx: click.Context, action: Callable[[Tracker], Any]) -> Any:
             return action(tracker)
         finally:
             tracker.close()
-    except TrackerUnreachable as e:
+    except (TrackerUnreachable, TLSFailed) as e:
         click.echo(f"compass: {e}", err=True)
         ctx.exit(EXIT_UNREACHABLE)
     except CompassError as e:
@@ -89,8 +93,24 @@ def _run(ctx: click.Context, action: Callable[[Tracker], Any]) -> Any:
     help="Your token, if the tracker has a tokens file. Default: COMPASS_TOKEN.",
 )
 @click.option("--user", envvar="COMPASS_USER", help="Name to show when no token is used.")
+@click.option("--tls", is_flag=True, envvar="COMPASS_TLS",
+              help="Connect with TLS, trusting the system's CAs (implied by --ca)."
+              " Default: COMPASS_TLS.")
+@click.option("--ca", metavar="FILE", envvar="COMPASS_CA",
+              type=click.Path(exists=True, dir_okay=False),
+              help="Connect with TLS and trust only the CA in this PEM file for the"
+              " tracker's and the boards' certificates. Default: COMPASS_CA.")
+@click.option("--cert", metavar="FILE", envvar="COMPASS_CERT",
+              type=click.Path(exists=True, dir_okay=False),
+              help="This client's certificate (PEM), for a tracker that asks for one."
+              " Default: COMPASS_CERT.")
+@click.option("--cert-key", metavar="FILE", envvar="COMPASS_CERT_KEY",
+              type=click.Path(exists=True, dir_okay=False),
+              help="The private key of --cert (PEM), if it is not in the --cert file."
+              " Default: COMPASS_CERT_KEY.")
 @click.pass_context
-def main(ctx: click.Context, tracker: str | None, token: str | None, user: str | None) -> None:
+def main(ctx: click.Context, tracker: str | None, token: str | None, user: str | None,
+         tls: bool, ca: str | None, cert: str | None, cert_key: str | None) -> None:
     """compass: share NPU boards through a compassd tracker.
 
     Try everything on this machine with `compass demo`. Run a model on a board of a
@@ -98,7 +118,11 @@ def main(ctx: click.Context, tracker: str | None, token: str | None, user: str |
     Look at who holds which board with `compass status`; admins drain boards for
     maintenance with `compass drain DEVICE`. Shell completion: `compass completion`.
     """
-    ctx.obj = {"tracker": tracker, "token": token, "user": user}
+    if cert_key is not None and cert is None:
+        raise click.BadParameter("--cert-key needs --cert, the certificate it belongs to.",
+                                 param_hint="--cert-key")
+    ctx.obj = {"tracker": tracker, "token": token, "user": user,
+               "tls": {"tls": tls, "ca": ca, "cert": cert, "key": cert_key}}
 
 
 def _duration(seconds: float | None) -> str:

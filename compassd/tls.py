@@ -24,6 +24,7 @@ works).
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,8 @@ class ClientTLS:
     def endpoint(self, reactor: Any, host: str, port: int,
                  timeout: float = 10.0) -> tuple[IStreamClientEndpoint, VerifyingCreator]:
         creator = self.creator(host)
-        return wrapClientTLS(creator, HostnameEndpoint(reactor, host, port,
-                                                       timeout=timeout)), creator
+        return wrap_client_tls(reactor, creator, HostnameEndpoint(
+            reactor, host, port, timeout=timeout)), creator
 
 
 class VerifyingCreator:
@@ -197,6 +198,19 @@ def explain(failure: Failure, where: str, host: str,
             f"{where} requires a client certificate; configure one (cert= and key=)."
         )
     return TLSFailed(f"The TLS handshake with {where} failed: {text}.")
+
+
+def wrap_client_tls(reactor: Any, creator: Any,
+                    endpoint: IStreamClientEndpoint) -> IStreamClientEndpoint:
+    """C{wrapClientTLS} whose small-write aggregation (Twisted 23+) runs on C{reactor}.
+
+    Left alone, newer Twisted flushes TLS writes with the global reactor's C{callLater};
+    the blocking client runs its own reactor in a thread, so its hello would never be
+    sent. Twisted 22.4 has no aggregation and no C{clock} argument.
+    """
+    if "clock" in inspect.signature(wrapClientTLS).parameters:
+        return wrapClientTLS(creator, endpoint, clock=reactor)
+    return wrapClientTLS(creator, endpoint)
 
 
 _SEPARATOR = re.compile(r"(?<!\\):")
