@@ -122,8 +122,20 @@ class Lease:
 class Tracker:
     """A connection to compass-tracker. Close it with L{close} or a C{with} block."""
 
-    def __init__(self, tracker: AsyncTracker) -> None:
-        self._tracker = tracker
+    def __init__(self, tracker: AsyncTracker,
+                 reconnect: Callable[[], Any] | None = None) -> None:
+        self._connection = tracker
+        self._reconnect = reconnect
+        self._closed = False
+
+    @property
+    def _tracker(self) -> AsyncTracker:
+        """The live connection: one the tracker closed (idle too long, restarted) is made
+        again on next use, unless we closed it."""
+        if not self._connection.connected and self._reconnect is not None \
+                and not self._closed:
+            self._connection = _reactor.call(self._reconnect)
+        return self._connection
 
     @property
     def user(self) -> str:
@@ -187,7 +199,8 @@ class Tracker:
 
     def close(self) -> None:
         """Disconnect; the tracker withdraws waiting requests and ends held leases."""
-        _reactor.call(self._tracker.close)
+        self._closed = True
+        _reactor.call(self._connection.close)
 
     def __enter__(self) -> Tracker:
         return self
@@ -221,14 +234,15 @@ def connect_tracker(
     it shows. C{endpoint} is a Twisted client endpoint string used instead of host and
     port (for example C{tls:host=...:port=...:trustRoots=...}).
     """
-    return Tracker(
-        _reactor.call(
-            lambda: AsyncTracker.connect(
-                _reactor.reactor(), host, port, token=token, user=user, endpoint=endpoint,
-                timeout=timeout, tls=_client_tls(tls, ca, cert, key),
-            )
+    client_tls = _client_tls(tls, ca, cert, key)
+
+    def connect() -> Any:
+        return AsyncTracker.connect(
+            _reactor.reactor(), host, port, token=token, user=user, endpoint=endpoint,
+            timeout=timeout, tls=client_tls,
         )
-    )
+
+    return Tracker(_reactor.call(connect), reconnect=connect)
 
 
 def _client_tls(tls: bool, ca: str | None, cert: str | None,

@@ -87,6 +87,9 @@ class TrackerService(service.Service):
     access: Access = attrs.Factory(Access)
     heartbeat_timeout: float = 15.0
     position_interval: float = 0.5
+    idle_timeout: float | None = 600.0
+    """A client or admin connection that sends nothing for this long while it has no
+    request waiting and holds no lease is closed (None: never)."""
     audit: AuditLog | None = None
     """Where audit events go (L{compassd.tracker.audit}); None for nowhere."""
     board_ca: str | None = None
@@ -381,8 +384,29 @@ class TrackerConnection(CompassPeer):
 
     def ampBoxReceived(self, box: amp.AmpBox) -> None:
         if self._idle is not None and self._idle.active():
-            self._idle.reset(self.tracker.heartbeat_timeout)
+            self._idle.reset(self._idle_after)
         super().ampBoxReceived(box)
+
+    @property
+    def _idle_after(self) -> float:
+        if self.role == "board":
+            return self.tracker.heartbeat_timeout
+        return self.tracker.idle_timeout or 0.0
+
+    def _unused(self) -> None:
+        """A client's idle timer ran out: close it unless it waits or holds a lease."""
+        if self.tracker.scheduler.owned_by(self):
+            self._idle = self.tracker.reactor.callLater(self._idle_after, self._unused)
+            return
+        log.info(
+            "{role} {user} at {peer} sent nothing for {timeout:g} s and holds nothing;"
+            " closing it",
+            role=self.role,
+            user=self.identity.user if self.identity else "?",
+            peer=self.describe(),
+            timeout=self._idle_after,
+        )
+        self.drop()
 
     def _silent(self) -> None:
         log.warn(
@@ -479,6 +503,10 @@ class TrackerConnection(CompassPeer):
         if role == "board":
             self._idle = self.tracker.reactor.callLater(
                 self.tracker.heartbeat_timeout, self._silent
+            )
+        elif self.tracker.idle_timeout is not None:
+            self._idle = self.tracker.reactor.callLater(
+                self.tracker.idle_timeout, self._unused
             )
         log.info(
             "{role} {user} connected from {peer} ({software}, protocol {version})",

@@ -83,6 +83,9 @@ class Options(usage.Options):
         ["hello-timeout", None, HELLO_TIMEOUT,
          "A connection that has not said hello within this time is closed ('0' for"
          " never).", _optional_seconds],
+        ["idle-timeout", None, 600.0,
+         "A client connection that sends nothing for this long while it has no request"
+         " waiting and holds no lease is closed ('0' for never).", _optional_seconds],
     ]
     optFlags = [
         ["allow-anonymous", None,
@@ -177,6 +180,7 @@ def make_tracker(options: Options, reactor: Any) -> TrackerService:
         access=options["access"],
         heartbeat_timeout=options["heartbeat-timeout"],
         position_interval=options["position-interval"],
+        idle_timeout=options["idle-timeout"],
         audit=AuditLog(options["audit-log"], reactor.seconds) if options["audit-log"]
         else None,
         board_ca=options["board-ca"],

@@ -163,3 +163,24 @@ def test_closing_the_tracker_ends_its_leases_and_later_calls_say_unreachable(
         # the tracker ended the lease when the connection went: bob can have the device
         with bob.request(KEY, wait=WAIT) as again:
             assert again.device == "npu-1"
+
+
+def test_a_connection_the_tracker_closed_as_idle_is_made_again_on_next_use() -> None:
+    import time
+
+    from tests.helpers import daemon_log, start_twistd, stop
+
+    proc, port = start_twistd("compass-tracker", "--idle-timeout", "0.3")
+    try:
+        t = connect_tracker("127.0.0.1", port, user="sleepy")
+        first = t._connection
+        deadline = time.monotonic() + 20
+        while first.connected and time.monotonic() < deadline:
+            time.sleep(0.05)  # waiting for the tracker's idle timeout, bounded
+        assert not first.connected, daemon_log(proc)
+        assert t.summary()["devices"] == []  # a new connection, said hello again
+        assert t._connection is not first and t._connection.connected
+        t.close()
+        assert not t._connection.connected
+    finally:
+        stop(proc)

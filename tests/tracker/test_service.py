@@ -817,3 +817,31 @@ def test_far_back_in_a_long_queue_a_move_of_one_place_is_not_pushed(h: Harness) 
     pushed = {item["request"]: item["position"] for _, item in waiting.peer.take("position")}
     near = requests[1:PUSH_EVERY_CHANGE_UP_TO + 2]
     assert pushed == {r: i for i, r in enumerate(near)}
+
+
+def test_an_idle_client_holding_nothing_is_closed_after_the_idle_timeout() -> None:
+    h = Harness(idle_timeout=100.0)
+    idle = h.connect(user="idle")
+    chatty = h.connect(user="chatty")
+    h.advance(60.0)
+    chatty.ok(ct.ListDevices)  # any command resets its timer
+    h.advance(40.0)
+    assert not idle.server.alive
+    assert chatty.server.alive
+    h.advance(60.0)
+    assert not chatty.server.alive
+
+
+def test_a_client_waiting_or_holding_a_lease_is_never_idle_closed() -> None:
+    h = Harness(idle_timeout=100.0)
+    board = h.board("npu-1")
+    holder, waiter = h.connect(user="ann"), h.connect(user="bob")
+    holder.ok(ct.Request, key="npu", lease=3000.0)
+    (_, grant), = holder.peer.take("granted")
+    board.ok(bt.Redeem, device="npu-1", ticket=grant["ticket"])
+    waiter.ok(ct.Request, key="npu", wait=3000.0)
+    for _ in range(100):
+        board.ok(bt.Heartbeat)
+        h.advance(10.0)
+    assert holder.server.alive and waiter.server.alive
+    assert board.server.alive
