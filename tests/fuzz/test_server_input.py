@@ -248,7 +248,11 @@ SETTINGS = settings(max_examples=100, deadline=None,
 
 
 @pytest.fixture
-def board(tmp_path: Path) -> Board:
+def board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Board:
+    # The executor runs in this process here: its attach must not move pytest into a
+    # session directory that is deleted later (a deleted working directory breaks
+    # everything that resolves a relative path afterwards, Twisted's plugin search too).
+    monkeypatch.setattr(os, "chdir", lambda path: None)
     return Board(tmp_path / "work")
 
 

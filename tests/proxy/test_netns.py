@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakedriver.build import build_fake_driver
-from tests.helpers import DaemonFailed, daemon_env, daemon_log, stop
+from tests.helpers import ROOT, DaemonFailed, daemon_env, daemon_log, stop
 
 DEADLINE = 30.0
 TRACKER_PORT = 9190
@@ -94,8 +94,9 @@ def _start_in(ns: str, plugin: str, *args: str) -> subprocess.Popen[bytes]:
     command = ["ip", "netns", "exec", ns, sys.executable, "-c",
                "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
                "--logfile=-", plugin, "--listen", "tcp:0:interface=127.0.0.1", *args]
-    proc = subprocess.Popen(command, env=daemon_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(command, env=daemon_env(), cwd=str(ROOT),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)
