@@ -48,14 +48,26 @@ def dtype_name(dtype: Any) -> str:
     return dt.name
 
 
+_DTYPES = {
+    name: np.dtype(name)
+    for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                 "uint64", "float16", "float32", "float64")
+}
+"""The dtypes a tensor may travel as, by the name it travels under."""
+
+
 def parse_dtype(name: str) -> np.dtype[Any]:
-    """The numpy dtype for a travelled dtype name; a ValueError that names it otherwise."""
-    try:
-        dt = np.dtype(name)
-    except TypeError as e:
-        raise ValueError(f"{name!r} is not a numpy dtype name") from e
-    dtype_name(dt)  # refuse object, string and structured dtypes
-    return dt.newbyteorder("=") if dt.byteorder not in "=|" else dt
+    """The numpy dtype for a travelled dtype name; a ValueError that names it otherwise.
+
+    Names are looked up, never handed to C{np.dtype}: older numpy evaluates some dtype
+    strings as Python literals, and a peer's text has no business being evaluated.
+    """
+    dt = _DTYPES.get(name) if isinstance(name, str) else None
+    if dt is None:
+        raise ValueError(
+            f"{name!r} is not a tensor dtype this system carries (one of"
+            f" {', '.join(_DTYPES)})")
+    return dt
 
 
 def _int_tuple(dims: Iterable[Any]) -> tuple[int, ...]:

@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .arena import dtype_name
+from .arena import dtype_name, parse_dtype
 
 
 class ManifestError(ValueError):
@@ -103,7 +103,7 @@ def _specs(data: dict[str, Any], kind: str, source: str) -> tuple[TensorSpec, ..
         try:
             if not isinstance(dtype, str):
                 raise TypeError
-            dtype = dtype_name(np.dtype(dtype))
+            dtype = parse_dtype(dtype).name
         except (TypeError, ValueError):
             raise ManifestError(
                 f"{where} ({name!r}): 'dtype' must be a numpy dtype name such as"
