@@ -27,6 +27,7 @@ then ends the session.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -43,6 +44,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import __version__
+from ..executor.arena import parse_dtype
 from ..protocol import SUPPORTED_VERSIONS, Hello
 from ..protocol import session as sp
 from ..protocol.errors import (
@@ -90,8 +92,8 @@ def _shape_text(shape: Sequence[int]) -> str:
 
 def _dtype_name(text: str) -> str:
     try:
-        return np.dtype(text).name
-    except TypeError:
+        return parse_dtype(text).name
+    except ValueError:
         return text
 
 
@@ -818,16 +820,20 @@ class AsyncModel:
         arrays: list[np.ndarray] = []
         for row in rows:
             try:
-                array = np.empty(tuple(row["shape"]), np.dtype(row["dtype"]))
+                dtype = parse_dtype(row["dtype"])
+                shape = tuple(int(d) for d in row["shape"])
+                if any(d < 0 for d in shape):
+                    raise ValueError("a negative dimension")
             except (TypeError, ValueError) as e:
                 problem = f"output {row['name']!r} has dtype {row['dtype']!r} or shape" \
                     f" {row['shape']!r} that numpy cannot make ({e})"
                 break
-            if array.nbytes != row["nbytes"]:
+            size = math.prod(shape) * dtype.itemsize  # checked before anything is allocated
+            if size != row["nbytes"]:
                 problem = f"output {row['name']!r} is announced as {row['nbytes']} bytes," \
-                    f" but {row['dtype']} {_shape_text(row['shape'])} is {array.nbytes}"
+                    f" but {row['dtype']} {_shape_text(row['shape'])} is {size}"
                 break
-            arrays.append(array)
+            arrays.append(np.empty(shape, dtype))
         filler = _Filler([] if problem else [_byte_view(a) for a in arrays])
 
         def finish(outcome: Any) -> Any:

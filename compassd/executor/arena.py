@@ -161,8 +161,11 @@ class Arena:
     def __init__(self, path: str, size: int, fd: int) -> None:
         self.path = path
         self.size = size
-        self._map: mmap.mmap | None = mmap.mmap(fd, size, mmap.MAP_SHARED) if size else None
-        os.close(fd)
+        try:
+            self._map: mmap.mmap | None = (
+                mmap.mmap(fd, size, mmap.MAP_SHARED) if size else None)
+        finally:
+            os.close(fd)
         self._closed = False
         self.allocator = SlotAllocator(size)
 
@@ -179,7 +182,11 @@ class Arena:
             os.close(fd)
             os.unlink(path)
             raise
-        return cls(path, size, fd)
+        try:
+            return cls(path, size, fd)  # it closes the descriptor in every case
+        except BaseException:
+            os.unlink(path)
+            raise
 
     @classmethod
     def attach(cls, path: str | os.PathLike[str], size: int) -> Arena:

@@ -146,7 +146,6 @@ class ExecutorHandle:
         self.tag = tag
         self.pid: int | None = None
         self.info: list[str] = []
-        self.ready: Deferred[list[str]] = Deferred()
         self.ended: Deferred[str] = Deferred()
         self._ready_outcome: Any = None  # the info list, or a Failure
         self._ready_waiters: list[Deferred[list[str]]] = []
@@ -173,15 +172,22 @@ class ExecutorHandle:
         if self._ready_outcome is not None:
             return
         self._ready_outcome = outcome
-        waiters, self._ready_waiters = [self.ready, *self._ready_waiters], []
+        waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             if isinstance(outcome, Failure):
                 d.errback(outcome)
             else:
                 d.callback(outcome)
 
+    @property
+    def ready(self) -> Deferred[list[str]]:
+        """Fires with the Ready info lines, or fails with L{ExecutorDied} if the process
+        ended first. Each use gives a new Deferred, so an executor nobody waits for (a
+        spare killed at stop) leaves no unhandled failure behind."""
+        return self.when_ready()
+
     def when_ready(self) -> Deferred[list[str]]:
-        """A new Deferred that fires like C{ready} (C{ready} itself is the caller's to chain)."""
+        """A new Deferred that fires like C{ready}."""
         d: Deferred[list[str]] = Deferred()
         if self._ready_outcome is None:
             self._ready_waiters.append(d)
@@ -366,6 +372,10 @@ def executor_argv(
     return argv
 
 
+READY_TIMEOUT = 60.0
+"""Seconds an executor may take to load its backend before it is killed."""
+
+
 def spawn_executor(
     reactor: Any,
     backend: str,
@@ -375,10 +385,13 @@ def spawn_executor(
     job_timeout_ms: int | None = None,
     env: Mapping[str, str] | None = None,
     path: str | None = None,
+    ready_timeout: float | None = READY_TIMEOUT,
 ) -> ExecutorHandle:
     """Start an executor process; the handle's C{ready} fires once its backend is loaded.
 
     C{env} defaults to this process's environment; C{path} is its starting directory.
+    An executor not ready within C{ready_timeout} seconds (a driver that hangs while it
+    opens the device) is killed, and C{ready} fails saying so.
     """
     handle = ExecutorHandle(reactor, backend, tag)
     protocol = _ExecutorProcess(handle)
@@ -393,6 +406,15 @@ def spawn_executor(
     )
     handle._process = process
     handle.pid = process.pid
+    if ready_timeout is not None:
+        def not_ready() -> None:
+            if handle._ready_outcome is None and handle.alive:
+                handle._kill_note = (f"because its backend was not ready within"
+                                     f" {ready_timeout:g} s")
+                handle.kill()
+
+        timer = reactor.callLater(ready_timeout, not_ready)
+        handle.when_ready().addBoth(lambda _: timer.cancel() if timer.active() else None)
     return handle
 
 

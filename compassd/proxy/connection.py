@@ -32,7 +32,13 @@ from ..protocol import SUPPORTED_VERSIONS, Hello, choose_version
 from ..protocol import board_tracker as bt
 from ..protocol import proxy as px
 from ..protocol import session as ps
-from ..protocol.errors import BadRequest, NotAuthorized, Unavailable, UnsupportedVersion
+from ..protocol.errors import (
+    BadRequest,
+    CompassError,
+    NotAuthorized,
+    Unavailable,
+    UnsupportedVersion,
+)
 from ..protocol.peer import CompassPeer
 from ..tls import client_from_string
 from .pairing import Channel
@@ -367,7 +373,7 @@ class ProxyConnection(CompassPeer):
         def refused(failure: Failure) -> None:
             data.drop()
             error = failure.value
-            self.board_failed(error if isinstance(error, Exception) else Unavailable(
+            self.board_failed(error if isinstance(error, CompassError) else Unavailable(
                 f"Opening the session on board {channel.device} failed: {error}"))
 
         d.addCallback(greeted).addCallbacks(opened, refused)

@@ -295,14 +295,21 @@ class BoardService(service.MultiService):
     def _start(self, connection: Any, lease: str, user: str,
                expires_in: float) -> Deferred[ActiveSession]:
         ident = secrets.token_hex(8)
-        directory = SessionDirectory.create(self.workdir, self.max_upload, ident)
-        arena_path = (_arena_dir(directory.path)
-                      / f"compass-arena-{self.device}-{os.getpid()}-{ident}")
+        directory: SessionDirectory | None = None
         try:
+            directory = SessionDirectory.create(self.workdir, self.max_upload, ident)
+            arena_path = (_arena_dir(directory.path)
+                          / f"compass-arena-{self.device}-{os.getpid()}-{ident}")
             arena = Arena.create(arena_path, self.arena_size)
-        except BaseException:
-            directory.destroy()
-            raise
+        except (OSError, ValueError) as e:
+            if directory is not None:
+                directory.destroy()
+            log.warn("{device}: cannot set up a session: {error}", device=self.device,
+                     error=e)
+            self.link.session_ended(lease, f"the board could not set up the session: {e}")
+            raise Unavailable(
+                f"The board {self.device} could not set up a session ({e}); the lease was"
+                " given back, request the board again.") from None
         placeholder: dict[str, ActiveSession] = {}
 
         def attach(handle: ExecutorHandle) -> Deferred[ActiveSession]:
@@ -371,12 +378,18 @@ class BoardService(service.MultiService):
         if session.timer is not None and session.timer.active():
             session.timer.cancel()
         session.timer = None
-        session.executor.kill()
-        session.arena.close()
-        _unlink(session.arena.path)
-        session.directory.destroy()
         if self.session is session:
             self.session = None
+        # Each step on its own: one that fails must not keep the board busy.
+        for what, step in (("kill the executor", session.executor.kill),
+                           ("unmap the tensor arena", session.arena.close),
+                           ("remove the tensor arena", lambda: _unlink(session.arena.path)),
+                           ("remove the session directory", session.directory.destroy)):
+            try:
+                step()
+            except Exception as e:  # a view still held, a file system error
+                log.warn("{device}: could not {what} of session {session}: {error}",
+                         device=self.device, what=what, session=session.ident, error=e)
         self.sessions_served += 1
         held = time.monotonic() - session.started
         log.info("{device}: session {session} of {user} ended after {held:.1f} s"
@@ -393,9 +406,11 @@ class BoardService(service.MultiService):
         shm = Path("/dev/shm")
         if not shm.is_dir():
             return
-        for path in shm.glob(f"compass-arena-{self.device}-*-*"):
-            pid = path.name[len(f"compass-arena-{self.device}-"):].split("-")[0]
-            if pid.isdigit() and not _alive(int(pid)):
+        prefix = f"compass-arena-{self.device}-"
+        for path in shm.glob(f"{prefix}*-*"):
+            pid, sep, ident = path.name[len(prefix):].partition("-")
+            # exactly PREFIX-PID-IDENT: a device whose name extends ours is not ours
+            if pid.isdigit() and sep and "-" not in ident and not _alive(int(pid)):
                 _unlink(str(path))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.interfaces import IDelayedCall, IPullProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -146,7 +146,7 @@ class SessionConnection(CompassPeer):
         if self.alive:
             self._between_runs(lambda: self.callRemote(ps.SessionClosing, reason=reason,
                                                        message=message))
-            self.board.reactor.callLater(30.0, self.drop)
+            self._hang_up = self.board.reactor.callLater(30.0, self.drop)
 
     _streaming = False
     """Whether a byte run (outputs, a download) is being written by a producer."""
@@ -174,8 +174,12 @@ class SessionConnection(CompassPeer):
 
         _ChunkProducer(self.transport, chunks, done)
 
+    _hang_up: IDelayedCall | None = None
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
+        if self._hang_up is not None and self._hang_up.active():
+            self._hang_up.cancel()
         if self.session is not None:
             self.board.client_lost(self.session)
 

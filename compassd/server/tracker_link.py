@@ -29,7 +29,7 @@ from .. import __version__
 from ..protocol import SUPPORTED_VERSIONS, Hello
 from ..protocol import board_tracker as bt
 from ..protocol import proxy as px
-from ..protocol.errors import BadRequest, Unavailable
+from ..protocol.errors import BadRequest, CompassError, Unavailable
 from ..protocol.peer import CompassPeer
 from ..tls import client_from_string
 
@@ -143,7 +143,16 @@ class TrackerLink(service.Service):
             return fail(Unavailable(
                 f"The board {self.board.device} cannot reach its tracker at {self.endpoint}"
                 " right now, so it cannot check the ticket; try again shortly."))
-        return protocol.callRemote(bt.Redeem, device=self.board.device, ticket=ticket)
+        d = protocol.callRemote(bt.Redeem, device=self.board.device, ticket=ticket)
+
+        def link_lost(failure: Failure) -> Failure:
+            if failure.check(CompassError):
+                return failure
+            return Failure(Unavailable(
+                f"The board {self.board.device} lost its tracker at {self.endpoint} while"
+                " checking the ticket; try again shortly."))
+
+        return d.addErrback(link_lost)
 
     def session_ended(self, lease: str, detail: str = "") -> None:
         """Tell the tracker the session of C{lease} is over and the board free.

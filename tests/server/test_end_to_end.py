@@ -134,6 +134,12 @@ def test_a_run_past_its_timeout_kills_the_executor_and_frees_the_board(
         with pytest.raises((ExecutorDied, RunFailed), match="longer than"):
             loaded.run(np.zeros(4, dtype=np.int8), timeout=0.5)
     assert _device(client)["state"] == "free"
+    # free on the board too: the next session opens there and runs
+    good = tmp_path / "id.bin"
+    write_graph(good, [Tensor(4, "int8")], [Tensor(4, "int8")])
+    with client.request("demo", wait=WAIT) as session:
+        (y,) = session.load_model(str(good)).run(np.full(4, 3, dtype=np.int8))
+        assert y.tolist() == [3] * 4
 
 
 def test_the_lease_deadline_ends_the_session_with_lease_expired(

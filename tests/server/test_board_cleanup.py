@@ -1,0 +1,72 @@
+"""Every way a session ends frees the board, even when a cleanup step fails, and a
+session that cannot be set up gives the lease back with a sentence."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compassd.protocol import PROTOCOL_VERSION, Hello
+from compassd.protocol import session as ps
+from compassd.protocol.errors import Unavailable
+from tests.fuzz.test_server_input import Board, Legit
+
+
+@pytest.fixture
+def board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Board:
+    monkeypatch.setattr(os, "chdir", lambda path: None)  # the executor runs in-process
+    return Board(tmp_path / "work")
+
+
+def _arenas(board: Board) -> list[str]:
+    """This process's arena files for the board."""
+    shm = Path("/dev/shm")
+    pattern = f"compass-arena-{board.board.device}-{os.getpid()}-*"
+    return sorted(p.name for p in shm.glob(pattern)) if shm.is_dir() else []
+
+
+def test_a_session_ended_while_inputs_arrive_still_frees_the_board(board: Board) -> None:
+    client = Legit(board)
+    client.open()
+    session = board.board.session
+    assert session is not None
+    # a run whose inputs are only partly sent: the server holds a view of the arena
+    client.client.callRemote(ps.Run, model="m", inputs=[
+        {"name": "x", "dtype": "int8", "shape": [4096], "nbytes": 4096}]).addErrback(
+        lambda _: None)
+    client.client.transport.write(b"\1" * 100)
+    board.flush()
+    board.board.end_session(session, "expired", "The lease expired.")
+    board.flush()
+    assert board.board.session is None
+    assert board.ended == [session.lease]
+    assert not list(board.workdir.glob("session-*"))
+    assert _arenas(board) == []
+    nxt = Legit(board)
+    nxt.open()
+    nxt.run()
+    nxt.close()
+
+
+def test_a_session_that_cannot_be_set_up_gives_the_lease_back(board: Board) -> None:
+    board.board.arena_size = 1 << 62  # no machine maps that
+    client = Legit(board)
+    client.ok(client.client.callRemote(Hello, versions=[PROTOCOL_VERSION], role="client"))
+    got: list[Any] = []
+    client.client.callRemote(ps.OpenSession, ticket=board.issue()).addBoth(got.append)
+    board.flush()
+    (failure,) = got
+    assert failure.check(Unavailable), failure
+    assert "could not set up a session" in str(failure.value)
+    assert board.board.session is None
+    assert board.ended and board.ended[0].startswith("lease-")
+    assert not list(board.workdir.glob("session-*"))
+    assert _arenas(board) == []
+    board.board.arena_size = 1 << 20
+    again = Legit(board)
+    again.open()
+    again.run()
+    again.close()
