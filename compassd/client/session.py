@@ -55,7 +55,7 @@ from ..protocol.errors import (
     SessionEnded,
     TensorMismatch,
 )
-from ..protocol.peer import CompassPeer
+from ..protocol.peer import CompassPeer, writes_batched
 from ..tls import ClientTLS, TLSFailed, VerifyingCreator, client_from_string
 from . import _reactor
 from .asynchronous import _info_dict, _login_name, parse_address
@@ -90,11 +90,30 @@ def _shape_text(shape: Sequence[int]) -> str:
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
+_NAMES: dict[Any, str] = {}
+"""Dtype names by dtype or by spec text, worked out once: numpy builds C{dtype.name} in
+Python on every access."""
+
+
+def _name_of(dtype: np.dtype) -> str:
+    try:
+        return _NAMES[dtype]
+    except KeyError:
+        name = _NAMES[dtype] = dtype.name
+        return name
+
+
 def _dtype_name(text: str) -> str:
     try:
-        return parse_dtype(text).name
+        return _NAMES[text]
+    except (KeyError, TypeError):
+        pass
+    try:
+        name = parse_dtype(text).name
     except ValueError:
         return text
+    _NAMES[text] = name
+    return name
 
 
 @attrs.frozen
@@ -111,7 +130,7 @@ class TensorSpec:
 
     def check(self, array: np.ndarray, model: str) -> None:
         """Raise L{TensorMismatch} naming this tensor if C{array} does not fit it."""
-        if array.dtype.name != _dtype_name(self.dtype):
+        if _name_of(array.dtype) != _dtype_name(self.dtype):
             raise TensorMismatch(
                 f"Input {self.name!r} of model {model} is {array.dtype.name} but the model"
                 f" expects {self.dtype}; convert it with .astype({self.dtype!r})."
@@ -774,13 +793,17 @@ class AsyncModel:
 
     def _send(self, command: type[sp.CompassCommand], what: str, inputs: Inputs,
               arguments: dict[str, Any],
-              received: Callable[[dict[str, Any]], Any]) -> Deferred[Any]:
-        try:
-            arrays = self.check(inputs)
-        except TensorMismatch as e:
-            return fail(e)
+              received: Callable[[dict[str, Any]], Any],
+              checked: list[np.ndarray] | None = None) -> Deferred[Any]:
+        if checked is not None:
+            arrays = checked
+        else:
+            try:
+                arrays = self.check(inputs)
+            except TensorMismatch as e:
+                return fail(e)
         rows = [
-            {"name": spec.name, "dtype": a.dtype.name, "shape": list(a.shape),
+            {"name": spec.name, "dtype": _name_of(a.dtype), "shape": list(a.shape),
              "nbytes": a.nbytes}
             for spec, a in zip(self.inputs, arrays, strict=True)
         ]
@@ -788,9 +811,10 @@ class AsyncModel:
 
         def work() -> Deferred[Any]:
             session = self.session
-            d = session._protocol.callRemote(command, model=self.name, inputs=rows,
-                                             **arguments)
-            sent = session._send_run([_byte_view(a) for a in arrays], total)
+            with writes_batched():  # the box and a small byte run leave in one write
+                d = session._protocol.callRemote(command, model=self.name, inputs=rows,
+                                                 **arguments)
+                sent = session._send_run([_byte_view(a) for a in arrays], total)
             d.addCallback(received)  # at once, so a byte run after the answer is caught
             return session._after_run(d, sent)
 
@@ -799,8 +823,13 @@ class AsyncModel:
     def run(self, inputs: Inputs, *, timeout: float | None = None) -> Deferred[list[np.ndarray]]:
         """Run the model once; the result is its outputs as numpy arrays, in model order.
         The input arrays must stay unchanged until the result fires."""
+        return self._run(inputs, timeout, None)
+
+    def _run(self, inputs: Inputs, timeout: float | None,
+             checked: list[np.ndarray] | None) -> Deferred[list[np.ndarray]]:
+        """L{run}; C{checked}: the inputs as L{check} returned them, not checked again."""
         return self._send(sp.Run, f"running model {self.name}", inputs,
-                          {"timeout": timeout}, self._receive_outputs)
+                          {"timeout": timeout}, self._receive_outputs, checked)
 
     def benchmark(self, inputs: Inputs, number: int = 10, repeat: int = 3,
                   warmup: int = 1) -> Deferred[list[float]]:
@@ -878,9 +907,10 @@ class Model:
 
     def run(self, inputs: Inputs, *, timeout: float | None = None) -> list[np.ndarray]:
         """Run once; the outputs as numpy arrays in model order."""
-        self._model.check(inputs)  # a mismatch is raised here, nothing crosses threads
-        # The board enforces the timeout (and kills a hung run); the wait here is for it.
-        return _reactor.call(lambda: self._model.run(inputs, timeout=timeout))
+        arrays = self._model.check(inputs)  # a mismatch is raised here, nothing crosses
+        # threads. The board enforces the timeout (and kills a hung run); the wait here
+        # is for it.
+        return _reactor.call(self._model._run, inputs, timeout, arrays)
 
     def benchmark(self, inputs: Inputs, number: int = 10, repeat: int = 3,
                   warmup: int = 1) -> list[float]:

@@ -69,6 +69,10 @@ class _ChildTransport:
     def writeSequence(self, data: Sequence[bytes]) -> None:
         self.write(b"".join(data))
 
+    def write_descriptor(self) -> Any:
+        """The pipe that buffers what is written (for L{CompassPeer.send_now})."""
+        return getattr(self._process, "pipes", {}).get(3)
+
     def loseConnection(self) -> None:
         self.disconnecting = True
         self._process.closeChildFD(3)
