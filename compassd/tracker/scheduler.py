@@ -795,7 +795,10 @@ class Scheduler:
         self._disown(lease.owner, lease.id)
         device.lease = None
         effects: list[Effect] = [
-            LeaseEnded(lease, outcome, message, revoke and device.online),
+            # A board has a session to end only if its client presented the ticket (a
+            # TVM server has no tickets: it always hears).
+            LeaseEnded(lease, outcome, message, revoke and device.online
+                       and (lease.redeemed or device.flavor != COMPASSD)),
             DeviceChanged(device, device.state, f"{lease.id} {outcome.value}"),
         ]
         if device.online:

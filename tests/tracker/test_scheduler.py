@@ -306,11 +306,20 @@ def test_release_ends_the_lease_and_tells_the_board() -> None:
     s = Scheduler()
     board(s, "npu-1")
     lease = grant(s)
+    s.redeem(0.5, BOARD, "npu-1", lease.ticket)  # the client opened its session
     effects = s.release(1.0, lease.id, "alice")
     ended = only(effects, LeaseEnded)
     assert (ended.lease, ended.outcome, ended.revoke) == (lease, LeaseOutcome.RELEASED, True)
     assert s.leases == {}
     assert lease.id not in s.owned_by(ALICE)
+
+
+def test_a_lease_whose_ticket_was_never_presented_ends_without_bothering_the_board() -> None:
+    s = Scheduler()
+    board(s, "npu-1")
+    lease = grant(s)
+    ended = only(s.release(1.0, lease.id, "alice"), LeaseEnded)
+    assert ended.outcome is LeaseOutcome.RELEASED and not ended.revoke
 
 
 def test_release_of_someone_elses_lease_is_refused() -> None:
@@ -345,6 +354,7 @@ def test_kick_ends_the_lease_as_kicked() -> None:
     s = Scheduler()
     board(s, "npu-1")
     lease = grant(s)
+    s.redeem(0.5, BOARD, "npu-1", lease.ticket)
     effects = s.kick(1.0, lease.id, "root", "maintenance")
     ended = only(effects, LeaseEnded)
     assert ended.outcome is LeaseOutcome.KICKED
@@ -356,6 +366,7 @@ def test_lease_expires_at_its_deadline_not_before() -> None:
     s = Scheduler(policy=Policy(claim_timeout=None))
     board(s, "npu-1")
     lease = grant(s, now=0.0, lease=10.0)
+    s.redeem(0.5, BOARD, "npu-1", lease.ticket)
     assert s.next_deadline() == 10.0
     assert s.advance(9.999) == []
     effects = s.advance(10.0)
@@ -391,7 +402,8 @@ def test_unredeemed_ticket_ends_the_lease_as_unclaimed_after_the_claim_timeout()
     assert s.next_deadline() == 5.0
     effects = s.advance(5.0)
     ended = only(effects, LeaseEnded)
-    assert (ended.lease, ended.outcome, ended.revoke) == (lease, LeaseOutcome.UNCLAIMED, True)
+    # nobody presented the ticket, so the board has no session to end
+    assert (ended.lease, ended.outcome, ended.revoke) == (lease, LeaseOutcome.UNCLAIMED, False)
 
 
 def test_redeemed_ticket_is_not_unclaimed() -> None:
@@ -555,6 +567,8 @@ def test_client_lost_ends_its_leases_and_tells_the_board() -> None:
     s = Scheduler()
     board(s, "npu-1", "npu-2")
     first, second = grant(s), grant(s)
+    for lease in (first, second):
+        s.redeem(0.5, BOARD, lease.device.name, lease.ticket)
     effects = s.client_lost(1.0, ALICE)
     ended = of(effects, LeaseEnded)
     assert {e.lease.id for e in ended} == {first.id, second.id}

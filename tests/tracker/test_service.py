@@ -424,6 +424,7 @@ def test_a_disconnecting_client_has_its_requests_withdrawn_and_its_leases_ended(
     leaver, other = h.connect(user="ann"), h.connect(user="bob")
     leaver.ok(ct.Request, key="npu")
     (_, granted), = leaver.peer.take("granted")
+    board.ok(bt.Redeem, device="npu-1", ticket=granted["ticket"])  # its session opened
     leaver.ok(ct.Request, key="npu")  # waits behind its own lease
     other_request = other.ok(ct.Request, key="npu")["request"]
     leaver.disconnect()
@@ -595,6 +596,7 @@ def test_garbage_closes_that_connection_and_the_tracker_serves_the_others(
     bad = h.connect(user="mallory")
     bad.ok(ct.Request, key="npu")
     (_, granted), = bad.peer.take("granted")
+    board.ok(bt.Redeem, device="npu-1", ticket=granted["ticket"])
     good = h.connect(user="ann")
     bad.write(garbage)
     assert not bad.open
@@ -673,6 +675,7 @@ def test_an_admin_kicks_a_lease(secured: Harness) -> None:
     ann = secured.connect("client", token="ann-token")
     ann.ok(ct.Request, key="npu")
     (_, granted), = ann.peer.take("granted")
+    board.ok(bt.Redeem, device="npu-1", ticket=granted["ticket"])
     admin.ok(ct.Kick, lease=granted["lease"], reason="maintenance")
     (_, ended), = ann.peer.take("lease-ended")
     assert ended["reason"] == "kicked" and "maintenance" in ended["message"]
