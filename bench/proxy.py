@@ -29,9 +29,15 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _table import mbs as _mbs
+from _table import ms as _ms
+from _table import print_table
+from _table import ratio as _ratio
+from _table import verdict as _verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -145,20 +151,12 @@ def bench(options: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 stop(proc)
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.3f} ms"
 
 
-def _mbs(rate: float) -> str:
-    return f"{rate / 1e6:.0f} MB/s"
 
 
-def _ratio(value: float, base: float) -> str:
-    return f"{value / base:.2f}x" if base and not math.isnan(base) else "-"
 
 
-def _verdict(ok: bool | None) -> str:
-    return "-" if ok is None else ("ok" if ok else "MISSED")
 
 
 def build_rows(options: argparse.Namespace, r: dict[str, dict[str, Any]]
@@ -181,13 +179,6 @@ def build_rows(options: argparse.Namespace, r: dict[str, dict[str, Any]]
     ]
 
 
-def print_table(rows: Sequence[tuple[str, ...]]) -> None:
-    header = ("measure", "value", "baseline", "ratio", "target", "verdict")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -35,9 +35,15 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from _table import mb as _mb
+from _table import ms as _ms
+from _table import print_table
+from _table import ratio as _ratio
+from _table import us as _us
+from _table import verdict as _verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -505,24 +511,14 @@ def scale(ctx: Any, devices: int, queued: int, users: int, cycles: int) -> dict[
 # --- the table -------------------------------------------------------------------------
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.3f} ms"
 
 
-def _us(seconds: float) -> str:
-    return f"{seconds * 1e6:.1f} us"
 
 
-def _mb(size: float) -> str:
-    return f"{size / 1e6:.1f} MB"
 
 
-def _ratio(value: float, base: float) -> str:
-    return f"{value / base:.2f}x" if base and not math.isnan(base) else "-"
 
 
-def _verdict(ok: bool | None) -> str:
-    return "-" if ok is None else ("ok" if ok else "MISSED")
 
 
 def build_rows(options: argparse.Namespace, one: dict[str, Any], many: dict[str, Any],
@@ -573,14 +569,6 @@ def build_rows(options: argparse.Namespace, one: dict[str, Any], many: dict[str,
     return rows
 
 
-def print_table(rows: Sequence[tuple[str, ...]]) -> None:
-    header = ("measure", "value", "baseline", "ratio", "target", "verdict")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = "  ".join("-" * w for w in widths)
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print(line)
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
