@@ -8,23 +8,16 @@ through ``-c``.
 
 from __future__ import annotations
 
-import os
-import re
-import select
-import signal
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from compassd.demo.daemons import Daemon, DaemonError, _terminate, child_environment
 
-_LISTENING = re.compile(rb"listening on tcp 127\.0\.0\.1:(\d+)")
-_TWISTD = "from twisted.scripts.twistd import run; run()"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class DaemonFailed(Exception):
@@ -33,68 +26,53 @@ class DaemonFailed(Exception):
 
 def daemon_env() -> dict[str, str]:
     """The environment for a child process that must import compassd from this tree."""
-    env = dict(os.environ)
-    paths = [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.pop("COMPASS_TRACKER", None)
-    env.pop("COMPASS_TOKEN", None)
-    return env
+    return child_environment()
 
 
 def start_twistd(
     plugin: str, *args: str, deadline: float = 20.0
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``twistd -n PLUGIN --listen tcp:0:interface=127.0.0.1 ARGS``; return the
-    process and the port it bound, once it has logged that it listens.
+    """Start ``twistd -n PLUGIN --listen tcp:0:interface=127.0.0.1 ARGS`` (with
+    L{compassd.demo.daemons.Daemon}, from the repository root); return the process and
+    the port it bound, once it has logged that it listens.
 
     Raises L{DaemonFailed} with the log so far if it exits or stays silent for
     C{deadline} seconds; the process is stopped in that case.
     """
-    command = [
-        sys.executable, "-c", _TWISTD, "-n", "--pidfile=", "--logfile=-", plugin,
-        "--listen", "tcp:0:interface=127.0.0.1", *args,
-    ]
-    proc = subprocess.Popen(
-        command, cwd=str(ROOT), env=daemon_env(), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    os.set_blocking(fd, False)
-    log = b""
-    end = time.monotonic() + deadline
     try:
-        while True:
-            found = _LISTENING.search(log)
-            if found:
-                os.set_blocking(fd, True)
-                _drain(proc, log)
-                return proc, int(found.group(1))
-            left = end - time.monotonic()
-            if left <= 0:
-                raise DaemonFailed(
-                    f"twistd {plugin} did not listen within {deadline:g} s; its log:\n"
-                    + log.decode("utf-8", "replace")
-                )
-            readable, _, _ = select.select([fd], [], [], left)
-            if not readable:
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                proc.wait(timeout=5)
-                raise DaemonFailed(
-                    f"twistd {plugin} exited with {proc.returncode} before listening; its"
-                    " log:\n" + log.decode("utf-8", "replace")
-                )
-            log += chunk
-    except BaseException:
-        stop(proc)
-        raise
+        daemon = Daemon.start(plugin, *args, deadline=deadline, cwd=str(ROOT))
+    except DaemonError as e:
+        raise DaemonFailed(str(e)) from e
+    daemon.process.compass_daemon = daemon  # type: ignore[attr-defined]
+    return daemon.process, daemon.port
+
+
+def daemon_log(proc: subprocess.Popen[bytes]) -> str:
+    """What the daemon has logged so far."""
+    daemon = getattr(proc, "compass_daemon", None)
+    if daemon is not None:
+        return str(daemon.log)
+    return b"".join(getattr(proc, "compass_log", [])).decode("utf-8", "replace")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """Stop C{proc} by its PID (SIGTERM, then SIGKILL after C{timeout}); return its
+    exit status."""
+    daemon = getattr(proc, "compass_daemon", None)
+    if daemon is not None:
+        return int(daemon.stop(timeout))
+    status = _terminate(proc, timeout)
+    reader = getattr(proc, "compass_reader", None)
+    if reader is not None:
+        reader.join(timeout)  # the pipe ends with the process: take the last lines
+    if proc.stdout is not None and (reader is None or not reader.is_alive()):
+        proc.stdout.close()
+    return status
 
 
 def _drain(proc: subprocess.Popen[bytes], start: bytes) -> None:
-    """Keep reading the daemon's log so a full pipe never blocks it; the lines so far are
-    in C{proc.compass_log} (a list of chunks) for failure messages."""
+    """Keep reading the log of a daemon started by hand (in a network namespace) so a
+    full pipe never blocks it; the lines so far are in C{proc.compass_log}."""
     chunks = [start]
     proc.compass_log = chunks  # type: ignore[attr-defined]
     stream = proc.stdout
@@ -107,32 +85,6 @@ def _drain(proc: subprocess.Popen[bytes], start: bytes) -> None:
     reader = threading.Thread(target=read, name=f"log of pid {proc.pid}", daemon=True)
     proc.compass_reader = reader  # type: ignore[attr-defined]
     reader.start()
-
-
-def daemon_log(proc: subprocess.Popen[bytes]) -> str:
-    """What the daemon has logged so far."""
-    return b"".join(getattr(proc, "compass_log", [])).decode("utf-8", "replace")
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    """Stop C{proc} by its PID (SIGTERM, then SIGKILL after C{timeout}); return its
-    exit status."""
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=timeout)
-    reader = getattr(proc, "compass_reader", None)
-    if reader is not None:
-        reader.join(timeout)  # the pipe ends with the process: take the last lines
-    if proc.stdout is not None and (reader is None or not reader.is_alive()):
-        proc.stdout.close()
-    return proc.returncode
 
 
 def free_port() -> int:
