@@ -547,7 +547,9 @@ class Steps:
             self._status.stop()
             self._status = None
 
-    def upload(self, session: Session, path: str, remote: str) -> None:
+    def load(self, session: Session, path: str) -> Model:
+        """Upload the model (with a progress bar for a large one on a terminal) and load
+        it; say how long the upload took."""
         size = os.path.getsize(path)
         started = _monotonic()
         if size >= UPLOAD_BAR_BYTES and self.console.is_terminal:
@@ -562,12 +564,13 @@ class Steps:
                           TransferSpeedColumn(), console=self.console,
                           transient=True) as bar:
                 task = bar.add_task(os.path.basename(path), total=size)
-                session.upload(path, remote,
-                               progress=lambda done, total: bar.update(task, completed=done))
+                model = session.load_model(
+                    path, progress=lambda done, total: bar.update(task, completed=done))
         else:
-            session.upload(path, remote)
-        self.say(f"uploaded: {os.path.basename(path)} ({_size_text(size)}) in"
-                 f" {_monotonic() - started:.2f} s")
+            model = session.load_model(path)
+        self.say(f"uploaded: {os.path.basename(path)} ({_size_text(size)}), uploaded and"
+                 f" loaded in {_monotonic() - started:.2f} s")
+        return model
 
 
 def _place(position: int) -> str:
@@ -579,18 +582,6 @@ def _monotonic() -> float:
     import time
 
     return time.monotonic()
-
-
-def remote_name(path: str) -> str:
-    """Where the model goes in the session directory: a name that is not also a local
-    file, so that loading it does not upload it a second time."""
-    base = os.path.basename(path)
-    for folder in ("models", "compass-models", "compass-uploaded-models"):
-        candidate = f"{folder}/{base}"
-        if not os.path.isfile(candidate):
-            return candidate
-    raise click.UsageError(
-        f"Run compass from another folder: models/{base} and its alternatives exist here.")
 
 
 @contextlib.contextmanager
@@ -611,9 +602,7 @@ def leased_model(tracker: Tracker, key: str, model_path: str, steps: Steps, *,
         steps.say(f"granted: {held.device} at {held.address}, lease {held.id},"
                   f" {held.remaining:.0f} s")
         session = held.open_session()
-        remote = remote_name(model_path)
-        steps.upload(session, model_path, remote)
-        model = session.load_model(remote)
+        model = steps.load(session, model_path)
         ins = ", ".join(f"{s.name} {s.describe()}" for s in model.inputs)
         outs = ", ".join(f"{s.name} {s.describe()}" for s in model.outputs)
         steps.say(f"loaded: {model.name} ({ins}) -> ({outs})")

@@ -681,11 +681,13 @@ class AsyncSession:
     # --- models --------------------------------------------------------------------------
 
     def load_model(
-        self, path: str | os.PathLike[str], manifest: str | os.PathLike[str] | None = None
+        self, path: str | os.PathLike[str], manifest: str | os.PathLike[str] | None = None,
+        progress: Callable[[int, int], object] | None = None,
     ) -> Deferred[AsyncModel]:
         """Load a model into the board's executor. A C{path} (or C{manifest}) that is a
-        local file is uploaded first under its base name; anything else names a file
-        already in the session directory."""
+        local file is uploaded first under its base name (C{progress(done, total)} hears
+        how the model's upload goes); anything else names a file already in the session
+        directory."""
         d: Deferred[Any] = succeed(None)
         names: dict[str, str | None] = {"model": os.fspath(path), "manifest": None}
         if manifest is not None:
@@ -697,7 +699,9 @@ class AsyncSession:
                     def uploaded(remote: str) -> None:
                         names[field] = remote
 
-                    return self.upload(local).addCallback(uploaded)
+                    return self.upload(
+                        local, progress=progress if field == "model" else None
+                    ).addCallback(uploaded)
 
                 d.addCallback(send)
 
@@ -960,9 +964,11 @@ class Session:
         _reactor.call(self._session.remove, path)
 
     def load_model(self, path: str | os.PathLike[str],
-                   manifest: str | os.PathLike[str] | None = None) -> Model:
-        """Upload (if local) and load a model; see L{AsyncSession.load_model}."""
-        return Model(_reactor.call(self._session.load_model, path, manifest))
+                   manifest: str | os.PathLike[str] | None = None,
+                   progress: Callable[[int, int], object] | None = None) -> Model:
+        """Upload (if local) and load a model; see L{AsyncSession.load_model}.
+        C{progress} runs on the client's background thread."""
+        return Model(_reactor.call(self._session.load_model, path, manifest, progress))
 
     def close(self) -> None:
         _reactor.call(self._session.close)
