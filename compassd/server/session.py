@@ -390,6 +390,12 @@ class SessionConnection(CompassPeer):
         outputs: dict[str, Any] = {}
 
         def reply(result: tuple[list[Slot], float]) -> dict[str, Any]:
+            if session.ended is not None or arena.closed:
+                # The executor answered just as the session ended (its arena is gone):
+                # an answer promising output bytes that cannot follow would leave the
+                # client waiting for them.
+                raise SessionEnded(self.closing[1] if self.closing else
+                                   "The session ended while the model ran.")
             slots_out, seconds = result
             rows = []
             for slot in slots_out:

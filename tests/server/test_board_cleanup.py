@@ -70,3 +70,33 @@ def test_a_session_that_cannot_be_set_up_gives_the_lease_back(board: Board) -> N
     again.open()
     again.run()
     again.close()
+
+
+def test_an_answer_from_the_executor_just_after_the_session_ended_is_a_session_ended_error(
+    board: Board
+) -> None:
+    import numpy as np
+    from twisted.python.failure import Failure
+
+    from compassd.protocol.errors import SessionEnded
+
+    first = len(board.pumps)
+    client = Legit(board)
+    client_pump = board.pumps[first]
+    client.open()
+    session = board.board.session
+    assert session is not None
+    # the kill is sent, but the dying executor's answer is already on its way
+    session.executor.kill = lambda: None  # type: ignore[method-assign]
+    got: list[Any] = []
+    d = client.client.callRemote(ps.Run, model="m", inputs=[
+        {"name": "x", "dtype": "int8", "shape": [4], "nbytes": 4}])
+    d.addBoth(got.append)
+    client.client.transport.write(np.array([1, 2, 3, 4], dtype=np.int8).tobytes())
+    client_pump.pump()  # the board has the run and asked its executor; no answer yet
+    assert session.executor._pending, "the run should be at the executor"
+    board.board.end_session(session, "expired", "The lease expired.")
+    board.flush()  # now the executor's answer arrives
+    (answer,) = got
+    assert isinstance(answer, Failure) and answer.check(SessionEnded), answer
+    assert "expired" in str(answer.value)
