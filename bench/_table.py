@@ -1,4 +1,5 @@
-"""The table every bench prints, and the units it prints in.
+"""What every bench shares: timing loops, percentiles, the table it prints, and the
+units it prints in.
 
 Each row is (measure, value, baseline, ratio, target, verdict): the baseline is measured
 in the same run (raw TCP, memcpy, ...), so the ratio means something on any machine.
@@ -7,7 +8,29 @@ in the same run (raw TCP, memcpy, ...), so the ratio means something on any mach
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The C{q}-th percentile (nearest rank) of C{values}; NaN for none."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def timed(seconds: float, at_least: int, at_most: int, once: Callable[[], object]
+          ) -> list[float]:
+    """Durations of C{once()}, repeated for C{seconds} (between the two counts)."""
+    times: list[float] = []
+    end = time.monotonic() + seconds
+    while len(times) < at_most and (len(times) < at_least or time.monotonic() < end):
+        t0 = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def ms(seconds: float) -> str:

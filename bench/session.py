@@ -26,21 +26,20 @@ Targets come from the issue and are reported, never asserted.
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing as mp
 import os
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from _table import mbs as _mbs
 from _table import ms as _ms
-from _table import print_table
+from _table import percentile, print_table
 from _table import ratio as _ratio
+from _table import timed as _timed
 from _table import verdict as _verdict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,24 +54,8 @@ WAIT = 60.0
 # --- small helpers ---------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[index]
 
 
-def _timed(seconds: float, at_least: int, at_most: int, once: Callable[[], object]
-           ) -> list[float]:
-    """Durations of C{once()}, repeated for C{seconds} (between the two counts)."""
-    times: list[float] = []
-    end = time.monotonic() + seconds
-    while len(times) < at_most and (len(times) < at_least or time.monotonic() < end):
-        t0 = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def _recv_exactly(sock: socket.socket, view: memoryview) -> None:

@@ -40,7 +40,7 @@ from typing import Any
 
 from _table import mb as _mb
 from _table import ms as _ms
-from _table import print_table
+from _table import percentile, print_table
 from _table import ratio as _ratio
 from _table import us as _us
 from _table import verdict as _verdict
@@ -78,12 +78,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[index]
 
 
 def _collect(queue: Any, count: int, deadline: float, what: str) -> list[Any]:

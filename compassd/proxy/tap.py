@@ -7,9 +7,8 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
-from ..client.asynchronous import parse_address
 from ..listening import Listener
-from ..server.tap import tracker_endpoint
+from ..server.tap import check_tracker_and_advertise
 from ..systemd import SystemdNotifier, plural
 
 
@@ -56,15 +55,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = ["tcp:9090"]
-        try:
-            self["tracker-endpoint"] = tracker_endpoint(self["tracker"])
-        except ValueError as e:
-            raise usage.UsageError(f"--tracker: {e}") from e
-        if self["advertise"]:
-            try:
-                parse_address(self["advertise"])
-            except ValueError as e:
-                raise usage.UsageError(f"--advertise: {e}") from e
+        check_tracker_and_advertise(self)
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:

@@ -27,6 +27,20 @@ def tracker_endpoint(text: str) -> str:
         f"tcp:host={host.replace(':', chr(92) + ':')}:port={port}"
 
 
+def check_tracker_and_advertise(options: usage.Options) -> None:
+    """Turn C{--tracker} into C{tracker-endpoint} and check C{--advertise}, or refuse
+    them with a usage error that names the option (compass-server and compass-proxy)."""
+    try:
+        options["tracker-endpoint"] = tracker_endpoint(options["tracker"])
+    except ValueError as e:
+        raise usage.UsageError(f"--tracker: {e}") from e
+    if options["advertise"]:
+        try:
+            parse_address(options["advertise"])
+        except ValueError as e:
+            raise usage.UsageError(f"--advertise: {e}") from e
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -143,15 +157,7 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--proxy: {e}") from e
         if not self["listen"] and not self["proxy"]:
             self["listen"] = ["tcp:9191"]
-        try:
-            self["tracker-endpoint"] = tracker_endpoint(self["tracker"])
-        except ValueError as e:
-            raise usage.UsageError(f"--tracker: {e}") from e
-        if self["advertise"]:
-            try:
-                parse_address(self["advertise"])
-            except ValueError as e:
-                raise usage.UsageError(f"--advertise: {e}") from e
+        check_tracker_and_advertise(self)
         if self["device"] is None:
             self["device"] = f"{socket.gethostname()}-{self['key']}"
         if self["workdir"] is None:
