@@ -16,15 +16,8 @@ import numpy as np
 import pytest
 from click.testing import Result
 
-from compassd.cli import (
-    EXIT_CHECK_FAILED,
-    EXIT_REFUSED,
-    EXIT_UNREACHABLE,
-    assemble_inputs,
-    compare,
-    summarize,
-    timing_stats,
-)
+from compassd.cli import EXIT_CHECK_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE
+from compassd.cli.arrays import assemble_inputs, compare
 from compassd.client import TensorSpec, connect_tracker
 from compassd.demo import MODEL, load_samples
 from tests.helpers import daemon_log, free_port, start_twistd, stop
@@ -54,21 +47,6 @@ def test_compare_fails_beyond_tolerance_counting_the_values_that_differ() -> Non
 def test_compare_fails_on_a_shape_mismatch_naming_both_shapes() -> None:
     row = compare(np.zeros((2, 3)), np.zeros((3, 2)), rtol=1, atol=1)
     assert not row["passed"] and "(2, 3)" in row["reason"] and "(3, 2)" in row["reason"]
-
-
-def test_summarize_gives_min_max_mean_and_none_for_empty_arrays() -> None:
-    assert summarize(np.array([[1, 5], [3, 3]], np.int8)) == {
-        "shape": [2, 2], "dtype": "int8", "min": 1.0, "max": 5.0, "mean": 3.0}
-    assert summarize(np.zeros((0, 4), np.float32))["mean"] is None
-
-
-def test_timing_stats_are_per_run_seconds_and_throughput_from_the_mean() -> None:
-    stats = timing_stats([0.001, 0.002, 0.003, 0.004])
-    assert stats["mean"] == pytest.approx(0.0025)
-    assert stats["median"] == pytest.approx(0.0025)
-    assert stats["min"] == 0.001 and stats["max"] == 0.004
-    assert stats["p90"] == pytest.approx(0.0037) and stats["p99"] == pytest.approx(0.00397)
-    assert stats["throughput"] == pytest.approx(400.0)
 
 
 def test_inputs_fill_the_model_order_by_position_by_name_and_from_raw_bytes() -> None:

@@ -87,3 +87,14 @@ def test_demo_without_onnxruntime_says_what_to_install_in_one_sentence(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install 'compassd[onnx]'" in lines[0]
     assert "Starting" not in result.stdout  # nothing was started
+
+
+def test_the_demo_uses_the_client_library_and_presentation_not_the_cli() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, compassd.demo;"
+         " print(' '.join(m for m in sys.modules if m.startswith('compassd')))"],
+        cwd=str(ROOT), env=daemon_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = done.stdout.split()
+    assert "compassd.presentation" in loaded and "compassd.client" in loaded
+    assert not [m for m in loaded if m == "compassd.cli" or m.startswith("compassd.cli.")]

@@ -17,6 +17,7 @@ import numpy as np
 from rich.console import Console
 
 from ..client import connect_tracker
+from ..presentation import Steps, leased_model, outputs_table, summarize
 from .daemons import Daemon, DaemonError
 
 HERE = Path(__file__).resolve().parent
@@ -48,8 +49,6 @@ def run_demo(console: Console, samples: int = 200, deadline: float = 60.0) -> fl
     Raises L{DemoError} if ONNX Runtime is missing or a daemon does not start; the
     daemons it started are stopped whatever happens, also on Ctrl-C.
     """
-    from ..cli import Steps, leased_model, outputs_table, summarize
-
     if importlib.util.find_spec("onnxruntime") is None:
         raise DemoError("The demo runs its model with ONNX Runtime, which is not installed:"
                         " pip install 'compassd[onnx]' and try again.")

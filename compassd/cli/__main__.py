@@ -1,0 +1,5 @@
+"""``python -m compassd.cli``: the ``compass`` command."""
+
+from . import run
+
+run()

@@ -1,0 +1,138 @@
+"""``compass status`` and ``compass devices``: the tracker's devices and queues as tables
+(or JSON), once or refreshed in place with ``--watch``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.console import Console, Group
+from rich.table import Table
+
+from ..client import Tracker
+from ..presentation import duration
+from ._tracker import tracker_address, with_tracker
+
+_STATE_STYLE = {
+    "free": "green",
+    "busy": "yellow",
+    "draining": "magenta",
+    "quarantined": "red",
+    "offline": "dim",
+}
+
+
+def render_status(summary: dict[str, Any], console: Console, waiting_shown: int) -> None:
+    """Print the devices and queues tables of C{summary} (from L{Tracker.summary})."""
+    console.print(status_tables(summary, waiting_shown))
+
+
+def status_tables(summary: dict[str, Any], waiting_shown: int) -> Group:
+    """The devices and queues tables of C{summary}, as one renderable."""
+    devices = Table(title="Devices", title_justify="left", expand=False)
+    for column in ("key", "device", "address", "state", "holder", "held for", "lease left",
+                   "info"):
+        devices.add_column(column)
+    for d in sorted(summary["devices"], key=lambda d: (d["key"], d["name"])):
+        state = d["state"]
+        if d["health"] != "ok":
+            state += f" ({d['health']})"
+        info = " ".join(d["info"] + [f"#{t}" for t in d["tags"]])
+        devices.add_row(
+            d["key"], d["name"], d["address"],
+            f"[{_STATE_STYLE.get(d['state'], '')}]{state}[/]",
+            d["holder"] or "-", duration(d["held_for"]), duration(d["lease_left"]), info,
+        )
+    if not summary["devices"]:
+        devices.add_row("-", "no devices registered", "", "", "", "", "", "")
+
+    queues = Table(title="Queues", title_justify="left")
+    for column in ("key", "free/total", "position", "request", "user", "priority", "waited"):
+        queues.add_column(column)
+    for q in summary["queues"]:
+        free = f"{q['free']}/{q['total']}"
+        rows = q["waiting"]
+        if not rows:
+            queues.add_row(q["key"], free, "-", "nobody waiting", "", "", "")
+        for i, w in enumerate(rows):
+            queues.add_row(
+                q["key"] if i == 0 else "", free if i == 0 else "", str(w["position"]),
+                w["request"], w["user"], str(w["priority"]), duration(w["waited"]),
+            )
+        if q["count"] > len(rows):
+            queues.add_row("", "", "...", f"and {q['count'] - len(rows)} more", "", "", "")
+    if not summary["queues"]:
+        queues.add_row("-", "", "", "no queues", "", "", "")
+    return Group(devices, queues)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+@click.option("--waiting", default=20, show_default=True,
+              help="Waiting requests to show per key in the table (--json shows all).")
+@click.option("--watch", "-w", is_flag=True,
+              help="Refresh the tables in place until Ctrl-C.")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between refreshes with --watch.")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="With --watch, stop after this many refreshes (default: until Ctrl-C).")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, waiting: int, watch: bool, interval: float,
+           count: int | None) -> None:
+    """Show every device (state, holder, lease left) and every queue (who waits, where).
+
+    With --json: {"devices": [...], "queues": [...]}; each queue has key, free, total,
+    count and the list "waiting" in queue order. With --watch the tables refresh in
+    place (with --json, one JSON object per line per refresh) until Ctrl-C.
+    """
+    if not watch:
+        summary = with_tracker(ctx, lambda t: t.summary(None if as_json else waiting))
+        if as_json:
+            click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        else:
+            render_status(summary, Console(), waiting)
+        return
+    where = tracker_address(ctx.obj["tracker"])
+    with_tracker(ctx, lambda t: _watch_status(t, where, as_json, waiting, interval, count))
+
+
+def _watch_status(tracker: Tracker, where: str, as_json: bool, waiting: int,
+                  interval: float, count: int | None) -> None:
+    """Refresh the status every C{interval} seconds, C{count} times or until Ctrl-C."""
+    import time
+
+    from rich.live import Live
+
+    shown = 0
+    try:
+        if as_json:
+            while count is None or shown < count:
+                if shown:
+                    time.sleep(interval)
+                click.echo(json.dumps(tracker.summary(None), sort_keys=True))
+                shown += 1
+            return
+        with Live(console=Console(), auto_refresh=False) as live:
+            while count is None or shown < count:
+                if shown:
+                    time.sleep(interval)
+                clock = time.strftime("%H:%M:%S")
+                live.update(Group(status_tables(tracker.summary(waiting), waiting),
+                                  f"[dim]tracker {where} at {clock}; Ctrl-C stops.[/]"),
+                            refresh=True)
+                shown += 1
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a watch ends
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_context
+def devices(ctx: click.Context, as_json: bool) -> None:
+    """List the devices the tracker knows."""
+    rows = with_tracker(ctx, lambda t: t.devices())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+    else:
+        render_status({"devices": rows, "queues": []}, Console(), 0)
