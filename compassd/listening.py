@@ -20,6 +20,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .addresses import format_address
+
 log = Logger(namespace="compass.listen")
 
 
@@ -29,9 +31,7 @@ def describe_address(address: Any) -> str:
     port = getattr(address, "port", None)
     kind = getattr(address, "type", "").lower() or "address"
     if host is not None and port is not None:
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{kind} {host}:{port}"
+        return f"{kind} {format_address(host, port)}"
     name = getattr(address, "name", None)
     if isinstance(name, bytes):  # Twisted keeps UNIX socket paths as bytes
         name = os.fsdecode(name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from twisted.application import service
@@ -10,6 +9,7 @@ from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from ..addresses import advertised_address
 from .connection import ProxyConnection
 from .pairing import Channel, Pairing, too_late
 
@@ -48,10 +48,7 @@ class ProxyService(service.MultiService):
         """Called when a port is bound: without --advertise, the first one is it."""
         if not self.advertise:
             host: Any = port.getHost()
-            name = host.host
-            if name in ("0.0.0.0", "::", ""):
-                name = socket.getfqdn()
-            self.advertise = f"[{name}]:{host.port}" if ":" in name else f"{name}:{host.port}"
+            self.advertise = advertised_address(host.host, host.port)
             log.info("boards behind this proxy are registered as {address}",
                      address=self.advertise)
         return port

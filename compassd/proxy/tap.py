@@ -7,16 +7,9 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
+from ..daemon_options import check_tracker_and_advertise, positive
 from ..listening import Listener
-from ..server.tap import check_tracker_and_advertise
 from ..systemd import SystemdNotifier, plural
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(f"{text} is not a positive number")
-    return value
 
 
 class Options(usage.Options):
@@ -38,9 +31,9 @@ class Options(usage.Options):
          "HOST:PORT clients should connect to for the boards behind this proxy (default:"
          " this host's name and the port of the first --listen)."],
         ["dial-timeout", None, 10.0,
-         "How long a client waits for its board to connect back.", _positive],
+         "How long a client waits for its board to connect back.", positive],
         ["idle-timeout", None, 60.0,
-         "How long a connection may stay silent before it says what it is.", _positive],
+         "How long a connection may stay silent before it says what it is.", positive],
     ]
 
     def __init__(self) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .. import __version__
+from ..addresses import advertised_address
 from ..executor.arena import Arena
 from ..executor.handle import ExecutorHandle, spawn_executor
 from ..protocol.errors import BoardBusy, ExecutorDied, SessionEnded, Unavailable
@@ -153,11 +153,7 @@ class BoardService(service.MultiService):
         """Called when a client port is bound: it gives the address to advertise."""
         if not self.link.board.address:
             host: Any = port.getHost()
-            name = host.host
-            if name in ("0.0.0.0", "::", ""):
-                name = socket.getfqdn()
-            self.link.board.address = (f"[{name}]:{host.port}" if ":" in name
-                                       else f"{name}:{host.port}")
+            self.link.board.address = advertised_address(host.host, host.port)
             if self.running and not self.link.running:
                 self.link.startService()
         return port

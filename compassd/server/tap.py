@@ -10,42 +10,12 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
-from ..client.asynchronous import parse_address
+from ..daemon_options import check_tracker_and_advertise, endpoint_option, positive
 from ..listening import Listener
 from ..protocol.limits import HELLO_TIMEOUT, MAX_CONNECTIONS_PER_ADDRESS, ConnectionGuard
 from ..systemd import SystemdNotifier
 
 BACKENDS = ("aipu", "onnx")
-
-
-def tracker_endpoint(text: str) -> str:
-    """A Twisted client endpoint string from C{HOST:PORT} or an endpoint string."""
-    if text.startswith(("tcp:", "ssl:", "tls:", "unix:")) and "=" in text:
-        return text
-    host, port = parse_address(text)
-    return f"tcp:host={host}:port={port}" if ":" not in host else \
-        f"tcp:host={host.replace(':', chr(92) + ':')}:port={port}"
-
-
-def check_tracker_and_advertise(options: usage.Options) -> None:
-    """Turn C{--tracker} into C{tracker-endpoint} and check C{--advertise}, or refuse
-    them with a usage error that names the option (compass-server and compass-proxy)."""
-    try:
-        options["tracker-endpoint"] = tracker_endpoint(options["tracker"])
-    except ValueError as e:
-        raise usage.UsageError(f"--tracker: {e}") from e
-    if options["advertise"]:
-        try:
-            parse_address(options["advertise"])
-        except ValueError as e:
-            raise usage.UsageError(f"--advertise: {e}") from e
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(f"{text} is not a positive number")
-    return value
 
 
 def _size(text: str) -> int:
@@ -88,7 +58,7 @@ class Options(usage.Options):
          "HOST:PORT clients should connect to (default: this host's name and the port"
          " of the first --listen)."],
         ["device", None, None, "This device's name at the tracker (default: HOST-KEY)."],
-        ["max-lease", None, None, "Longest lease this device accepts.", _positive],
+        ["max-lease", None, None, "Longest lease this device accepts.", positive],
         ["workdir", None, None,
          "Where session directories live (default: $STATE_DIRECTORY, else"
          " /var/lib/compass-server/KEY). Leftover session directories there are removed"
@@ -99,9 +69,9 @@ class Options(usage.Options):
          "Most bytes a session may store (K, M, G suffixes).", _size],
         ["run-timeout", None, 300.0,
          "Longest a single run or benchmark may take unless the client asks for less;"
-         " past it the executor is killed.", _positive],
+         " past it the executor is killed.", positive],
         ["health-interval", None, 30.0,
-         "How often to check the backend's health while idle.", _positive],
+         "How often to check the backend's health while idle.", positive],
         ["max-connections-per-address", None, str(MAX_CONNECTIONS_PER_ADDRESS),
          "Client connections one IP address may have open at once ('0' for no limit)."],
         ["hello-timeout", None, str(HELLO_TIMEOUT),
@@ -151,10 +121,7 @@ class Options(usage.Options):
         if isinstance(self["max-upload"], str):  # a default is not coerced by usage
             self["max-upload"] = _size(self["max-upload"])
         if self["proxy"]:
-            try:
-                self["proxy"] = tracker_endpoint(self["proxy"])
-            except ValueError as e:
-                raise usage.UsageError(f"--proxy: {e}") from e
+            self["proxy"] = endpoint_option(self, "proxy")
         if not self["listen"] and not self["proxy"]:
             self["listen"] = ["tcp:9191"]
         check_tracker_and_advertise(self)
