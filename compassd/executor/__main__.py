@@ -25,7 +25,8 @@ from twisted.python.failure import Failure
 from ..protocol.errors import BadRequest, LimitExceeded, ModelRejected, NoSuchFile, PathRefused
 from ..protocol.executor import Attach, CheckHealth, Execute, Load, Measure, Ready
 from ..protocol.peer import CompassPeer
-from .arena import Arena, ArenaFull, Slot, align_up, parse_dtype
+from ..tensors import parse_dtype
+from .arena import Arena, ArenaFull, Slot, align_up
 from .backends import Backend, BackendPoisoned, make_backend
 from .manifest import Manifest, ManifestError, TensorSpec, load_manifest, parse_manifest
 

@@ -22,6 +22,8 @@ import attrs
 import numpy as np
 from numpy.typing import NDArray
 
+from ..tensors import dtype_name, parse_dtype
+
 ALIGN = 64
 """Every slot starts at a multiple of this many bytes (a cache line; SIMD loads)."""
 
@@ -33,41 +35,6 @@ def align_up(n: int, alignment: int = ALIGN) -> int:
 
 class ArenaFull(Exception):
     """There is no free range in the arena big enough for a tensor."""
-
-
-def dtype_name(dtype: Any) -> str:
-    """The name a tensor's dtype travels under (C{float32}, C{int8}, C{bool}...).
-
-    Only plain numeric and boolean dtypes cross the arena; byte order is the machine's.
-    """
-    dt = np.dtype(dtype)
-    if dt.kind not in "biuf" or dt.fields is not None or dt.subdtype is not None:
-        raise ValueError(
-            f"dtype {dt} cannot cross the arena: only bool, integer and float tensors can"
-        )
-    return dt.name
-
-
-_DTYPES = {
-    name: np.dtype(name)
-    for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-                 "uint64", "float16", "float32", "float64")
-}
-"""The dtypes a tensor may travel as, by the name it travels under."""
-
-
-def parse_dtype(name: str) -> np.dtype[Any]:
-    """The numpy dtype for a travelled dtype name; a ValueError that names it otherwise.
-
-    Names are looked up, never handed to C{np.dtype}: older numpy evaluates some dtype
-    strings as Python literals, and a peer's text has no business being evaluated.
-    """
-    dt = _DTYPES.get(name) if isinstance(name, str) else None
-    if dt is None:
-        raise ValueError(
-            f"{name!r} is not a tensor dtype this system carries (one of"
-            f" {', '.join(_DTYPES)})")
-    return dt
 
 
 def _int_tuple(dims: Iterable[Any]) -> tuple[int, ...]:

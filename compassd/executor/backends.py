@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..protocol.errors import ModelRejected, RunFailed, TensorMismatch
+from ..tensors import shape_fits, shape_text
 from .manifest import Manifest, ManifestError, TensorSpec, bind, load_manifest, manifest_path_for
 
 
@@ -40,11 +41,6 @@ class LoadedModel:
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-
-
-def _describe_shape(shape: Sequence[int]) -> str:
-    dims = ", ".join("?" if d < 0 else str(d) for d in shape)
-    return f"({dims},)" if len(shape) == 1 else f"({dims})"
 
 
 def check_inputs(
@@ -85,18 +81,16 @@ def check_inputs(
     result = []
     for spec, value in zip(specs, ordered, strict=True):
         a = np.asarray(value)
-        expected = f"{spec.dtype} with shape {_describe_shape(spec.shape)}"
+        expected = f"{spec.dtype} with shape {shape_text(spec.shape)}"
         if a.dtype != np.dtype(spec.dtype):
             raise TensorMismatch(
                 f"Input {spec.name!r} of model {model} must be {expected}, but it is {a.dtype.name}"
-                f" with shape {_describe_shape(a.shape)}: convert it with .astype({spec.dtype!r})."
+                f" with shape {shape_text(a.shape)}: convert it with .astype({spec.dtype!r})."
             )
-        if len(a.shape) != len(spec.shape) or any(
-            want >= 0 and want != got for want, got in zip(spec.shape, a.shape, strict=True)
-        ):
+        if not shape_fits(a.shape, spec.shape):
             raise TensorMismatch(
                 f"Input {spec.name!r} of model {model} must be {expected}, but its shape is"
-                f" {_describe_shape(a.shape)}."
+                f" {shape_text(a.shape)}."
             )
         result.append(np.ascontiguousarray(a))
     return result

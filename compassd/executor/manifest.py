@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .arena import dtype_name, parse_dtype
+from ..tensors import dtype_name, parse_dtype
 
 
 class ManifestError(ValueError):
