@@ -9,6 +9,7 @@ Blocking, for scripts and notebooks::
 Asynchronous, for Twisted programs: L{AsyncTracker.connect}.
 """
 
+from ..addresses import DEFAULT_PORT, parse_address
 from ..protocol.errors import (
     ChecksumMismatch,
     CompassError,
@@ -28,8 +29,9 @@ from ..protocol.errors import (
     TicketRejected,
     UnsupportedVersion,
 )
-from .asynchronous import DEFAULT_PORT, AsyncLease, AsyncTracker, parse_address
-from .blocking import Lease, Tracker, connect_tracker
+from ..tensors import TensorSpec
+from .asynchronous import AsyncLease, AsyncTracker
+from .blocking import Lease, Model, Session, Tracker, connect_session, connect_tracker
 from .errors import (
     DeviceLost,
     LeaseExpired,
@@ -40,16 +42,8 @@ from .errors import (
     TrackerUnreachable,
     WaitTimeout,
 )
-from .session import (
-    AsyncModel,
-    AsyncSession,
-    BoardUnreachable,
-    Model,
-    RemoteFile,
-    Session,
-    TensorSpec,
-    connect_session,
-)
+from .model import AsyncModel
+from .session import AsyncSession, BoardUnreachable, RemoteFile
 
 __all__ = [
     "AsyncModel",

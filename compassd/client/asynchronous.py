@@ -10,27 +10,22 @@ The blocking API in L{compassd.client.blocking} wraps this one.
 
 from __future__ import annotations
 
-import getpass
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from .. import __version__
-from ..protocol import SUPPORTED_VERSIONS, Hello
+from ..addresses import DEFAULT_PORT
 from ..protocol import client_tracker as ct
 from ..protocol.errors import NoSuchLease
 from ..protocol.peer import CompassPeer
-from ..tls import ClientTLS, TLSFailed, VerifyingCreator, client_from_string
-
-if TYPE_CHECKING:
-    from .session import AsyncModel, AsyncSession
+from ..tls import ClientTLS
+from ._connect import Daemon, connect, info_dict
 from .errors import (
     DeviceLost,
     LeaseExpired,
@@ -42,7 +37,14 @@ from .errors import (
     WaitTimeout,
 )
 
-DEFAULT_PORT = 9190
+if TYPE_CHECKING:
+    from .model import AsyncModel
+    from .session import AsyncSession
+
+TRACKER = Daemon(
+    "the tracker", TrackerUnreachable,
+    "Is compass-tracker running there? Point --tracker or COMPASS_TRACKER at it.",
+)
 
 _REQUEST_ERRORS: dict[str, type[RequestFailed]] = {
     "timed-out": WaitTimeout,
@@ -54,26 +56,6 @@ _LEASE_ERRORS: dict[str, type[LeaseLost]] = {
     "expired": LeaseExpired,
     "device-lost": DeviceLost,
 }
-
-
-def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """Split C{host:port}, C{[v6]:port} or a bare host; raise ValueError saying why."""
-    host, port = text, default_port
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"{text!r} opens [ but does not close it.")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"{text!r} has something other than :PORT after ].")
-            port = int(rest[1:])
-    elif text.count(":") == 1:
-        host, _, number = text.partition(":")
-        port = int(number)
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"{text!r} is not HOST:PORT.")
-    return host, port
 
 
 @attrs.define(eq=False)
@@ -245,10 +227,6 @@ class _TrackerProtocol(CompassPeer):
         return {}
 
 
-def _info_dict(info: list[str]) -> dict[str, str]:
-    return dict(field.partition("=")[::2] for field in info)
-
-
 class AsyncTracker:
     """A connection to compass-tracker, after the hello exchange."""
 
@@ -285,64 +263,19 @@ class AsyncTracker:
         replaces C{host} and C{port}. C{tls} connects with TLS, verifying the tracker's
         certificate against its CA (see L{compassd.tls}); sessions on leases granted
         over this connection then use the same TLS settings with their boards."""
-        where = f"{host}:{port}"
-        target: IStreamClientEndpoint
-        creator: VerifyingCreator | None = None
-        try:
-            if endpoint is None and tls is not None:
-                target, creator = tls.endpoint(reactor, host, port, timeout)
-            elif endpoint is None:
-                target = HostnameEndpoint(reactor, host, port, timeout=timeout)
-            elif isinstance(endpoint, str):
-                where = endpoint
-                target, creator = client_from_string(reactor, endpoint)
-            else:
-                target = endpoint
-        except (TLSFailed, ValueError) as e:
-            return fail(e)
-        name = user or _login_name()
 
-        def unreachable(failure: Failure) -> Failure:
-            return Failure(
-                TrackerUnreachable(
-                    f"Cannot reach the tracker at {where}: {failure.getErrorMessage().rstrip('.')}."
-                    " Is compass-tracker running there? Point --tracker or COMPASS_TRACKER"
-                    " at it."
-                )
-            )
-
-        connecting: Deferred[Any] = target.connect(Factory.forProtocol(_TrackerProtocol))
-        connecting.addErrback(unreachable)
-
-        def hello(protocol: _TrackerProtocol) -> Deferred[AsyncTracker]:
-            tracker = cls(protocol, where, name)
+        def greeted(protocol: _TrackerProtocol, where: str,
+                    answer: dict[str, Any]) -> AsyncTracker:
+            tracker = cls(protocol, where, answer["user"])
             tracker.reactor = reactor
             tracker.tls = tls
-            d = protocol.callRemote(
-                Hello,
-                versions=list(SUPPORTED_VERSIONS),
-                role=role,
-                token=token,
-                user=name,
-                software=f"compassd {__version__} client",
-            )
+            tracker.roles = answer["roles"]
+            tracker.server_software = answer["software"]
+            return tracker
 
-            def greeted(answer: dict[str, Any]) -> AsyncTracker:
-                protocol.greeted = True
-                tracker.user = answer["user"]
-                tracker.roles = answer["roles"]
-                tracker.server_software = answer["software"]
-                return tracker
-
-            def refused(failure: Failure) -> Failure:
-                protocol.drop()
-                explained = creator.explain(failure, f"the tracker at {where}") \
-                    if creator is not None else None
-                return failure if explained is None else Failure(explained)
-
-            return d.addCallbacks(greeted, refused)
-
-        return connecting.addCallback(hello)
+        return connect(reactor, TRACKER, _TrackerProtocol, f"{host}:{port}", host=host,
+                       port=port, endpoint=endpoint, tls=tls, timeout=timeout, role=role,
+                       token=token, user=user, then=greeted)
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -449,7 +382,7 @@ class AsyncTracker:
             address=address,
             ticket=ticket,
             deadline=time.monotonic() + expires_in,
-            info=_info_dict(info),
+            info=info_dict(info),
         )
         self.leases[lease] = held
         if pending is None:  # we cancelled it meanwhile: give the device back
@@ -572,9 +505,3 @@ class AsyncTracker:
 
         return page({})
 
-
-def _login_name() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "anonymous"

@@ -1,4 +1,5 @@
-"""The blocking client of the tracker, for scripts, notebooks and CI jobs.
+"""The blocking client of the tracker and of sessions on boards, for scripts, notebooks
+and CI jobs.
 
 It reads like TVM's RPC client::
 
@@ -20,10 +21,119 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+
 from ..tls import ClientTLS
 from . import _reactor
+from ._transfer import Progress, Source, digest
 from .asynchronous import DEFAULT_PORT, AsyncLease, AsyncTracker
-from .session import Model, Progress, RemoteFile, Session, Source
+from .model import AsyncModel, Inputs
+from .session import AsyncSession, RemoteFile
+
+
+class Model:
+    """A model loaded in a blocking L{Session}; see L{AsyncModel}."""
+
+    def __init__(self, model: AsyncModel) -> None:
+        self._model = model
+
+    def __repr__(self) -> str:
+        return repr(self._model).replace("<AsyncModel", "<Model", 1)
+
+    name = property(lambda self: self._model.name)
+    path = property(lambda self: self._model.path)
+    inputs = property(lambda self: list(self._model.inputs))
+    outputs = property(lambda self: list(self._model.outputs))
+    last_seconds = property(lambda self: self._model.last_seconds)
+
+    def check(self, inputs: Inputs) -> list[np.ndarray]:
+        """See L{AsyncModel.check}."""
+        return self._model.check(inputs)
+
+    def run(self, inputs: Inputs, *, timeout: float | None = None) -> list[np.ndarray]:
+        """Run once; the outputs as numpy arrays in model order."""
+        arrays = self._model.check(inputs)  # a mismatch is raised here, nothing crosses
+        # threads. The board enforces the timeout (and kills a hung run); the wait here
+        # is for it.
+        return _reactor.call(self._model._run, inputs, timeout, arrays)
+
+    def benchmark(self, inputs: Inputs, number: int = 10, repeat: int = 3,
+                  warmup: int = 1) -> list[float]:
+        """Each round's mean seconds per run, measured on the board."""
+        self._model.check(inputs)
+        return _reactor.call(self._model.benchmark, inputs, number=number, repeat=repeat,
+                             warmup=warmup)
+
+
+class Session:
+    """A session on a board, blocking; use it in a C{with} block or call L{close}."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    def __repr__(self) -> str:
+        return repr(self._session).replace("<AsyncSession", "<Session", 1)
+
+    session = property(lambda self: self._session.session)
+    lease = property(lambda self: self._session.lease)
+    address = property(lambda self: self._session.address)
+    expires_in = property(lambda self: self._session.expires_in)
+    backend = property(lambda self: self._session.backend)
+    info = property(lambda self: dict(self._session.info))
+    max_upload = property(lambda self: self._session.max_upload)
+    active = property(lambda self: self._session.active)
+    end_message = property(lambda self: self._session.end_message)
+    end_reason = property(lambda self: self._session.end_reason)
+
+    def upload(self, source: Source, remote_name: str | None = None,
+               progress: Progress | None = None) -> str:
+        """Store a local file or bytes in the session directory; returns the remote name.
+        C{progress} runs on the client's background thread."""
+        size, sha256 = digest(source)  # hashed here, not on the reactor thread
+        return _reactor.call(self._session.upload, source, remote_name, progress,
+                             size=size, sha256=sha256)
+
+    def download(self, remote: str, local_path: str | os.PathLike[str] | None = None,
+                 progress: Progress | None = None) -> Any:
+        """The file's bytes, or its local path once written to C{local_path}."""
+        return _reactor.call(self._session.download, remote, local_path, progress)
+
+    def listdir(self, path: str | None = None) -> list[RemoteFile]:
+        return _reactor.call(self._session.listdir, path)
+
+    def remove(self, path: str) -> None:
+        _reactor.call(self._session.remove, path)
+
+    def load_model(self, path: str | os.PathLike[str],
+                   manifest: str | os.PathLike[str] | None = None,
+                   progress: Callable[[int, int], object] | None = None) -> Model:
+        """Upload (if local) and load a model; see L{AsyncSession.load_model}.
+        C{progress} runs on the client's background thread."""
+        return Model(_reactor.call(self._session.load_model, path, manifest, progress))
+
+    def close(self) -> None:
+        _reactor.call(self._session.close)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+def connect_session(address: str, ticket: str, token: str | None = None, *,
+                    user: str | None = None, endpoint: str | None = None,
+                    timeout: float = 10.0, device: str | None = None) -> Session:
+    """Open the session of a granted lease on the board at C{address} (blocking).
+    C{device} (the lease's device) is needed when C{address} is a compass-proxy."""
+    return Session(
+        _reactor.call(
+            lambda: AsyncSession.open(_reactor.reactor(), address, ticket, token=token,
+                                      user=user, endpoint=endpoint, timeout=timeout,
+                                      device=device)
+        )
+    )
 
 
 class Lease:
@@ -67,7 +177,7 @@ class Lease:
 
     def open_session(self, token: str | None = None, *, endpoint: str | None = None,
                      timeout: float = 10.0) -> Session:
-        """The session on the leased device (see L{compassd.client.session.Session}),
+        """The session on the leased device (see L{Session}),
         opened with the lease's ticket on first use; later calls return the same one."""
         if self._session is None:
             self._session = Session(

@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -140,6 +141,38 @@ def test_connect_says_hello_and_learns_the_user_and_roles() -> None:
     assert "client" in tracker.roles
     assert tracker.server_software.startswith("compassd ")
     assert tracker.connected
+
+
+class _HangsUp(Protocol):
+    """A server that closes the connection as soon as the client speaks."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.loseConnection()
+
+
+@implementer(IStreamClientEndpoint)
+class _HangUpEndpoint:
+    def __init__(self) -> None:
+        self.pumps: list[iosim.IOPump] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        client, server = factory.buildProtocol(iosim.FakeAddress()), _HangsUp()
+        self.pumps.append(iosim.connect(
+            server, iosim.FakeTransport(server, isServer=True),
+            client, iosim.FakeTransport(client, isServer=False),
+        ))
+        return succeed(client)
+
+
+def test_a_tracker_that_hangs_up_during_the_hello_is_tracker_unreachable() -> None:
+    endpoint = _HangUpEndpoint()
+    d = AsyncTracker.connect(None, endpoint=endpoint)
+    for pump in endpoint.pumps:
+        pump.flush()
+    caught = failure(d)
+    assert caught.check(TrackerUnreachable), caught
+    assert str(caught.value).startswith("Cannot reach the tracker at ")
+    assert "compass-tracker running" in str(caught.value)
 
 
 def test_request_is_granted_a_lease_with_device_address_info_and_time_left() -> None:

@@ -1,4 +1,5 @@
-"""The client side of a board session (compassd.client.session) against a small board.
+"""The client side of a board session (compassd.client.session, .model and ._transfer)
+against a small board.
 
 The board here is a CompassPeer that speaks the session vocabulary with the same raw
 byte-run framing a real board uses. Most tests connect through iosim pumps, so every byte
@@ -36,9 +37,9 @@ from compassd.client import (
     TensorSpec,
     TicketRejected,
     _reactor,
+    _transfer,
     connect_session,
 )
-from compassd.client import session as client_session
 from compassd.protocol import Hello
 from compassd.protocol import client_tracker as ct
 from compassd.protocol import session as sp
@@ -296,7 +297,7 @@ def test_a_rejected_ticket_fails_the_open_with_ticket_rejected_and_drops_the_con
 def test_upload_streams_a_file_in_chunks_with_progress_and_the_board_checks_sha256(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_session, "CHUNK", 1000)
+    monkeypatch.setattr(_transfer, "CHUNK", 1000)
     data = bytes(range(256)) * 40  # 10,240 bytes: 11 chunks
     local = tmp_path / "weights.bin"
     local.write_bytes(data)
@@ -314,7 +315,7 @@ def test_upload_streams_a_file_in_chunks_with_progress_and_the_board_checks_sha2
 def test_a_call_made_during_an_upload_waits_so_its_box_never_splits_the_byte_run(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_session, "CHUNK", 100)
+    monkeypatch.setattr(_transfer, "CHUNK", 100)
     session, ep = open_session()
     up = session.upload(b"a" * 1000, "a.bin")
     listed = session.listdir()
@@ -454,7 +455,7 @@ def test_run_sends_strided_and_big_endian_arrays_as_their_values() -> None:
 def test_large_inputs_are_streamed_in_chunks_and_the_answer_waits_for_the_last_one(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_session, "CHUNK", 7)
+    monkeypatch.setattr(_transfer, "CHUNK", 7)
     session, ep = open_session()
     model = load(session, ep)
     x = np.linspace(0, 1, 300, dtype=np.float32).reshape(100, 3)

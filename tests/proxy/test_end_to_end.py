@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compassd.client import connect_tracker
-from compassd.client.session import connect_session
+from compassd.client import connect_session, connect_tracker
 from compassd.protocol.errors import NoSuchDevice, SessionEnded, TicketRejected
 from tests.fakedriver.build import build_fake_driver
 from tests.fakedriver.graphs import Tensor, write_graph

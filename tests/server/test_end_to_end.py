@@ -176,7 +176,7 @@ def test_the_lease_deadline_ends_the_session_with_lease_expired(
 def test_a_ticket_opens_one_session_only(
     tracker: tuple[str, int], board: tuple[str, Path]
 ) -> None:
-    from compassd.client.session import connect_session
+    from compassd.client import connect_session
     from compassd.protocol.errors import BoardBusy, TicketRejected
 
     client = connect_tracker(*tracker)

@@ -1,0 +1,133 @@
+"""How a client reaches a compassd daemon: dial, optionally over TLS, and say hello.
+
+The tracker client (L{AsyncTracker.connect}) and the board session (L{AsyncSession.open})
+connect the same way; only what they call the daemon, the error for "cannot reach it"
+and what follows the hello differ, and those are L{Daemon} and the C{then} step.
+C{timeout} bounds the connect (and the TLS handshake) only: once connected, the daemon
+decides how long an idle connection may stay.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ConnectionClosed
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from .. import __version__
+from ..protocol import SUPPORTED_VERSIONS, Hello
+from ..protocol.errors import CompassError
+from ..protocol.peer import CompassPeer
+from ..tls import ClientTLS, TLSFailed, VerifyingCreator, client_from_string
+
+P = TypeVar("P", bound=CompassPeer)
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Daemon:
+    """What is dialled, for the sentences a failure gets: e.g. C{the tracker}, the
+    L{CompassError} for a connection that cannot be made, and what to check then."""
+
+    what: str
+    unreachable_error: type[CompassError]
+    hint: str
+
+    def unreachable(self, where: str, failure: Failure) -> Failure:
+        """C{failure} (a failed connect, or the connection closed before the hello was
+        answered) as the daemon's unreachable error, naming C{where}."""
+        return Failure(
+            self.unreachable_error(
+                f"Cannot reach {self.what} at {where}:"
+                f" {failure.getErrorMessage().rstrip('.')}. {self.hint}"
+            )
+        )
+
+
+def connect(
+    reactor: Any,
+    daemon: Daemon,
+    protocol: Callable[[], P],
+    where: str,
+    *,
+    host: str,
+    port: int,
+    endpoint: str | IStreamClientEndpoint | None,
+    tls: ClientTLS | None,
+    timeout: float,
+    role: str,
+    token: str | None,
+    user: str | None,
+    then: Callable[[P, str, dict[str, Any]], T | Deferred[T]],
+) -> Deferred[T]:
+    """Connect to C{host}:C{port} (with C{tls}, verifying the daemon's certificate), or
+    to C{endpoint} (a Twisted client endpoint or its string, which then replaces C{where}
+    in messages); say hello; then call C{then(protocol, where, answer)} with the hello's
+    answer, whose result is the result. A failure before or in C{then} drops the
+    connection; a TLS failure becomes a L{TLSFailed} sentence, and a connect that fails or
+    a connection closed during the exchange becomes the daemon's unreachable error."""
+    target: IStreamClientEndpoint
+    creator: VerifyingCreator | None = None
+    try:
+        if endpoint is None and tls is not None:
+            target, creator = tls.endpoint(reactor, host, port, timeout)
+        elif endpoint is None:
+            target = HostnameEndpoint(reactor, host, port, timeout=timeout)
+        elif isinstance(endpoint, str):
+            where = endpoint
+            target, creator = client_from_string(reactor, endpoint)
+        else:
+            target = endpoint
+    except (TLSFailed, ValueError) as e:
+        return fail(e)
+
+    connecting: Deferred[Any] = target.connect(Factory.forProtocol(protocol))
+    connecting.addErrback(lambda failure: daemon.unreachable(where, failure))
+
+    def hello(peer: P) -> Deferred[T]:
+        d = peer.callRemote(
+            Hello,
+            versions=list(SUPPORTED_VERSIONS),
+            role=role,
+            token=token,
+            user=user or login_name(),
+            software=f"compassd {__version__} client",
+        )
+
+        def greeted(answer: dict[str, Any]) -> T | Deferred[T]:
+            peer.greeted = True
+            return then(peer, where, answer)
+
+        def refused(failure: Failure) -> Failure:
+            peer.drop()
+            explained = creator.explain(failure, f"{daemon.what} at {where}") \
+                if creator is not None else None
+            if explained is not None:
+                return Failure(explained)
+            if failure.check(ConnectionClosed):
+                return daemon.unreachable(where, failure)
+            return failure
+
+        return d.addCallback(greeted).addErrback(refused)
+
+    return connecting.addCallback(hello)
+
+
+def login_name() -> str:
+    """The name a client says hello with when it is given none."""
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "anonymous"
+
+
+def info_dict(info: list[str]) -> dict[str, str]:
+    """A daemon's C{key=value} info fields (a grant's, a session's) as a dict."""
+    return dict(field.partition("=")[::2] for field in info)
