@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from ..client import CompassError, Tracker, TrackerUnreachable, connect_tracker, parse_address
+from ..addresses import parse_address
+from ..client import CompassError, Tracker, TrackerUnreachable, connect_tracker
 from ..tls import TLSFailed
 
 EXIT_REFUSED = 1

@@ -11,7 +11,7 @@ from typing import Any
 import click
 import numpy as np
 
-from ..client import TensorSpec
+from ..tensors import TensorSpec
 
 
 def _read_array_file(path: str, what: str) -> np.ndarray | dict[str, np.ndarray] | bytes:
