@@ -1,0 +1,348 @@
+"""What SQLite and PostgreSQL stores share: the statements, as DB-API calls.
+
+A subclass says how to connect, which placeholder its driver uses, and how to turn the
+driver's exceptions into one sentence; everything else (migrations, batches, loading,
+history pages) is the same SQL on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from zope.interface import implementer
+
+from . import schema
+from .records import (
+    Batch,
+    DeviceRecord,
+    HistoryQuery,
+    HistoryRow,
+    IStore,
+    LeaseRecord,
+    LiveState,
+    RequestRecord,
+    Snapshot,
+    StoreError,
+    join_tags,
+    split_tags,
+)
+
+T = TypeVar("T")
+
+_DEVICE_COLUMNS = (
+    "name", "key", "address", "flavor", "tags", "max_lease", "drained", "quarantined",
+    "quarantine_reason", "registered_at",
+)
+_REQUEST_COLUMNS = (
+    "id", "key", "user_name", "priority", "tags", "flavor", "arrival", "enqueued_at",
+    "lease_wanted", "wait", "deadline", "secret_hash",
+)
+_LEASE_COLUMNS = (
+    "id", "device", "key", "user_name", "request_id", "priority", "tags", "flavor",
+    "requested_at", "granted_at", "deadline", "ticket_hash", "redeemed", "secret_hash",
+)
+_HISTORY_COLUMNS = (
+    "id", "user_name", "key", "device", "request_id", "priority", "requested_at",
+    "granted_at", "ended_at", "outcome", "detail",
+)
+
+
+def _device_row(d: DeviceRecord) -> tuple[Any, ...]:
+    return (d.name, d.key, d.address, d.flavor, join_tags(d.tags), d.max_lease,
+            int(d.drained), int(d.quarantined), d.quarantine_reason, d.registered_at)
+
+
+def _device(row: Sequence[Any]) -> DeviceRecord:
+    return DeviceRecord(
+        name=row[0], key=row[1], address=row[2], flavor=row[3], tags=split_tags(row[4]),
+        max_lease=row[5], drained=bool(row[6]), quarantined=bool(row[7]),
+        quarantine_reason=row[8], registered_at=row[9])
+
+
+def _request_row(r: RequestRecord) -> tuple[Any, ...]:
+    return (r.id, r.key, r.user, r.priority, join_tags(r.tags), r.flavor, r.arrival,
+            r.enqueued_at, r.lease_wanted, r.wait, r.deadline, r.secret_hash)
+
+
+def _request(row: Sequence[Any]) -> RequestRecord:
+    return RequestRecord(
+        id=row[0], key=row[1], user=row[2], priority=row[3], tags=split_tags(row[4]),
+        flavor=row[5], arrival=row[6], enqueued_at=row[7], lease_wanted=row[8],
+        wait=row[9], deadline=row[10], secret_hash=row[11])
+
+
+def _lease_row(x: LeaseRecord) -> tuple[Any, ...]:
+    return (x.id, x.device, x.key, x.user, x.request_id, x.priority, join_tags(x.tags),
+            x.flavor, x.requested_at, x.granted_at, x.deadline, x.ticket_hash,
+            int(x.redeemed), x.secret_hash)
+
+
+def _lease(row: Sequence[Any]) -> LeaseRecord:
+    return LeaseRecord(
+        id=row[0], device=row[1], key=row[2], user=row[3], request_id=row[4],
+        priority=row[5], tags=split_tags(row[6]), flavor=row[7], requested_at=row[8],
+        granted_at=row[9], deadline=row[10], ticket_hash=row[11], redeemed=bool(row[12]),
+        secret_hash=row[13])
+
+
+def _history_row(h: HistoryRow) -> tuple[Any, ...]:
+    return (h.id, h.user, h.key, h.device, h.request_id, h.priority, h.requested_at,
+            h.granted_at, h.ended_at, h.outcome, h.detail)
+
+
+def _history(row: Sequence[Any]) -> HistoryRow:
+    return HistoryRow(
+        id=row[0], user=row[1], key=row[2], device=row[3], request_id=row[4],
+        priority=row[5], requested_at=row[6], granted_at=row[7], ended_at=row[8],
+        outcome=row[9], detail=row[10])
+
+
+@implementer(IStore)
+class SqlStore:
+    """The shared implementation; see L{IStore} for what each method promises."""
+
+    dialect = ""
+    placeholder = "?"
+    description = ""
+    _conn: Any = None
+
+    # --- what a subclass provides ------------------------------------------------------
+
+    def _connect(self) -> Any:
+        """A new DB-API connection in autocommit mode (transactions are explicit)."""
+        raise NotImplementedError
+
+    def _begin(self, cur: Any) -> None:
+        cur.execute("BEGIN")
+
+    def _driver_errors(self) -> tuple[type[BaseException], ...]:
+        raise NotImplementedError
+
+    def _sentence(self, doing: str, error: BaseException) -> str:
+        """One sentence: which store, what failed, and what the tracker does about it."""
+        return f"The tracker's store {self.description} could not {doing}: {_reason(error)}."
+
+    def _after_migrate(self, cur: Any) -> None:
+        """A check of the opened database (SQLite checks the file's integrity)."""
+
+    def _lock_schema(self, cur: Any) -> None:
+        """Serialise migrations between trackers sharing the database."""
+
+    # --- IStore --------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.close()
+        self._conn = self._guard("open its database", self._connect)
+        try:
+            self._guard("create or upgrade its schema", self._migrate)
+        except StoreError:
+            self.close()
+            raise
+
+    def load(self) -> Snapshot:
+        def load(cur: Any) -> Snapshot:
+            meta = dict(self._select(cur, "SELECT name, value FROM compass_meta"))
+            epoch = int(meta.get("epoch", "0")) + 1
+            meta["epoch"] = str(epoch)
+            self._put_meta(cur, {"epoch": str(epoch)})
+            live = LiveState(
+                devices=tuple(_device(r) for r in self._select(
+                    cur, f"SELECT {', '.join(_DEVICE_COLUMNS)} FROM compass_devices"
+                    " ORDER BY name")),
+                leases=tuple(_lease(r) for r in self._select(
+                    cur, f"SELECT {', '.join(_LEASE_COLUMNS)} FROM compass_leases"
+                    " ORDER BY granted_at, id")),
+                requests=tuple(_request(r) for r in self._select(
+                    cur, f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM compass_requests"
+                    " ORDER BY arrival, id")),
+            )
+            return Snapshot(live=live, epoch=epoch, meta=meta)
+
+        return self._transaction("read its state", load)
+
+    def write(self, batch: Batch) -> None:
+        self._transaction("save the tracker's state", lambda cur: self._write(cur, batch))
+
+    def prune(self, before: float) -> int:
+        def prune(cur: Any) -> int:
+            cur.execute(
+                f"DELETE FROM compass_history WHERE ended_at < {self.placeholder}", (before,))
+            return int(cur.rowcount or 0)
+
+        return self._transaction("prune old history", prune)
+
+    def history(self, query: HistoryQuery) -> list[HistoryRow]:
+        where: list[str] = []
+        args: list[Any] = []
+        p = self.placeholder
+        for column, value in (("user_name", query.user), ("device", query.device),
+                              ("key", query.key)):
+            if value is not None:
+                where.append(f"{column} = {p}")
+                args.append(value)
+        if query.since is not None:
+            where.append(f"ended_at >= {p}")
+            args.append(query.since)
+        if query.until is not None:
+            where.append(f"ended_at < {p}")
+            args.append(query.until)
+        if query.before is not None:
+            where.append(f"(ended_at < {p} OR (ended_at = {p} AND id < {p}))")
+            args += [query.before[0], query.before[0], query.before[1]]
+        sql = f"SELECT {', '.join(_HISTORY_COLUMNS)} FROM compass_history"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY ended_at DESC, id DESC LIMIT {max(1, min(query.limit, 10000))}"
+        return self._transaction(
+            "read its history",
+            lambda cur: [_history(r) for r in self._select(cur, sql, args)])
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close
+                pass
+
+    # --- the SQL ---------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        """The version the open store's tables are at (0 for a new, empty database)."""
+        def version(cur: Any) -> int:
+            rows = self._select(cur, "SELECT version FROM compass_schema")
+            return int(rows[0][0]) if rows else 0
+
+        return self._transaction("read its schema version", version)
+
+    def _migrate(self) -> None:
+        cur = self._conn.cursor()
+        self._begin(cur)
+        try:
+            self._lock_schema(cur)
+            cur.execute(schema.VERSION_TABLE)
+            rows = self._select(cur, "SELECT version FROM compass_schema")
+            version = int(rows[0][0]) if rows else 0
+            if version > schema.LATEST:
+                raise _TooNew(
+                    f"The tracker's store {self.description} has schema version {version},"
+                    f" newer than this compass-tracker knows ({schema.LATEST}); run the"
+                    " newer compass-tracker, or restore a backup made for this version."
+                )
+            for target, sqls in schema.statements(self.dialect, version):
+                for sql in sqls:
+                    cur.execute(sql)
+                version = target
+            if rows:
+                cur.execute(f"UPDATE compass_schema SET version = {self.placeholder}",
+                            (version,))
+            else:
+                cur.execute(
+                    f"INSERT INTO compass_schema (version) VALUES ({self.placeholder})",
+                    (version,))
+            cur.execute("COMMIT")
+        except BaseException:
+            self._rollback(cur)
+            raise
+        self._after_migrate(cur)
+
+    def _write(self, cur: Any, batch: Batch) -> None:
+        p = self.placeholder
+        if batch.replace is not None:
+            for table in ("compass_devices", "compass_leases", "compass_requests"):
+                cur.execute(f"DELETE FROM {table}")
+            self._upsert(cur, "compass_devices", _DEVICE_COLUMNS,
+                         [_device_row(d) for d in batch.replace.devices])
+            self._upsert(cur, "compass_leases", _LEASE_COLUMNS,
+                         [_lease_row(x) for x in batch.replace.leases])
+            self._upsert(cur, "compass_requests", _REQUEST_COLUMNS,
+                         [_request_row(r) for r in batch.replace.requests])
+        self._apply(cur, "compass_devices", _DEVICE_COLUMNS, batch.devices, _device_row)
+        self._apply(cur, "compass_leases", _LEASE_COLUMNS, batch.leases, _lease_row)
+        self._apply(cur, "compass_requests", _REQUEST_COLUMNS, batch.requests, _request_row)
+        if batch.history:
+            cur.executemany(
+                f"INSERT INTO compass_history ({', '.join(_HISTORY_COLUMNS)})"
+                f" VALUES ({', '.join([p] * len(_HISTORY_COLUMNS))})"
+                " ON CONFLICT (id) DO NOTHING",
+                [_history_row(h) for h in batch.history])
+        if batch.meta:
+            self._put_meta(cur, batch.meta)
+
+    def _apply(self, cur: Any, table: str, columns: tuple[str, ...],
+               changes: dict[str, Any], row: Callable[[Any], tuple[Any, ...]]) -> None:
+        gone = [(ident,) for ident, record in changes.items() if record is None]
+        if gone:
+            cur.executemany(
+                f"DELETE FROM {table} WHERE {columns[0]} = {self.placeholder}", gone)
+        self._upsert(cur, table, columns,
+                     [row(record) for record in changes.values() if record is not None])
+
+    def _upsert(self, cur: Any, table: str, columns: tuple[str, ...],
+                rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        p = self.placeholder
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+        cur.executemany(
+            f"INSERT INTO {table} ({', '.join(columns)})"
+            f" VALUES ({', '.join([p] * len(columns))})"
+            f" ON CONFLICT ({columns[0]}) DO UPDATE SET {updates}",
+            rows)
+
+    def _put_meta(self, cur: Any, meta: dict[str, str]) -> None:
+        p = self.placeholder
+        cur.executemany(
+            f"INSERT INTO compass_meta (name, value) VALUES ({p}, {p})"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            sorted(meta.items()))
+
+    def _select(self, cur: Any, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        cur.execute(sql, tuple(args))
+        return list(cur.fetchall())
+
+    # --- transactions and errors -------------------------------------------------------
+
+    def _transaction(self, doing: str, body: Callable[[Any], T]) -> T:
+        if self._conn is None:
+            raise StoreError(
+                f"The tracker's store {self.description} is not open; it will be opened"
+                " again at the next write.")
+
+        def run() -> T:
+            cur = self._conn.cursor()
+            self._begin(cur)
+            try:
+                result = body(cur)
+                cur.execute("COMMIT")
+            except BaseException:
+                self._rollback(cur)
+                raise
+            return result
+
+        return self._guard(doing, run)
+
+    def _rollback(self, cur: Any) -> None:
+        try:
+            cur.execute("ROLLBACK")
+        except Exception:  # noqa: BLE001 - the connection may be gone already
+            pass
+
+    def _guard(self, doing: str, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except _TooNew as e:
+            raise StoreError(str(e)) from None
+        except self._driver_errors() as e:
+            raise StoreError(self._sentence(doing, e)) from e
+
+
+class _TooNew(Exception):
+    pass
+
+
+def _reason(error: BaseException) -> str:
+    """The driver's message, on one line and without a trailing full stop."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text.rstrip(".")
