@@ -30,7 +30,7 @@ from typing import Union
 
 import attrs
 
-from ..protocol.errors import (
+from ..errors import (
     BadRequest,
     DeviceConflict,
     LimitExceeded,
