@@ -403,7 +403,8 @@ class _Owner:
 
 
 def _scale(devices: int, queued: int, users: int, cycles: int, results: Any) -> None:
-    from compassd.tracker.scheduler import Granted, Policy, Scheduler
+    from compassd.tracker.records import Granted, Policy
+    from compassd.tracker.scheduler import Scheduler
     from compassd.tracker.service import TrackerService
 
     class _NoClock:

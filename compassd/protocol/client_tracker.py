@@ -184,7 +184,7 @@ class Granted(CompassCommand):
 
 class RequestEnded(CompassCommand):
     """A request ended without a grant: C{reason} is one of
-    L{compassd.tracker.scheduler.RequestOutcome}'s values; C{message} says it for people."""
+    L{compassd.tracker.records.RequestOutcome}'s values; C{message} says it for people."""
 
     commandName = b"request-ended"
     arguments = [
@@ -198,7 +198,7 @@ class RequestEnded(CompassCommand):
 
 
 class LeaseEnded(CompassCommand):
-    """A lease ended: C{reason} is one of L{compassd.tracker.scheduler.LeaseOutcome}'s values."""
+    """A lease ended: C{reason} is one of L{compassd.tracker.records.LeaseOutcome}'s values."""
 
     commandName = b"lease-ended"
     arguments = [

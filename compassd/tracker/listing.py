@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .scheduler import Device, Request, Scheduler
+from .records import Device, Request
+from .scheduler import Scheduler
 
 
 def device_row(device: Device, now: float) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from ..tls import ClientCertListener, TLSFailed, load_ca
 from .access import Access, TokensFileError, load_tokens
 from .audit import AuditLog
 from .frontdoor import front_door_factory, parse_networks
-from .scheduler import Policy, Scheduler
+from .records import Policy
+from .scheduler import Scheduler
 from .service import TrackerConnection, TrackerService, log
 from .tvm import TvmTrackerConnection
 

@@ -11,7 +11,8 @@ from twisted.test import iosim
 
 from compassd.protocol import client_tracker as ct
 from compassd.server.tracker_link import BoardDescription, TrackerLink
-from compassd.tracker.scheduler import Policy, Scheduler
+from compassd.tracker.records import Policy
+from compassd.tracker.scheduler import Scheduler
 from compassd.tracker.service import TrackerConnection, TrackerService
 
 

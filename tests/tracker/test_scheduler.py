@@ -16,7 +16,7 @@ from compassd.protocol.errors import (
     NotYourLease,
     TicketRejected,
 )
-from compassd.tracker.scheduler import (
+from compassd.tracker.records import (
     DeviceChanged,
     DeviceState,
     Effect,
@@ -28,8 +28,8 @@ from compassd.tracker.scheduler import (
     QueueChanged,
     RequestEnded,
     RequestOutcome,
-    Scheduler,
 )
+from compassd.tracker.scheduler import Scheduler
 
 E = TypeVar("E")
 

@@ -20,7 +20,7 @@ from hypothesis.stateful import (
 )
 
 from compassd.protocol.errors import DeviceConflict, TicketRejected
-from compassd.tracker.scheduler import (
+from compassd.tracker.records import (
     COMPASSD,
     DeviceChanged,
     DeviceState,
@@ -33,8 +33,8 @@ from compassd.tracker.scheduler import (
     Request,
     RequestEnded,
     RequestOutcome,
-    Scheduler,
 )
+from compassd.tracker.scheduler import Scheduler
 
 NAMES = ["d0", "d1", "d2"]
 KEYS = ["k1", "k2"]

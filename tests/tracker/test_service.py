@@ -32,7 +32,8 @@ from compassd.protocol import board_tracker as bt
 from compassd.protocol import client_tracker as ct
 from compassd.protocol.peer import CompassPeer
 from compassd.tracker.access import Access, Identity, hash_token
-from compassd.tracker.scheduler import Policy, Scheduler
+from compassd.tracker.records import Policy
+from compassd.tracker.scheduler import Scheduler
 from compassd.tracker.service import TrackerConnection, TrackerService
 
 # --- harness --------------------------------------------------------------------------

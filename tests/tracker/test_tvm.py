@@ -34,7 +34,8 @@ from compassd.tracker.frontdoor import (
     front_door_factory,
     parse_networks,
 )
-from compassd.tracker.scheduler import Policy, Scheduler
+from compassd.tracker.records import Policy
+from compassd.tracker.scheduler import Scheduler
 from compassd.tracker.service import TrackerConnection, TrackerService
 from compassd.tracker.tap import Options, makeService
 from compassd.tracker.tvm import TvmTrackerConnection, device_name

@@ -1,0 +1,42 @@
+"""What compass-tracker does for an admin: drain and undrain devices, end leases.
+
+Every command here needs the admin role; each is logged and audited with who did it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..protocol import client_tracker as ct
+from ..protocol.limits import check_text
+from .connection import TrackerPeer, log
+
+
+class AdminResponders(TrackerPeer):
+    """The commands only an admin may send (L{compassd.protocol.client_tracker})."""
+
+    @ct.Drain.responder
+    def drain(self, device: str) -> dict[str, Any]:
+        identity = self._require("admin")
+        log.info("admin {user} drains {device}", user=identity.user, device=device)
+        self.tracker.record("drain", user=identity.user, device=device)
+        self._apply(self._scheduler.set_draining(self._now, device, True))
+        return {}
+
+    @ct.Undrain.responder
+    def undrain(self, device: str) -> dict[str, Any]:
+        identity = self._require("admin")
+        log.info("admin {user} undrains {device}", user=identity.user, device=device)
+        self.tracker.record("undrain", user=identity.user, device=device)
+        self._apply(self._scheduler.set_draining(self._now, device, False))
+        return {}
+
+    @ct.Kick.responder
+    def kick(self, lease: str, reason: str | None = None) -> dict[str, Any]:
+        identity = self._require("admin")
+        self._apply(
+            self._scheduler.kick(
+                self._now, lease, identity.user, check_text("reason", reason or "")
+            )
+        )
+        return {}

@@ -1,0 +1,120 @@
+"""What compass-tracker answers its clients: requests, cancels, releases and listings.
+
+Each responder checks its arguments and the caller's role, asks the scheduler, and hands
+the effects to the service; none decides anything itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..protocol import (
+    BadRequest,
+    NoSuchKey,
+    NotAuthorized,
+)
+from ..protocol import client_tracker as ct
+from ..protocol.limits import MAX_PAGE, check_name, check_seconds, check_tags
+from .connection import TrackerPeer, log
+from .listing import device_row, queue_row, waiting_row
+
+
+class ClientResponders(TrackerPeer):
+    """The commands a client sends (L{compassd.protocol.client_tracker})."""
+
+    @ct.Request.responder
+    def request(
+        self,
+        key: str,
+        priority: int | None = None,
+        lease: float | None = None,
+        wait: float | None = None,
+        tags: list[str] | None = None,
+    ) -> dict[str, Any]:
+        identity = self._require("client")
+        check_name("device key", key)
+        if not identity.may_request(key):
+            raise NotAuthorized(f"User {identity.user} may not request devices of {key}.")
+        if priority is not None and not -1_000_000 <= priority <= 1_000_000:
+            raise BadRequest(f"Priority {priority} is out of range (-1000000 to 1000000).")
+        request, effects = self._scheduler.request(
+            self._now,
+            self,
+            identity.user,
+            key,
+            priority=1 if priority is None else priority,
+            tags=check_tags("request", tags or ()),
+            lease=check_seconds("lease", lease),
+            wait=check_seconds("wait", wait),
+        )
+        position = 0
+        if request.id in self._scheduler.requests:
+            position = self._scheduler.position(request.id)
+            self.tracker._sent_positions[request.id] = position
+            log.info(
+                "{request} of {user} for {key} (priority {priority}) waits at position"
+                " {position}",
+                request=request.id,
+                user=identity.user,
+                key=key,
+                priority=request.priority,
+                position=position,
+            )
+        self._apply(effects)
+        return {
+            "request": request.id,
+            "position": position,
+            "devices": self._scheduler.online_count(key),
+        }
+
+    @ct.Cancel.responder
+    def cancel(self, request: str) -> dict[str, Any]:
+        identity = self._require("client")
+        self._apply(
+            self._scheduler.cancel(self._now, request, identity.user, admin=identity.may("admin"))
+        )
+        return {}
+
+    @ct.Release.responder
+    def release(self, lease: str) -> dict[str, Any]:
+        identity = self._require("client")
+        self._apply(self._scheduler.release(self._now, lease, identity.user))
+        return {}
+
+    @ct.ListDevices.responder
+    def list_devices(self, after: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        limit = _page_limit(limit)
+        names = sorted(n for n in self._scheduler.devices if after is None or n > after)
+        now = self._now
+        page = [device_row(self._scheduler.devices[n], now) for n in names[:limit]]
+        return {"devices": page, "more": len(names) > limit}
+
+    @ct.ListQueues.responder
+    def list_queues(self, after: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        limit = _page_limit(limit)
+        keys = [k for k in self._scheduler.keys() if after is None or k > after]
+        page = [queue_row(self._scheduler, k) for k in keys[:limit]]
+        return {"queues": page, "more": len(keys) > limit}
+
+    @ct.ListWaiting.responder
+    def list_waiting(
+        self, key: str, start: int | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        limit = _page_limit(limit)
+        start = max(0, start or 0)
+        if key not in self._scheduler.keys():
+            raise NoSuchKey(f"No device or request of key {key} is known to this tracker.")
+        order = self._scheduler.waiting(key)
+        now = self._now
+        page = [
+            waiting_row(r, start + i, now) for i, r in enumerate(order[start : start + limit])
+        ]
+        return {"waiting": page, "more": len(order) > start + limit}
+
+
+def _page_limit(limit: int | None) -> int:
+    if limit is None:
+        return MAX_PAGE
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"A page holds 1 to {MAX_PAGE} entries, not {limit}.")
+    return limit
