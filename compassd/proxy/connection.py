@@ -27,8 +27,7 @@ from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .. import __version__
-from ..protocol import SUPPORTED_VERSIONS, Hello, choose_version
+from ..protocol import Hello
 from ..protocol import board_tracker as bt
 from ..protocol import proxy as px
 from ..protocol import session as ps
@@ -37,8 +36,8 @@ from ..protocol.errors import (
     CompassError,
     NotAuthorized,
     Unavailable,
-    UnsupportedVersion,
 )
+from ..protocol.hello import Greeting, HelloResponder, software_name
 from ..protocol.peer import CompassPeer
 from ..tls import client_from_string
 from .pairing import Channel
@@ -70,8 +69,12 @@ class TrackerSide(CompassPeer):
         self.board.tracker_lost(reason)
 
 
-class ProxyConnection(CompassPeer):
+class ProxyConnection(HelloResponder):
     """A connection to the proxy: a board's control or data connection, or a client."""
+
+    daemon = "proxy"
+    software = software_name("proxy")
+    roles = frozenset({"board", "client"})
 
     mode: str | None = None
     """C{"board"}, C{"client"} or C{"data"} once the first box has said which."""
@@ -144,34 +147,25 @@ class ProxyConnection(CompassPeer):
             self.greeted = True  # the channel it names is its credential
         return super().locateResponder(name)
 
-    @Hello.responder
-    def hello(self, versions: list[int], role: str, token: str | None = None,
-              user: str | None = None, software: str | None = None
-              ) -> dict[str, Any] | Deferred[dict[str, Any]]:
-        if self.mode is not None:
-            raise BadRequest("This connection already said hello.")
-        version = choose_version(versions)
-        if version is None:
-            raise UnsupportedVersion(
-                f"This proxy speaks protocol versions {list(SUPPORTED_VERSIONS)}; you"
-                f" offered {versions}. Upgrade the older side.")
-        arguments = {"versions": versions, "role": role, "token": token, "user": user,
-                     "software": software}
-        if role == "board":
-            return self._board_hello(arguments)
-        if role == "client":
-            self.mode = "client"
-            self.greeted = True
-            self.client_hello = arguments
-            return {"version": version, "user": user or "", "roles": ["client"],
-                    "software": f"compass-proxy {__version__}"}
-        raise BadRequest(
+    def said_hello(self) -> bool:
+        return self.mode is not None  # a board's hello is said once it reaches the tracker
+
+    def wrong_role(self, role: str) -> CompassError:
+        return BadRequest(
             f"compass-proxy relays boards and their clients; a {role!r} connection has"
             f" nothing to do here: connect to the tracker at {self.proxy.tracker} instead.")
 
+    def welcome(self, greeting: Greeting) -> dict[str, Any] | Deferred[dict[str, Any]]:
+        """A client is answered here; a board's hello is the tracker's to answer."""
+        if greeting.role == "board":
+            return self._board_hello(greeting)
+        self.mode = "client"
+        self.client_hello = greeting.arguments()
+        return self.welcomed(greeting, greeting.user or "", ["client"])
+
     # --- a board's control connection ------------------------------------------------
 
-    def _board_hello(self, arguments: dict[str, Any]) -> Deferred[dict[str, Any]]:
+    def _board_hello(self, greeting: Greeting) -> Deferred[dict[str, Any]]:
         self.mode = "board"
         where = self.proxy.tracker
         try:
@@ -193,13 +187,13 @@ class ProxyConnection(CompassPeer):
                 tracker.drop()
                 raise Unavailable("The board went away while the proxy reached the tracker.")
             self.tracker = tracker
-            return tracker.callRemote(Hello, **arguments)
+            return tracker.callRemote(Hello, **greeting.arguments())
 
         def greeted(answer: dict[str, Any]) -> dict[str, Any]:
             self.greeted = True
             log.info("board {who} ({software}) connected; its tracker link is up",
                      who=super(ProxyConnection, self).describe(),
-                     software=arguments.get("software") or "unknown software")
+                     software=greeting.software_text)
             return answer
 
         def refused(failure: Failure) -> Failure:

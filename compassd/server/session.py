@@ -22,9 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .. import __version__
 from ..executor.arena import Arena, Slot, align_up, parse_dtype
-from ..protocol import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, choose_version
 from ..protocol import session as ps
 from ..protocol.errors import (
     BadRequest,
@@ -32,9 +30,8 @@ from ..protocol.errors import (
     RunFailed,
     SessionEnded,
     TensorMismatch,
-    UnsupportedVersion,
 )
-from ..protocol.peer import CompassPeer
+from ..protocol.hello import Greeting, HelloResponder, software_name
 from .board import ActiveSession, BoardService, session_gone
 from .upload import UploadSink, download_chunks
 
@@ -126,9 +123,12 @@ def _connection_gone(failure: Failure, doing: str) -> Failure:
     return failure
 
 
-class SessionConnection(CompassPeer):
+class SessionConnection(HelloResponder):
     """A client of this board: at most one session, opened with a ticket."""
 
+    daemon = "board"
+    software = software_name("server")
+    roles = frozenset({"client"})
     bulk_buffer = 1 << 20
 
     def __init__(self, board: BoardService) -> None:
@@ -197,23 +197,11 @@ class SessionConnection(CompassPeer):
         d.addErrback(_connection_gone, "sending the bytes of a refused command")
         return d.addCallback(lambda _: fail(error))
 
-    # --- hello and opening ---------------------------------------------------------
+    # --- opening -----------------------------------------------------------------
 
-    @Hello.responder
-    def hello(self, versions: list[int], role: str, token: str | None = None,
-              user: str | None = None, software: str | None = None) -> dict[str, Any]:
-        if self.greeted:
-            raise BadRequest("This connection already said hello.")
-        version = choose_version(versions)
-        if version is None:
-            raise UnsupportedVersion(
-                f"This board speaks protocol versions {list(SUPPORTED_VERSIONS)}; you"
-                f" offered {versions}. Upgrade the older side.")
-        if role != "client":
-            raise BadRequest(f"A board serves clients; a {role!r} has nothing to do here.")
-        self.greeted = True
-        return {"version": version, "user": user or "", "roles": ["client"],
-                "software": f"compassd {__version__} server (protocol {PROTOCOL_VERSION})"}
+    def welcome(self, greeting: Greeting) -> dict[str, Any]:
+        """A board takes any client: the ticket in open-session is its credential."""
+        return self.welcomed(greeting, greeting.user or "", ["client"])
 
     @ps.OpenSession.responder
     def open_session(self, ticket: str, device: str | None = None

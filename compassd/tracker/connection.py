@@ -17,18 +17,10 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from .. import __version__
 from ..protocol import (
-    PROTOCOL_VERSION,
-    SUPPORTED_VERSIONS,
-    BadRequest,
-    Hello,
     NotAuthorized,
-    UnsupportedVersion,
-    choose_version,
 )
-from ..protocol.limits import check_text
-from ..protocol.peer import CompassPeer
+from ..protocol.hello import Greeting, HelloResponder, software_name
 from ..tls import certificate_subject, peer_certificate, verified_by
 from .access import ALIASES, Identity
 from .records import Effect
@@ -40,13 +32,16 @@ if TYPE_CHECKING:
 log = Logger(namespace="compass.tracker")
 
 
-class TrackerPeer(CompassPeer):
+class TrackerPeer(HelloResponder):
     """One connection to the tracker: who it is, its idle timer, its audited refusals.
 
     Its owner identity in the scheduler is itself. The responders live by role in
     L{compassd.tracker.clients}, L{compassd.tracker.boards} and L{compassd.tracker.admin};
     L{compassd.tracker.service.TrackerConnection} puts them together.
     """
+
+    daemon = "tracker"
+    software = software_name("tracker")
 
     def __init__(self, tracker: TrackerService) -> None:
         super().__init__()
@@ -160,27 +155,12 @@ class TrackerPeer(CompassPeer):
 
     # --- hello ------------------------------------------------------------------------
 
-    @Hello.responder
-    def hello(
-        self,
-        versions: list[int],
-        role: str,
-        token: str | None = None,
-        user: str | None = None,
-        software: str | None = None,
-    ) -> dict[str, Any]:
-        if self.greeted:
-            raise BadRequest("This connection already said hello.")
-        role = ALIASES.get(role, role)
-        software = check_text("software", software or "unknown software")
-        version = choose_version(versions)
-        if version is None:
-            raise UnsupportedVersion(
-                f"This tracker speaks protocol versions {list(SUPPORTED_VERSIONS)};"
-                f" you offered {versions}. Upgrade the older side."
-            )
+    def welcome(self, greeting: Greeting) -> dict[str, Any]:
+        """Who the caller is, by its token (L{Access.identify}), and its certificate for a
+        board when the tracker has a board CA; then start its idle timer."""
+        role = ALIASES.get(greeting.role, greeting.role)
         try:
-            identity = self.tracker.access.identify(token, user, role)
+            identity = self.tracker.access.identify(greeting.token, greeting.user, role)
             if role == "board" and self.tracker.board_ca is not None:
                 self._check_board_certificate(identity)
         except NotAuthorized as e:
@@ -189,7 +169,7 @@ class TrackerPeer(CompassPeer):
                 why=str(e),
             )
             raise
-        self.identity, self.role, self.greeted = identity, role, True
+        self.identity, self.role = identity, role
         self.tracker.record("hello", user=identity.user, peer=self.describe(), role=role)
         if role == "board":
             self._idle = self.tracker.reactor.callLater(
@@ -204,15 +184,10 @@ class TrackerPeer(CompassPeer):
             role=role,
             user=identity.user,
             peer=self.describe(),
-            software=software,
-            version=version,
+            software=greeting.software_text,
+            version=greeting.version,
         )
-        return {
-            "version": version,
-            "user": identity.user,
-            "roles": sorted(identity.roles),
-            "software": f"compassd {__version__} tracker (protocol {PROTOCOL_VERSION})",
-        }
+        return self.welcomed(greeting, identity.user, identity.roles)
 
     def _check_board_certificate(self, identity: Identity) -> None:
         ca = self.tracker.board_ca
