@@ -116,7 +116,8 @@ def test_no_shared_version_is_refused_naming_both_sides_and_the_connection_stays
     assert f"you offered [{PROTOCOL_VERSION + 1}]" in text
     assert server.greetings == [] and not server.greeted
     assert error(call(pump, client, Ping), HelloRequired)
-    assert call(pump, client, Hello, versions=[PROTOCOL_VERSION], role="client")["user"] == "anonymous"
+    answer = call(pump, client, Hello, versions=[PROTOCOL_VERSION], role="client")
+    assert answer["user"] == "anonymous"
 
 
 def test_a_role_the_daemon_does_not_serve_is_refused_before_welcome_is_asked() -> None:
