@@ -30,6 +30,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from ._twisted_private import systemd_sockets
+
 log = Logger(namespace="compass.systemd")
 
 HANG_AFTER = "COMPASS_TEST_HANG_AFTER"
@@ -100,12 +102,7 @@ def inherited_sockets(environ: Mapping[str, str] | None = None) -> int:
     is first imported, keeping what it found for its C{systemd:} endpoints, so that record
     is asked first; the environment is read when Twisted has not looked yet.
     """
-    try:
-        from twisted.internet.endpoints import _SystemdParser
-
-        found = len(list(_SystemdParser._sddaemon.inheritedDescriptors()))
-    except Exception:  # a private detail of Twisted: tolerate its absence
-        found = 0
+    found = systemd_sockets()
     if found:
         return found
     env = os.environ if environ is None else environ

@@ -47,6 +47,7 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import classImplements
 
+from ._twisted_private import replace_ssl_options
 from .listening import Listener
 from .protocol.errors import CompassError
 
@@ -250,15 +251,15 @@ def ask_client_certificates(reactor: Any, description: str,
     another CA fails the handshake; one without a certificate connects)."""
     endpoint = serverFromString(reactor, description)
     if isinstance(endpoint, SSL4ServerEndpoint):
-        old = endpoint._sslContextFactory
-        endpoint._sslContextFactory = ssl.CertificateOptions(
+        authority = load_ca(ca).original
+        replace_ssl_options(endpoint, lambda old: ssl.CertificateOptions(
             privateKey=old.privateKey,
             certificate=old.certificate,
             extraCertChain=old.extraCertChain,
             verify=True,
-            caCerts=[load_ca(ca).original],
+            caCerts=[authority],
             requireCertificate=False,
-        )
+        ))
     return endpoint
 
 

@@ -29,6 +29,14 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from .._twisted_private import (
+    ResponderSerialization,
+    has_unwritten,
+    python_name,
+    send_box,
+    stdio_writer,
+    take_unparsed,
+)
 from ._command import Hello
 from .errors import BadRequest, HelloRequired, InternalError
 
@@ -48,8 +56,7 @@ class _Schema:
     __slots__ = ("fields", "names", "required")
 
     def __init__(self, arglist: list[tuple[bytes, amp.Argument]]) -> None:
-        to_name = amp._wireNameToPythonIdentifier
-        self.fields = [(wire, to_name(wire), _fast(arg)) for wire, arg in arglist]
+        self.fields = [(wire, python_name(wire), _fast(arg)) for wire, arg in arglist]
         self.names = frozenset(name for _, name, _ in self.fields)
         self.required = frozenset(name for _, name, arg in self.fields if not arg.optional)
 
@@ -243,7 +250,7 @@ def _descriptor(transport: Any) -> Any:
         writer = getattr(transport, "write_descriptor", None)
         if writer is not None:
             return writer()
-        inner = getattr(transport, "_writer", None)  # StandardIO's pipe
+        inner = stdio_writer(transport)
         transport = inner if inner is not None else getattr(transport, "transport", None)
     return None
 
@@ -272,7 +279,7 @@ class writes_batched:
 _BATCHED = writes_batched()
 
 
-class CompassPeer(amp.AMP):
+class CompassPeer(ResponderSerialization):
     """An AMP connection with compassd's hello gate and error discipline."""
 
     _peer = "a peer"
@@ -318,8 +325,10 @@ class CompassPeer(amp.AMP):
             super().dataReceived(data)
             # A box just parsed may have started a raw run; the bytes after it are parked
             # in the parser's buffer until we hand them over.
-            while self._raw is not None and self._unprocessed:
-                pending, self._unprocessed = self._unprocessed, b""
+            while self._raw is not None:
+                pending = take_unparsed(self)
+                if not pending:
+                    break
                 rest = self._feed_raw(pending)
                 if rest:
                     super().dataReceived(rest)
@@ -342,8 +351,7 @@ class CompassPeer(amp.AMP):
         is left for the reactor's own write attempt, which closes the connection."""
         d = _descriptor(self.transport)
         if d is None or not d.connected or d.disconnecting or d.producer is not None \
-                or getattr(d, "_writeDisconnecting", False) \
-                or not (d.dataBuffer or getattr(d, "_tempDataBuffer", None)):
+                or not has_unwritten(d):
             return
         try:
             d.doWrite()
@@ -428,20 +436,21 @@ class CompassPeer(amp.AMP):
             )
         box = arguments.encode(kw, commandType.commandType(), self)
         if not commandType.requiresAnswer:
-            self._sendBoxCommand(commandType.commandName, box, False)
+            send_box(self, commandType.commandName, box, False)
             return None
-        d = self._sendBoxCommand(commandType.commandName, box, True)
+        d = send_box(self, commandType.commandName, box, True)
+        assert d is not None
         d.addCallback(response.decode, self)
         d.addErrback(_massage_error, commandType)
         return d
 
-    def _wrapWithSerialization(
+    def serialize_responder(
         self, aCallable: Callable[..., Any], command: type[amp.Command]
-    ) -> Callable[[amp.AmpBox], Deferred[Any]]:
+    ) -> Callable[[amp.AmpBox], Deferred[Any]] | None:
         arguments = _schema(command, "arguments")
         response = _schema(command, "response")
         if arguments is None or response is None:
-            return super()._wrapWithSerialization(aCallable, command)
+            return None
 
         spec: Any = command
 

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .. import __version__
+from .._twisted_private import forget_lost_notification
 from ..protocol import SUPPORTED_VERSIONS, Hello
 from ..protocol import board_tracker as bt
 from ..protocol import proxy as px
@@ -217,8 +218,7 @@ class TrackerLink(service.Service):
             # ClientService counts this attempt as failed already and has no transition
             # for the later loss of its connection (a NoTransition traceback in the log,
             # e.g. when the server stops mid-registration): keep that loss from it.
-            if hasattr(protocol, "_lostNotification"):
-                protocol._lostNotification = lambda reason: None
+            forget_lost_notification(protocol)
             protocol.drop()
             return failure
 
