@@ -106,7 +106,27 @@ def forget_lost_notification(protocol: Any) -> None:
         protocol._lostNotification = lambda reason: None
 
 
-# --- endpoints ------------------------------------------------------------------------
+# --- TLS and endpoints ------------------------------------------------------------------------
+
+
+def hostname_verify_callback(options: Any, connection: Any
+                             ) -> Callable[[Any, Any, int, int, int], Any] | None:
+    """The verify callback with which Twisted's client TLS C{options} check the peer's
+    name on C{connection}, or None where Twisted checks it elsewhere.
+
+    Why private: Twisted 24 and later check the name in a per-connection verify callback
+    (C{_sslverify._verifyCB}, fed the options' C{_hostnameIsDnsName} and
+    C{_hostnameASCII}); a creator that sets its own verify callback to note OpenSSL's
+    error must call it, and no public API returns it. On 22.4 the check is an info
+    callback on the context, which a verify callback leaves in place: None."""
+    from twisted.internet import _sslverify
+
+    make = getattr(_sslverify, "_verifyCB", None)
+    if make is None:
+        return None
+    check: Callable[[Any, Any, int, int, int], Any] = make(
+        connection, options._hostnameIsDnsName, options._hostnameASCII)
+    return check
 
 
 def replace_ssl_options(endpoint: SSL4ServerEndpoint,

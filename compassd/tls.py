@@ -47,7 +47,7 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import classImplements
 
-from ._twisted_private import replace_ssl_options
+from ._twisted_private import hostname_verify_callback, replace_ssl_options
 from .listening import Listener
 from .protocol.errors import CompassError
 
@@ -123,16 +123,8 @@ class VerifyingCreator:
     def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
         self.verify_error = None
         connection = self._options.clientConnectionForTLS(tlsProtocol)
-        # Twisted 24+ checks the peer's name in a per-connection verify callback (on
-        # 22.4 it is an info callback on the context, and the verify callback only
-        # passes OpenSSL's verdict on): keep Twisted's check and note OpenSSL's error.
-        from twisted.internet import _sslverify
-
-        make = getattr(_sslverify, "_verifyCB", None)
-        twisted_check = None
-        if make is not None:
-            twisted_check = make(tlsProtocol, self._options._hostnameIsDnsName,
-                                 self._options._hostnameASCII)
+        # Keep Twisted's own check of the peer's name and note OpenSSL's error.
+        twisted_check = hostname_verify_callback(self._options, tlsProtocol)
 
         def record(conn: Any, certificate: Any, errno: int, depth: int, ok: int) -> bool:
             if not ok and self.verify_error is None:

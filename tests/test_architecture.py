@@ -262,3 +262,68 @@ def test_the_rule_refuses(source: str, target: str) -> None:
 ])
 def test_the_rule_allows(source: str, target: str) -> None:
     assert allowed(source, target)
+
+
+# --- Twisted's private names: in one module only ---------------------------------------
+
+PRIVATE_HOME = "compassd._twisted_private"
+
+TWISTED_PRIVATE_ATTRIBUTES = {
+    "_wireNameToPythonIdentifier", "_sendBoxCommand", "_wrapWithSerialization",
+    "_unprocessed", "_tempDataBuffer", "_writeDisconnecting", "_writer",
+    "_lostNotification", "_sslContextFactory", "_sddaemon", "_SystemdParser",
+    "_sslverify", "_verifyCB", "_hostnameIsDnsName", "_hostnameASCII",
+}
+"""The private names compassd._twisted_private uses: nobody else may name them."""
+
+
+def private_twisted_uses(path: Path) -> Iterator[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    twisted_names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "twisted":
+            for alias in node.names:
+                if alias.name.startswith("_"):
+                    yield node.lineno, f"from {node.module} import {alias.name}"
+                twisted_names.add(alias.asname or alias.name)
+            if any(part.startswith("_") for part in (node.module or "").split(".")):
+                yield node.lineno, f"from {node.module} import ..."
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "twisted":
+                    twisted_names.add(alias.asname or alias.name.split(".")[0])
+                    if any(part.startswith("_") for part in alias.name.split(".")):
+                        yield node.lineno, f"import {alias.name}"
+    for node in ast.walk(tree):
+        name = None
+        if isinstance(node, ast.Attribute):
+            name = node.attr
+            owner = node.value
+            if isinstance(owner, ast.Name) and owner.id in twisted_names \
+                    and name.startswith("_") and not name.startswith("__"):
+                yield node.lineno, f"{owner.id}.{name}"
+                continue
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            name = node.name
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            name = node.value
+        if name in TWISTED_PRIVATE_ATTRIBUTES:
+            yield node.lineno, name
+
+
+def test_only_one_module_uses_twisteds_private_names() -> None:
+    wrong = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}: {what}"
+        for module, path in MODULES.items()
+        if path.suffix == ".py" and module != PRIVATE_HOME
+        for line, what in private_twisted_uses(path)
+    ]
+    assert wrong == [], (
+        "Twisted's private names outside compassd/_twisted_private.py (move them there,"
+        " with why and a test in tests/test_twisted_private.py):\n" + "\n".join(wrong))
+
+
+def test_the_private_names_check_sees_the_home_module() -> None:
+    found = {what for _, what in private_twisted_uses(MODULES[PRIVATE_HOME])}
+    assert "amp._wireNameToPythonIdentifier" in found
+    assert {"_sendBoxCommand", "_wrapWithSerialization", "_sslContextFactory"} <= found

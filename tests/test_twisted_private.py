@@ -198,3 +198,17 @@ def test_systemd_sockets_reads_twisteds_record_of_what_systemd_passed() -> None:
     found = done.stdout.split()[0]
     assert found == "2", done.stdout + done.stderr
     assert private.systemd_sockets() == 0
+
+
+def test_hostname_verify_callback_is_twisteds_name_check_where_it_has_one() -> None:
+    """Twisted 24 and later check the peer's name in a verify callback compassd must keep
+    (test_tls shows a wrong name refused end to end); 22.4 checks it elsewhere."""
+    from twisted.internet.ssl import optionsForClientTLS
+
+    from twisted import version
+
+    check = private.hostname_verify_callback(optionsForClientTLS("example.com"), object())
+    if version.major >= 24:
+        assert callable(check)
+    else:
+        assert check is None

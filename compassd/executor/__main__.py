@@ -291,9 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     flush_c_stdio()
 
     from twisted.internet import reactor as _reactor
-    from twisted.internet._posixstdio import StandardIO
+    from twisted.internet import stdio
 
     reactor: Any = _reactor
+    StandardIO: Any = stdio.StandardIO  # mypy reads the Windows one, without stdin/stdout
 
     status = [0]
 
