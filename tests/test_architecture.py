@@ -86,15 +86,6 @@ DOWN_FROM_TAPS = {
 CORE_MAY_IMPORT = {"compassd", "compassd.errors"}
 """The shared pieces the core may use: they import no Twisted."""
 
-PENDING = {
-    ("compassd.server.tap", "compassd.client"): "compassd/addresses.py",
-    ("compassd.proxy.tap", "compassd.server.tap"): "compassd/addresses.py",
-    ("compassd.client", "compassd.executor"): "compassd/tensors.py",
-}
-"""Imports that break the rule and are being moved: each is allowed only until the named
-file (the shared piece that replaces it) exists, so the rule tightens by itself."""
-
-
 def modules() -> dict[str, Path]:
     found = {}
     for path in sorted(PACKAGE.rglob("*.py")) + sorted(PACKAGE.rglob("*.pyi")):
@@ -172,9 +163,6 @@ def allowed(source: str, target: str) -> bool:
     assert here is not None and there is not None
     if group(source) == group(target) or here == there == SHARED:
         return True
-    for (a, b), needs in PENDING.items():
-        if within(source, a) and within(target, b) and not (PACKAGE.parent / needs).exists():
-            return True
     if here == CORE:
         return there == CORE or target in CORE_MAY_IMPORT
     if source in DOWN_FROM_TAPS and there == SERVICES:
