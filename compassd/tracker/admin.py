@@ -17,18 +17,19 @@ class AdminResponders(TrackerPeer):
 
     @ct.Drain.responder
     def drain(self, device: str) -> dict[str, Any]:
-        identity = self._require("admin")
-        log.info("admin {user} drains {device}", user=identity.user, device=device)
-        self.tracker.record("drain", user=identity.user, device=device)
-        self._apply(self._scheduler.set_draining(self._now, device, True))
-        return {}
+        return self._set_draining(device, True)
 
     @ct.Undrain.responder
     def undrain(self, device: str) -> dict[str, Any]:
+        return self._set_draining(device, False)
+
+    def _set_draining(self, device: str, draining: bool) -> dict[str, Any]:
         identity = self._require("admin")
-        log.info("admin {user} undrains {device}", user=identity.user, device=device)
-        self.tracker.record("undrain", user=identity.user, device=device)
-        self._apply(self._scheduler.set_draining(self._now, device, False))
+        event = "drain" if draining else "undrain"
+        log.info("admin {user} {event}s {device}", user=identity.user, event=event,
+                 device=device)
+        self.tracker.record(event, user=identity.user, device=device)
+        self._apply(self._scheduler.set_draining(self._now, device, draining))
         return {}
 
     @ct.Kick.responder
