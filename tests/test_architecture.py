@@ -57,6 +57,7 @@ LAYERS = {
     "compassd.tls": SHARED,
     "compassd.listening": SHARED,
     "compassd.systemd": SHARED,
+    "compassd.metrics": SHARED,
     "compassd._twisted_private": SHARED,
 }
 """The layer of each module, by the longest prefix that names it."""
