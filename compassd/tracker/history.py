@@ -19,7 +19,7 @@ from typing import Protocol
 
 import attrs
 
-from .scheduler import Effect, Granted, LeaseEnded
+from .records import Effect, Granted, LeaseEnded
 
 DAY = 86400.0
 WEEK = 7 * DAY

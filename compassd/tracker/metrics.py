@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ..metrics import new_registry
-from .scheduler import (
+from .records import (
     DeviceChanged,
     DeviceState,
     Effect,
@@ -29,8 +29,8 @@ from .scheduler import (
     LeaseOutcome,
     RequestEnded,
     RequestOutcome,
-    Scheduler,
 )
+from .scheduler import Scheduler
 
 NO_KEY = "(none)"
 """The key label of requests for keys no device was ever registered under."""

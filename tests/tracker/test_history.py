@@ -12,7 +12,8 @@ from compassd.tracker.history import (
     percentile,
     summarise,
 )
-from compassd.tracker.scheduler import Policy, Scheduler
+from compassd.tracker.records import Policy
+from compassd.tracker.scheduler import Scheduler
 
 
 def test_percentile_is_the_nearest_rank() -> None:

@@ -7,7 +7,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from compassd.tracker.metrics import NO_KEY, TrackerMetrics, connection_counts
-from compassd.tracker.scheduler import Policy, Scheduler
+from compassd.tracker.records import Policy
+from compassd.tracker.scheduler import Scheduler
 
 
 def values(metrics: TrackerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

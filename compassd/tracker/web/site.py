@@ -27,7 +27,7 @@ from ...protocol.errors import BadRequest, NoSuchDevice, NoSuchLease, NotAuthori
 from ...protocol.limits import check_text
 from ..access import Identity
 from ..history import DAY, WEEK, HistorySource, summarise
-from ..scheduler import Effect
+from ..records import Effect
 from ..service import TrackerService
 from . import page
 from .feed import LiveFeed

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..listing import device_row, queue_row
-from ..scheduler import Device, DeviceChanged, DeviceState, Effect, Request, Scheduler
+from ..records import Device, DeviceChanged, DeviceState, Effect, Request
+from ..scheduler import Scheduler
 
 WAITING_SHOWN = 100
 """Waiting requests shown per key (the rest are counted)."""

@@ -11,7 +11,8 @@ from twisted.internet.testing import MemoryReactorClock
 
 from compassd.tracker.access import Access, Identity, hash_token
 from compassd.tracker.history import MemoryHistory
-from compassd.tracker.scheduler import Effect, Policy, Scheduler
+from compassd.tracker.records import Effect, Policy
+from compassd.tracker.scheduler import Scheduler
 from compassd.tracker.service import TrackerService
 from compassd.tracker.web import Dashboard
 from tests.httpmemory import Exchange, request
