@@ -7,8 +7,10 @@ L{Listener.ready} fires once the port is bound so readiness can wait for it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -38,9 +40,67 @@ def describe_address(address: Any) -> str:
     return f"unix {name!r}" if name is not None else str(address)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether C{host} (an IP address) is a loopback address (127.0.0.0/8, ::1, or
+    127.x mapped into IPv6); names and the wildcard addresses are not."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def _fields(endpoint: str) -> list[str]:
+    """An endpoint string split at its unescaped colons, escapes removed."""
+    fields, current, escaped = [], "", False
+    for char in endpoint:
+        if escaped:
+            current, escaped = current + char, False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append(current)
+            current = ""
+        else:
+            current += char
+    return [*fields, current]
+
+
+def endpoint_scope(endpoint: str) -> str:
+    """Who can reach a server endpoint string: C{"loopback"} (a loopback interface),
+    C{"local"} (a UNIX socket: this host only), C{"network"} (any other interface,
+    including the default of all interfaces) or C{"unknown"} (C{systemd:} sockets, whose
+    address is known only once bound, and endpoint types this does not know)."""
+    kind, *rest = _fields(endpoint)
+    kind = kind.lower()
+    if kind in ("unix", "systemd"):
+        return "local" if kind == "unix" else "unknown"
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return "unknown"
+    positional = [field for field in rest if "=" not in field]
+    named = dict(field.split("=", 1) for field in rest if "=" in field)
+    interface = named.get("interface", positional[1] if len(positional) > 1 else "")
+    return "loopback" if is_loopback(interface) else "network"
+
+
+def bound_scope(address: Any) -> str:
+    """L{endpoint_scope}'s answer for an address a port is bound to."""
+    host = getattr(address, "host", None)
+    if host is None:
+        return "local" if getattr(address, "name", None) is not None else "unknown"
+    return "loopback" if is_loopback(host) else "network"
+
+
 @attrs.define(eq=False)
 class Listener(service.Service):
-    """Listen on one endpoint string for as long as the service runs."""
+    """Listen on one endpoint string for as long as the service runs.
+
+    C{check}, if given, is asked about the address once the port is bound (for
+    endpoints such as C{systemd:}, whose address is not in the string): a sentence back
+    means this address must not be served, and the daemon stops as if the listen had
+    failed.
+    """
 
     reactor: Any
     what: str
@@ -48,6 +108,7 @@ class Listener(service.Service):
     factory: Factory
     port: IListeningPort | None = None
     ready: Deferred[IListeningPort] = attrs.Factory(Deferred)
+    check: Callable[[Any], str | None] | None = None
 
     def __attrs_post_init__(self) -> None:
         service.Service.__init__(self)
@@ -62,6 +123,11 @@ class Listener(service.Service):
         listening.addCallbacks(self._listening, self._failed)
 
     def _listening(self, port: IListeningPort) -> None:
+        refusal = self.check(port.getHost()) if self.check is not None else None
+        if refusal is not None:
+            port.stopListening()
+            self._failed(Failure(RefusedAddress(refusal)))
+            return
         self.port = port
         log.info(
             "{what} listening on {address}",
@@ -97,6 +163,11 @@ class Listener(service.Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
+
+
+class RefusedAddress(Exception):
+    """A port was bound to an address its daemon must not serve; the message says why
+    and what to do."""
 
 
 def _exit_failed() -> None:

@@ -23,3 +23,23 @@ def test_a_port_in_use_stops_the_daemon_with_a_sentence_and_status_1() -> None:
     assert result.returncode == 1, result.stdout
     assert f"compass-tracker cannot listen on tcp:{port}:interface=127.0.0.1" in result.stdout
     assert "Address already in use" in result.stdout
+
+
+def test_endpoint_scope_tells_loopback_from_network_and_unknown() -> None:
+    from compassd.listening import endpoint_scope, is_loopback
+
+    cases = {
+        "tcp:9190": "network", "tcp:9190:interface=0.0.0.0": "network",
+        "tcp:9190:interface=127.0.0.1": "loopback", "tcp:9190:interface=127.9.9.9": "loopback",
+        "tcp:port=9190:interface=127.0.0.1": "loopback",
+        "tcp:9190:127.0.0.1": "loopback",  # interface as the second positional
+        "TCP:9190:interface=10.1.2.3": "network",
+        "tcp6:9190:interface=\\:\\:1": "loopback", "tcp6:9190": "network",
+        "ssl:9190:privateKey=k:certKey=c:interface=127.0.0.1": "loopback",
+        "ssl:9190:privateKey=k:certKey=c": "network",
+        "unix:/run/compass.sock": "local",
+        "systemd:domain=INET:index=0": "unknown", "le:/certs:tcp:443": "unknown",
+    }
+    assert {endpoint: endpoint_scope(endpoint) for endpoint in cases} == cases
+    assert is_loopback("::ffff:127.0.0.1") and is_loopback("[::1]")
+    assert not is_loopback("localhost") and not is_loopback("") and not is_loopback("::")

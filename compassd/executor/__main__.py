@@ -164,6 +164,7 @@ class ExecutorServer(CompassPeer):
                 pass
         self.arena = mapped
         self.workdir = real
+        self.backend.session_dir = real
         self.session = session
         return {}
 

@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 
 from ..protocol.errors import ModelRejected, RunFailed, TensorMismatch
 from ..tensors import shape_fits, shape_text
+from .external_data import check_external_data
 from .manifest import Manifest, ManifestError, TensorSpec, bind, load_manifest, manifest_path_for
 
 
@@ -121,6 +122,9 @@ class Backend(abc.ABC):
 
     def __init__(self) -> None:
         self.models: dict[str, LoadedModel] = {}
+        self.session_dir: str | None = None
+        """The directory every file a model reads must be inside (the executor sets it
+        when it attaches to a session); None: the model file's own directory."""
 
     @abc.abstractmethod
     def info(self) -> list[str]:
@@ -453,6 +457,7 @@ class OnnxBackend(Backend):
         key = path if name is None else name
         if self._ort is None:
             raise ModelRejected(f"The onnx backend cannot load models: {self._import_error}.")
+        check_external_data(path, self.session_dir or os.path.dirname(path), key)
         options = self._ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads

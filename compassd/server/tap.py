@@ -64,7 +64,10 @@ class Options(usage.Options):
          " /var/lib/compass-server/KEY). Leftover session directories there are removed"
          " at start."],
         ["token-file", None, None,
-         "File holding this board's token for the tracker (first line)."],
+         "File holding this board's token for the tracker (its first line that is not a"
+         " # comment). Default: the systemd credential board.token"
+         " ($CREDENTIALS_DIRECTORY/board.token, from LoadCredential=) if there is one,"
+         " else none. Never pass a token on the command line: ps shows it."],
         ["max-upload", None, "4G",
          "Most bytes a session may store (K, M, G suffixes).", _size],
         ["run-timeout", None, 300.0,
@@ -131,15 +134,28 @@ class Options(usage.Options):
             state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
             self["workdir"] = state or f"/var/lib/compass-server/{self['key']}"
         self["token"] = None
+        credential = Path(os.environ.get("CREDENTIALS_DIRECTORY") or "/nonexistent",
+                          "board.token")
+        explicit = bool(self["token-file"])
+        if not explicit and credential.is_file():
+            self["token-file"] = str(credential)
         if self["token-file"]:
             try:
-                lines = Path(self["token-file"]).read_text().split()
-            except OSError as e:
+                text = Path(self["token-file"]).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                why = getattr(e, "strerror", None) or str(e)
                 raise usage.UsageError(
-                    f"Cannot read --token-file {self['token-file']}: {e.strerror}.") from e
-            if not lines:
-                raise usage.UsageError(f"--token-file {self['token-file']} is empty.")
-            self["token"] = lines[0]
+                    f"Cannot read --token-file {self['token-file']}: {why}.") from e
+            words = [line.split()[0] for line in text.splitlines()
+                     if line.strip() and not line.lstrip().startswith("#")]
+            if words:
+                self["token"] = words[0]
+            elif explicit:
+                raise usage.UsageError(
+                    f"--token-file {self['token-file']} holds no token (only blank lines"
+                    " and comments): put this board's token there (on the tracker's host:"
+                    " compass token NAME --roles board), or leave --token-file out for a"
+                    " tracker without tokens.")
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:

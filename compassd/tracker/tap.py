@@ -56,8 +56,9 @@ class Options(usage.Options):
     optParameters = [
         ["tokens", None, None,
          "Tokens file (sha256:HASH user=NAME roles=client,board,admin keys=PATTERNS per"
-         " line). Without it the tracker is open to anyone who can connect: bind it to"
-         " loopback then."],
+         " line; `compass token` makes entries). Without it anyone who can connect may"
+         " use and administer the tracker, so it then listens on loopback only (see"
+         " --insecure-no-auth)."],
         ["default-lease", None, 600.0, "Lease length when a request names none.", _seconds],
         ["max-lease", None, 3600.0, "Longest lease any request gets.", _seconds],
         ["claim-timeout", None, 60.0,
@@ -91,6 +92,10 @@ class Options(usage.Options):
     optFlags = [
         ["allow-anonymous", None,
          "With --tokens, also let callers without a token request devices (as users)."],
+        ["insecure-no-auth", None,
+         "Run without --tokens on addresses other than loopback: anyone who can connect"
+         " may then use and administer the tracker, register boards and receive other"
+         " people's models. Only for a network you trust completely."],
         ["tvm", None,
          "Also speak Apache TVM's (unauthenticated) tracker protocol on every --listen"
          " port, so unmodified TVM servers, clients and tools can use this tracker. Off"
@@ -138,8 +143,22 @@ class Options(usage.Options):
             raise usage.UsageError(f"--key-max-lease {value}: {e}.") from e
 
     def postOptions(self) -> None:
+        if self["tokens"] and self["insecure-no-auth"]:
+            raise usage.UsageError(
+                "--insecure-no-auth runs the tracker without a tokens file; it makes no"
+                " sense with --tokens: leave one of them out.")
         if not self["listen"]:
-            self["listen"] = default_listen("tcp:9190")
+            self["listen"] = default_listen(
+                "tcp:9190" if self["tokens"] else "tcp:9190:interface=127.0.0.1")
+        if not self["tokens"] and not self["insecure-no-auth"]:
+            from ..listening import endpoint_scope
+
+            for endpoint in self["listen"]:
+                # systemd: sockets are checked once bound (makeService)
+                scope = endpoint_scope(endpoint)
+                if scope == "network" or (scope == "unknown"
+                                          and not endpoint.startswith("systemd:")):
+                    raise usage.UsageError(open_tracker_refused(f"--listen {endpoint}"))
         if self["default-lease"] > self["max-lease"]:
             raise usage.UsageError(
                 f"--default-lease ({self['default-lease']:g} s) is longer than --max-lease"
@@ -164,6 +183,17 @@ class Options(usage.Options):
                              ("hello-timeout", _optional_seconds)):
             if isinstance(self[name], (int, float)) and not isinstance(self[name], bool):
                 self[name] = coerce(str(self[name]))
+
+
+def open_tracker_refused(where: str) -> str:
+    """The sentence a tracker without a tokens file says when asked to serve a network."""
+    return (
+        f"compass-tracker has no --tokens file, so it serves loopback only, but {where}"
+        " is reachable from the network: anyone there could use and administer it,"
+        " register fake boards and receive other people's models. Give it a tokens file"
+        " (--tokens FILE; `compass token` makes its lines), listen on 127.0.0.1, or, on a"
+        " network you trust completely, pass --insecure-no-auth."
+    )
 
 
 def make_tracker(options: Options, reactor: Any) -> TrackerService:
@@ -197,8 +227,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     top = service.MultiService()
     tracker = make_tracker(options, reactor)
     tracker.setServiceParent(top)
-    if options["access"].open:
-        log.warn("no --tokens file: anyone who can connect may use and administer this tracker")
+    if options["access"].open and options["insecure-no-auth"]:
+        log.warn("--insecure-no-auth: no --tokens file, and this tracker may listen beyond"
+                 " loopback: anyone who can connect may use and administer it")
+    elif options["access"].open:
+        log.info("no --tokens file: this tracker serves loopback only, and every local"
+                 " caller may use and administer it")
     tvm = options["tvm"] or bool(options["tvm-listen"])
     if tvm:
         make_tvm = partial(TvmTrackerConnection, tracker)
@@ -217,6 +251,16 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                                                 ca=options["board-ca"]))
         else:
             listeners.append(Listener(reactor, "compass-tracker", endpoint, main))
+    if options["access"].open and not options["insecure-no-auth"]:
+        from ..listening import bound_scope, describe_address
+
+        def loopback_only(address: Any) -> str | None:
+            if bound_scope(address) in ("loopback", "local"):
+                return None
+            return open_tracker_refused(f"the socket {describe_address(address)}")
+
+        for listener in listeners:
+            listener.check = loopback_only
     if tracker.tokens_path or tracker.audit:
         ReloadOnHangup(reactor, tracker).setServiceParent(top)
     for endpoint in options["tvm-listen"]:

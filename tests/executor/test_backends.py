@@ -152,7 +152,7 @@ def test_onnx_backend_runs_a_tiny_model_and_checks_inputs(tmp_path: Path) -> Non
     with pytest.raises(TensorMismatch, match="must be float32"):
         backend.run("add1", [x.astype(np.int32)])
     assert len(backend.benchmark("add1", [x], number=2, repeat=2, warmup=1)) == 2
-    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x01")  # a ModelProto with no graph
     with pytest.raises(ModelRejected, match="ONNX Runtime refused model bad"):
         backend.load(str(tmp_path / "bad.onnx"), name="bad")
 

@@ -96,13 +96,36 @@ def test_every_server_option_is_documented_in_server_conf() -> None:
 
 
 def test_the_config_files_define_the_variables_the_units_expand() -> None:
-    pairs = {"tracker.conf": "COMPASS_TRACKER_ARGS", "proxy.conf": "COMPASS_PROXY_ARGS",
-             "server.conf": "COMPASS_SERVER_ARGS",
-             "server-KEY.conf.example": "COMPASS_BOARD_ARGS"}
-    for conf, variable in pairs.items():
+    pairs = {"tracker.conf": ("COMPASS_TRACKER_ARGS", "--tokens /etc/compassd/tokens"),
+             "proxy.conf": ("COMPASS_PROXY_ARGS", ""),
+             "server.conf": ("COMPASS_SERVER_ARGS", ""),
+             "server-KEY.conf.example": ("COMPASS_BOARD_ARGS", "")}
+    for conf, (variable, value) in pairs.items():
         lines = [line for line in (CONF / conf).read_text().splitlines()
                  if line.startswith(f"{variable}=")]
-        assert lines == [f'{variable}=""'], conf
+        assert lines == [f'{variable}="{value}"'], conf
+
+
+def test_the_packaged_tracker_runs_with_the_tokens_file_the_install_creates() -> None:
+    """The unit's own default is the same as tracker.conf's, so a missing or emptied
+    environment file does not start the tracker open; reload rereads the tokens."""
+    from compassd.tracker.tap import Options
+
+    service = _unit("compass-tracker.service")["Service"]
+    assert service["Environment"] == '"COMPASS_TRACKER_ARGS=--tokens /etc/compassd/tokens"'
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert "/etc/compassd/tokens" in (ROOT / "debian" / "compass-tracker.postrm").read_text()
+    options = Options()
+    with pytest.raises(Exception, match="tokens file /etc/compassd/tokens|Cannot read"):
+        options.parseOptions(["--tokens", "/nonexistent/tokens"])
+
+
+def test_the_board_token_is_a_systemd_credential_never_an_argument() -> None:
+    service = _unit("compass-server@.service")["Service"]
+    assert service["LoadCredential"] == "board.token:/etc/compassd/board.token"
+    for text in (service["ExecStart"], (CONF / "server.conf").read_text(),
+                 (CONF / "server-KEY.conf.example").read_text()):
+        assert "--token " not in text and "--token=" not in text
 
 
 def test_the_debian_packages_ship_the_verified_unit_files() -> None:

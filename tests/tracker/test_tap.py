@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 ALL_OPTIONS = [
     "listen", "tokens", "allow-anonymous", "default-lease", "max-lease", "key-max-lease",
     "claim-timeout", "heartbeat-timeout", "forget-offline", "max-queued-per-user",
-    "position-interval", "tvm", "tvm-listen", "tvm-allow",
+    "position-interval", "tvm", "tvm-listen", "tvm-allow", "insecure-no-auth",
 ]
 
 
@@ -98,7 +98,7 @@ def test_importing_the_dropin_imports_no_compassd_code() -> None:
 
 def test_the_defaults_match_the_documentation() -> None:
     options = parse()
-    assert options["listen"] == ["tcp:9190"]
+    assert options["listen"] == ["tcp:9190:interface=127.0.0.1"]
     assert options["tokens"] is None and options["access"].open
     assert options["default-lease"] == 600.0 and options["max-lease"] == 3600.0
     assert options["claim-timeout"] == 60.0 and options["heartbeat-timeout"] == 15.0
@@ -115,8 +115,9 @@ def test_listen_is_repeatable_and_replaces_the_default() -> None:
 
 
 def test_two_parses_do_not_share_their_lists() -> None:
-    parse("--listen", "tcp:1", "--key-max-lease", "npu=5")
-    assert parse()["listen"] == ["tcp:9190"] and parse()["key-max-lease"] == {}
+    parse("--listen", "tcp:1:interface=127.0.0.1", "--key-max-lease", "npu=5")
+    assert parse()["listen"] == ["tcp:9190:interface=127.0.0.1"]
+    assert parse()["key-max-lease"] == {}
 
 
 def test_durations_counts_and_never() -> None:
@@ -146,6 +147,7 @@ def test_durations_counts_and_never() -> None:
         ["--key-max-lease", "=30"],
         ["--key-max-lease", "npu=0"],
         ["--allow-anonymous"],
+        ["--insecure-no-auth", "--tokens", "/dev/null"],
         ["--tvm-allow", "not-a-network"],
         ["--no-such-option"],
     ],
@@ -163,6 +165,68 @@ def test_a_tokens_file_sets_the_access_rules(tokens_file: Path) -> None:
     assert alice == Identity("alice", frozenset({"client", "admin"}), ("npu-*", "cpu"))
     assert access.identify("secret-b", None, "board").user == "rack1"
     assert parse("--tokens", str(tokens_file), "--allow-anonymous")["access"].allow_anonymous
+
+
+@pytest.mark.parametrize("endpoint", [
+    "tcp:9190", "tcp:9190:interface=0.0.0.0", "tcp:9190:interface=10.0.0.1",
+    "tcp6:9190:interface=\\:\\:", "ssl:9190:privateKey=k.pem:interface=192.0.2.7",
+    "tcp:port=9190:interface=10.0.0.1", "somepluginendpoint:9190",
+])
+def test_without_tokens_a_network_address_is_refused_naming_tokens_and_the_escape_hatch(
+        endpoint: str) -> None:
+    with pytest.raises(usage.UsageError) as refused:
+        parse("--listen", endpoint)
+    sentence = str(refused.value)
+    assert f"--listen {endpoint}" in sentence
+    assert "--tokens" in sentence and "--insecure-no-auth" in sentence
+    assert parse("--listen", endpoint, "--insecure-no-auth")["access"].open
+
+
+@pytest.mark.parametrize("endpoint", [
+    "tcp:9190:interface=127.0.0.1", "tcp:0:interface=127.0.0.2",
+    "tcp6:9190:interface=\\:\\:1", "unix:/run/compass.sock",
+    "ssl:9190:privateKey=k.pem:certKey=c.pem:interface=127.0.0.1",
+])
+def test_without_tokens_loopback_and_unix_sockets_are_served(endpoint: str) -> None:
+    assert parse("--listen", endpoint)["listen"] == [endpoint]
+
+
+def test_with_tokens_the_default_is_every_interface(tokens_file: Path) -> None:
+    options = parse("--tokens", str(tokens_file))
+    assert options["listen"] == ["tcp:9190"]
+    assert parse("--tokens", str(tokens_file), "--listen", "tcp:1")["listen"] == ["tcp:1"]
+
+
+def test_a_socket_from_systemd_on_a_network_address_stops_an_open_tracker(
+        logged: list[str]) -> None:
+    """systemd: sockets name no address; an open tracker checks the one it was given."""
+    from twisted.internet.address import IPv4Address
+
+    class BoundPort:
+        def __init__(self, host: str) -> None:
+            self.host, self.stopped = host, False
+
+        def getHost(self) -> IPv4Address:
+            return IPv4Address("TCP", self.host, 9190)
+
+        def stopListening(self) -> None:
+            self.stopped = True
+
+    for host, refused in (("0.0.0.0", True), ("127.0.0.1", False)):
+        reactor = MemoryReactorClock()
+        reactor.running = True
+        options = parse("--listen", "systemd:domain=INET:index=0")
+        top = tap.makeService(options, reactor=reactor)
+        (listener,) = [s for s in top if isinstance(s, Listener)]
+        failures: list[Any] = []
+        listener.ready.addErrback(failures.append)
+        port = BoundPort(host)
+        listener._listening(port)  # what the endpoint's Deferred does once bound
+        assert port.stopped is refused and bool(failures) is refused
+        assert reactor.hasStopped is refused
+        assert (listener.port is None) is refused
+    assert any("tcp 0.0.0.0:9190 is reachable from the network" in line
+               and "--insecure-no-auth" in line for line in logged)
 
 
 def test_a_broken_tokens_file_is_a_usage_error_naming_the_line(tmp_path: Path) -> None:
@@ -230,7 +294,8 @@ def test_make_service_builds_the_tracker_from_the_options(tokens_file: Path) -> 
 
 def test_make_service_listens_on_every_endpoint_when_started(logged: list[str]) -> None:
     reactor = MemoryReactorClock()
-    options = parse("--listen", "tcp:9190:interface=127.0.0.1", "--listen", "tcp:9191")
+    options = parse("--listen", "tcp:9190:interface=127.0.0.1", "--listen", "tcp:9191",
+                    "--insecure-no-auth")
     top = tap.makeService(options, reactor=reactor)
     listeners = [s for s in top if isinstance(s, Listener)]
     assert [listener.endpoint for listener in listeners] == options["listen"]
@@ -245,7 +310,7 @@ def test_make_service_listens_on_every_endpoint_when_started(logged: list[str]) 
         factory = reactor.tcpServers[0][1]
         assert isinstance(factory.buildProtocol(None), TrackerConnection)
         assert any("compass-tracker listening on" in line for line in logged)
-        assert any("no --tokens file" in line for line in logged)
+        assert any("--insecure-no-auth: no --tokens file" in line for line in logged)
     finally:
         top.stopService()
     assert not _tracker(top).running
@@ -260,14 +325,16 @@ def test_without_tvm_no_tvm_warning_and_with_tvm_listen_an_extra_listener(
     reactor = MemoryReactorClock()
     both = tap.makeService(parse("--tvm-listen", "tcp:9999"), reactor=reactor)
     listeners = [s for s in both if isinstance(s, Listener)]
-    assert [listener.endpoint for listener in listeners] == ["tcp:9190", "tcp:9999"]
+    assert [listener.endpoint for listener in listeners] == [
+        "tcp:9190:interface=127.0.0.1", "tcp:9999"]
     assert any("TVM's tracker protocol is on" in line for line in logged)
 
 
 def test_a_malformed_endpoint_fails_its_listener_with_a_sentence(logged: list[str]) -> None:
     reactor = MemoryReactorClock()
     reactor.running = True
-    top = tap.makeService(parse("--listen", "nonsense:1"), reactor=reactor)
+    top = tap.makeService(parse("--listen", "nonsense:1", "--insecure-no-auth"),
+                          reactor=reactor)
     (listener,) = [s for s in top if isinstance(s, Listener)]
     failures: list[Any] = []
     listener.ready.addErrback(failures.append)
@@ -283,10 +350,11 @@ def test_a_malformed_endpoint_fails_its_listener_with_a_sentence(logged: list[st
 def test_the_plugin_makes_the_same_service_on_a_fake_reactor() -> None:
     plugin = _plugin()
     options = plugin.options()
-    options.parseOptions(["--listen", "tcp:9300"])
+    options.parseOptions(["--listen", "tcp:9300:interface=127.0.0.1"])
     top = plugin.makeService(options, reactor=MemoryReactorClock())
     assert isinstance(_tracker(top), TrackerService)
-    assert [s.endpoint for s in top if isinstance(s, Listener)] == ["tcp:9300"]
+    assert [s.endpoint for s in top if isinstance(s, Listener)] == [
+        "tcp:9300:interface=127.0.0.1"]
 
 
 def test_addresses_are_described_for_logs() -> None:

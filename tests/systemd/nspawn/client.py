@@ -5,12 +5,14 @@
     client.py run              request pool "demo", load a fake-driver model, run it
     client.py hold             keep a session open (running a model) until it ends
 
-Every wait has a deadline; the exit status says whether the check passed.
+Every wait has a deadline; the exit status says whether the check passed. The token
+is COMPASS_TOKEN's (the packages' tracker needs one); without it the client is anonymous.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -23,8 +25,13 @@ from compassd.client import connect_tracker
 TRACKER = ("127.0.0.1", 9190)
 
 
+def connect():  # type: ignore[no-untyped-def]
+    return connect_tracker(*TRACKER, token=os.environ.get("COMPASS_TOKEN") or None,
+                           timeout=10.0)
+
+
 def devices() -> list[dict]:
-    client = connect_tracker(*TRACKER, timeout=10.0)
+    client = connect()
     try:
         return list(client.devices())
     finally:
@@ -53,7 +60,7 @@ def run() -> int:
         model = f"{tmp}/add3.bin"
         write_graph(model, [Tensor(16, "int8")], [Tensor(16, "int8")], behaviour="add",
                     value=3)
-        client = connect_tracker(*TRACKER, timeout=10.0)
+        client = connect()
         try:
             with client.request("demo", wait=60.0) as session:
                 loaded = session.load_model(model)
@@ -72,7 +79,7 @@ def hold(seconds: float = 60.0) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = f"{tmp}/id.bin"
         write_graph(model, [Tensor(4, "int8")], [Tensor(4, "int8")])
-        client = connect_tracker(*TRACKER, timeout=10.0)
+        client = connect()
         lease = client.request("demo", wait=60.0)
         loaded = lease.load_model(model)
         loaded.run(np.zeros(4, dtype=np.int8))

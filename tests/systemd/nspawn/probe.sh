@@ -47,6 +47,41 @@ else
     bad "compass-proxy.service is $(systemctl is-active compass-proxy.service)"; journal compass-proxy.service
 fi
 
+# 1b. the packages made the credentials: the tracker runs with its tokens file, no token
+#     is on any command line, and a caller without a token is refused
+t=$(date +%s.%N)
+modes="$(stat -c '%a %U:%G' /etc/compassd/tokens) $(stat -c '%a %U:%G' /etc/compassd/admin.token) $(stat -c '%a %U:%G' /etc/compassd/board.token)"
+admin_token=$(cat /etc/compassd/admin.token)
+board_token=$(grep -v '^#' /etc/compassd/board.token | head -n 1)
+if [ "$modes" = "640 root:compass-tracker 600 root:root 600 root:root" ] \
+        && [ -n "$admin_token" ] && [ -n "$board_token" ] \
+        && [ "$(grep -c '^sha256:' /etc/compassd/tokens)" = 2 ] \
+        && ps -eo args= | grep -q -- 'compass-tracker --tokens /etc/compassd/tokens'; then
+    ok "install made the tokens file, the admin token and this host's board token ($modes)" "$t"
+else
+    bad "credentials after install: modes '$modes', tokens file: $(cat /etc/compassd/tokens)"
+fi
+t=$(date +%s.%N)
+if COMPASS_TOKEN= python3 client.py devices >/tmp/anonymous.log 2>&1; then
+    bad "an anonymous caller was served by the packaged tracker: $(cat /tmp/anonymous.log)"
+elif grep -q "needs a token" /tmp/anonymous.log; then
+    ok "the packaged tracker refuses a caller without a token" "$t"
+else
+    bad "the anonymous caller failed for another reason: $(tail -3 /tmp/anonymous.log)"
+fi
+# a client token, made as docs/operations.md says
+t=$(date +%s.%N)
+minted=$(compass token probe --roles client --json)
+echo "$minted" | python3 -c 'import json, sys; print(json.load(sys.stdin)["line"])' >>/etc/compassd/tokens
+COMPASS_TOKEN=$(echo "$minted" | python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
+export COMPASS_TOKEN
+systemctl reload compass-tracker.service
+if wait_for 30 python3 client.py devices; then
+    ok "a client token from \`compass token\` works after systemctl reload" "$t"
+else
+    bad "the minted client token is not accepted: $(python3 client.py devices 2>&1 | tail -2)"
+fi
+
 # 2. compass-server@demo: `systemctl start` returns once it listens and is registered
 t=$(date +%s.%N)
 if timeout 90 systemctl start compass-server@demo.service && active compass-server@demo.service \
@@ -54,6 +89,12 @@ if timeout 90 systemctl start compass-server@demo.service && active compass-serv
     ok "compass-server@demo active and registered, status: $(prop compass-server@demo.service StatusText)" "$t"
 else
     bad "compass-server@demo is $(systemctl is-active compass-server@demo.service)"; journal compass-server@demo.service
+fi
+printf '%s\n' "$board_token" "$admin_token" "$COMPASS_TOKEN" >/tmp/secrets
+if ps -eo args= | grep -q -F -f /tmp/secrets; then
+    bad "a token is on a command line: $(ps -eo args= | grep -e twistd3 -e python3)"
+else
+    ok "no token on any command line (the board reads its credential board.token)" "$t"
 fi
 t=$(date +%s.%N)
 if python3 client.py wait-online board-demo; then
@@ -176,7 +217,8 @@ t=$(date +%s.%N)
 timeout 60 systemctl enable compass-server@demo.service 2>/dev/null
 if DEBIAN_FRONTEND=noninteractive timeout 120 apt-get purge -y -q \
         compass-server compass-tracker compass-proxy >/tmp/purge.log 2>&1; then
-    left=$(ls /etc/compassd/*.conf /var/lib/compass-* /lib/systemd/system/compass-* \
+    left=$(ls /etc/compassd/*.conf /etc/compassd/tokens /etc/compassd/*.token \
+               /var/lib/compass-* /lib/systemd/system/compass-* \
                /etc/systemd/system/*/compass-* 2>/dev/null | grep -v -e server-demo.conf -e compass-probe)
     if [ -z "$left" ] && ! pgrep -u compass-server >/dev/null; then
         ok "apt purge removed units, configuration, state and enable links" "$t"
