@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from compassd.tracker.access import hash_token
 from tests.fakedriver.build import build_fake_driver
 from tests.helpers import ROOT, DaemonFailed, daemon_env, daemon_log, stop
 
@@ -133,7 +134,7 @@ CLIENT = textwrap.dedent("""
         print("REACHED-BOARD")
     except OSError as e:
         print("board unreachable:", e)
-    client = connect_tracker("10.77.2.1", 9190)
+    client = connect_tracker("10.77.2.1", 9190, sys.argv[2])
     with client.request("demo", wait=30) as lease:
         print("ADDRESS", lease.address)
         (y,) = lease.load_model(model).run(np.arange(64, dtype=np.int8))
@@ -165,10 +166,16 @@ def test_a_board_that_reaches_only_the_proxy_serves_a_client_that_never_reaches_
     namespaces: dict[str, str], tmp_path: Path
 ) -> None:
     fake_lib = build_fake_driver()
+    # the tracker listens beyond loopback, so it needs tokens: one for the board, one
+    # for the client
+    tokens, board_token = tmp_path / "tokens", tmp_path / "board.token"
+    tokens.write_text(f"{hash_token('board-secret')} user=rack roles=board\n"
+                      f"{hash_token('client-secret')} user=ann roles=client\n")
+    board_token.write_text("board-secret\n")
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(_start_in(
-            namespaces["hub"], "compass-tracker",
+            namespaces["hub"], "compass-tracker", "--tokens", str(tokens),
             "--listen", f"tcp:{TRACKER_PORT}:interface=10.77.2.1",
             "--listen", f"tcp:{TRACKER_PORT}:interface=127.0.0.1"))
         procs.append(_start_in(
@@ -180,13 +187,14 @@ def test_a_board_that_reaches_only_the_proxy_serves_a_client_that_never_reaches_
             namespaces["board"], "compass-server", "--key", "demo",
             "--tracker", f"10.77.2.1:{TRACKER_PORT}", "--proxy", f"10.77.1.1:{PROXY_PORT}",
             "--backend", "aipu", "--driver", str(fake_lib), "--device", "board-1",
+            "--token-file", str(board_token),
             "--workdir", str(tmp_path / "work")))
         probe = subprocess.run(["ip", "netns", "exec", namespaces["board"], sys.executable,
                                 "-c", BOARD_PROBE], capture_output=True, timeout=DEADLINE)
         assert b"REACHED" not in probe.stdout, probe.stdout.decode()
         client = subprocess.run(
             ["ip", "netns", "exec", namespaces["client"], sys.executable, "-c", CLIENT,
-             str(tmp_path / "add3.bin")],
+             str(tmp_path / "add3.bin"), "client-secret"],
             capture_output=True, timeout=DEADLINE * 2, env=daemon_env(),
             cwd=str(Path(__file__).resolve().parents[2]))
         out = client.stdout.decode() + client.stderr.decode()
