@@ -87,6 +87,19 @@ def _drain(proc: subprocess.Popen[bytes], start: bytes) -> None:
     reader.start()
 
 
+def wait_logged(proc: subprocess.Popen[bytes], text: str, deadline: float = 20.0) -> None:
+    """Wait (at most C{deadline} seconds) until the daemon has logged C{text}, e.g. that
+    a second listener is bound: L{start_twistd} returns once the first one is."""
+    import time
+
+    end = time.monotonic() + deadline
+    while text not in daemon_log(proc):
+        if time.monotonic() > end or proc.poll() is not None:
+            raise DaemonFailed(f"the daemon did not log {text!r} within {deadline:g} s;"
+                               f" its log:\n{daemon_log(proc)}")
+        time.sleep(0.02)
+
+
 def free_port() -> int:
     """A loopback port that was just bound and closed: nothing listens on it."""
     import socket

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import daemon_log, free_port, start_twistd, stop
+from tests.helpers import daemon_log, free_port, start_twistd, stop, wait_logged
 from tests.test_cli import compass
 from tests.test_tls import CA
 
@@ -28,6 +28,7 @@ def tls_tracker(tmp_path: Path) -> Iterator[tuple[int, CA, CA]]:
     proc, _ = start_twistd("compass-tracker", "--hello-timeout", "3", "--listen",
                            f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}")
     try:
+        wait_logged(proc, f"listening on tcp 127.0.0.1:{port}")
         yield port, site, rogue
     finally:
         stop(proc)

@@ -18,7 +18,7 @@ import pytest
 
 from compassd.client import connect_tracker
 from compassd.tracker.credentials import setup, token_in
-from tests.helpers import daemon_log, free_port, start_twistd, stop
+from tests.helpers import daemon_log, free_port, start_twistd, stop, wait_logged
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- tls-lab-recipe"
@@ -63,6 +63,7 @@ def test_a_tracker_set_up_by_the_recipe_serves_clients_that_trust_its_ca(
     assert args[:2] == ["--tokens", f"{etc}/tokens"]
     proc, _ = start_twistd("compass-tracker", *args)
     try:
+        wait_logged(proc, f"listening on tcp 127.0.0.1:{port}")
         client = connect_tracker("127.0.0.1", port, admin, tls=True,
                                  ca=str(etc / "ca.crt"), timeout=20.0)
         try:
