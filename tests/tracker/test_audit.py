@@ -105,7 +105,7 @@ def test_the_tracker_option_writes_the_audit_log_to_a_file(tmp_path: Path):
 
     path = tmp_path / "audit.jsonl"
     options = Options()
-    options.parseOptions(["--audit-log", str(path), "--listen", "tcp:0"])
+    options.parseOptions(["--audit-log", str(path), "--listen", "tcp:0:interface=127.0.0.1"])
     top = makeService(options, MemoryReactorClock())
     tracker = next(s for s in top if hasattr(s, "scheduler"))
     tracker.record("grant", user="ann", lease="L1")

@@ -653,7 +653,7 @@ class Ports:
 
 
 def test_front_door_routes_magic_to_tvm_and_amp_to_amp_on_one_port() -> None:
-    ports = Ports(["--tvm", "--listen", "tcp:9190"])
+    ports = Ports(["--tvm", "--listen", "tcp:9190:interface=127.0.0.1"])
     tvm = ports.tvm(9190)
     tvm.handshake()
     tvm.register("npu", 9090, "npu:0.1")
@@ -663,7 +663,7 @@ def test_front_door_routes_magic_to_tvm_and_amp_to_amp_on_one_port() -> None:
 
 
 def test_front_door_waits_for_four_bytes_of_a_possible_magic() -> None:
-    ports = Ports(["--tvm", "--listen", "tcp:9190"])
+    ports = Ports(["--tvm", "--listen", "tcp:9190:interface=127.0.0.1"])
     tvm = ports.tvm(9190)
     for i in range(4):
         tvm.raw(TRACKER_MAGIC[i : i + 1])
@@ -694,7 +694,7 @@ def test_front_door_hands_a_broken_magic_prefix_to_amp() -> None:
 
 
 def test_without_tvm_the_magic_gets_no_answer() -> None:
-    ports = Ports(["--listen", "tcp:9190"])
+    ports = Ports(["--listen", "tcp:9190:interface=127.0.0.1"])
     tvm = ports.tvm(9190)
     tvm.raw(TRACKER_MAGIC)
     assert tvm.proto.received == b""
@@ -703,7 +703,7 @@ def test_without_tvm_the_magic_gets_no_answer() -> None:
 
 def test_tvm_allow_refuses_tvm_from_other_addresses_but_serves_their_amp() -> None:
     ports = Ports(["--tvm", "--tvm-allow", "10.0.0.0/8", "--tvm-allow", "127.0.0.1",
-                   "--listen", "tcp:9190"])
+                   "--listen", "tcp:9190:interface=127.0.0.1"])
     allowed = ports.tvm(9190, host="10.1.2.3")
     allowed.handshake()
     local = ports.tvm(9190, host="127.0.0.1")
@@ -722,7 +722,7 @@ def world_devices(ports: Ports) -> list[str]:
 
 
 def test_tvm_listen_port_serves_only_tvm_and_implies_tvm() -> None:
-    ports = Ports(["--listen", "tcp:9190", "--tvm-listen", "tcp:9191"])
+    ports = Ports(["--listen", "tcp:9190:interface=127.0.0.1", "--tvm-listen", "tcp:9191"])
     assert sorted(p for p, _ in ports.listening) == [9190, 9191]
     tvm = ports.tvm(9191)
     tvm.handshake()
