@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from compassd.client import connect_tracker
-from compassd.tracker.credentials import setup, token_in
+from compassd.tracker.credentials import create_credentials, token_in
 from tests.helpers import daemon_log, free_port, start_twistd, stop, wait_logged
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +53,8 @@ def test_a_tracker_set_up_by_the_recipe_serves_clients_that_trust_its_ca(
     other.mkdir()
     run_openssl_lines(etc, "localhost", "127.0.0.1")
     run_openssl_lines(other, "localhost", "127.0.0.1")  # a CA the client must not trust
-    setup(etc, tracker=True, server=False, hostname="h", group=lambda: None)
+    create_credentials(etc, tracker=True, server=False, hostname="h",
+                       group=lambda: None)
     admin = token_in(etc / "admin.token")
     (conf,) = [line for line in recipe() if line.startswith("COMPASS_TRACKER_ARGS=")]
     port = free_port()

@@ -116,7 +116,7 @@ def ensure_local_board_token(etc: Path, hostname: str) -> list[str]:
             f" its line is in {tokens}."]
 
 
-def setup(etc: Path, *, tracker: bool, server: bool, hostname: str,
+def create_credentials(etc: Path, *, tracker: bool, server: bool, hostname: str,
           group: Callable[[], int | None], tracker_here: bool = False) -> list[str]:
     """Do what the packages need; return the lines to print.
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracker-here", action="store_true",
                         help="compass-tracker is installed here but not yet configured")
     args = parser.parse_args(argv)
-    said = setup(args.etc, tracker=args.tracker, server=args.server,
+    said = create_credentials(args.etc, tracker=args.tracker, server=args.server,
                          hostname=socket.gethostname().split(".")[0] or "localhost",
                          group=_tracker_group, tracker_here=args.tracker_here)
     for line in said:

@@ -20,7 +20,7 @@ from twisted.python import usage
 
 from compassd.server import tap as server_tap
 from compassd.tracker.access import Access, load_tokens
-from compassd.tracker.credentials import main, setup, token_in
+from compassd.tracker.credentials import create_credentials, main, token_in
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -149,5 +149,6 @@ def test_an_empty_credential_means_no_token_and_no_credential_means_none(
 
 def test_setup_gives_the_tokens_file_to_the_trackers_group(tmp_path: Path) -> None:
     gid = os.getgid()
-    said = setup(tmp_path, tracker=True, server=False, hostname="h", group=lambda: gid)
+    said = create_credentials(tmp_path, tracker=True, server=False, hostname="h",
+                              group=lambda: gid)
     assert (tmp_path / "tokens").stat().st_gid == gid and said
