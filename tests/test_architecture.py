@@ -37,6 +37,7 @@ LAYERS = {
     "compassd.server.tap": PROGRAMS,
     "compassd.proxy.tap": PROGRAMS,
     "compassd.executor.__main__": PROGRAMS,
+    "compassd.executor._start": PROGRAMS,  # how a board server starts __main__
     # services: the daemons' Twisted shells and the client library
     "compassd.tracker": SERVICES,
     "compassd.server": SERVICES,
@@ -62,7 +63,8 @@ LAYERS = {
 }
 """The layer of each module, by the longest prefix that names it."""
 
-GROUPS = {"compassd._aipu": "compassd.executor"}
+GROUPS = {"compassd._aipu": "compassd.executor",
+          "compassd.executor._start": "compassd.executor.__main__"}
 """Modules that belong to another module's group (see L{group})."""
 
 SIDEWAYS = {

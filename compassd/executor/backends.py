@@ -213,9 +213,18 @@ class AipuBackend(Backend):
 
     def __init__(self, driver_path: str | None = None, timeout_ms: int = 60_000) -> None:
         super().__init__()
-        from .. import _aipu
+        self._aipu: Any = None
+        self._import_error = ""
+        try:
+            from .. import _aipu
 
-        self._aipu = _aipu
+            self._aipu = _aipu
+        except ImportError as e:
+            self._import_error = (
+                f"compassd's C binding of the NPU driver (compassd._aipu) cannot be imported"
+                f" ({e}): it is built when compassd is installed, which needs a C compiler and"
+                " Python's headers (Debian: apt install gcc python3-dev); install them and"
+                " install compassd again")
         self.driver_path = driver_path
         self.timeout_ms = timeout_ms
         self._graphs: dict[str, Any] = {}
@@ -225,6 +234,9 @@ class AipuBackend(Backend):
         self._open()
 
     def _open(self) -> None:
+        if self._aipu is None:
+            self._open_error = self._import_error
+            return
         try:
             self._driver = self._aipu.Driver(self.driver_path)
             self._open_error = ""

@@ -1,11 +1,12 @@
 """The board server's side of an executor process: start it, talk to it, watch it die.
 
-L{spawn_executor} starts C{python -m compassd.executor} with the AMP channel on the
-child's fds 3 (it reads) and 4 (it writes); its stdout and stderr are logged line by
-line, tagged with the session. L{ExecutorHandle} wraps each command in a Deferred that
-fails with L{ExecutorDied} and a sentence such as "the executor died with signal 11 while
-running model m.bin" if the process ends before answering. L{ExecutorPool} keeps a warm
-spare so opening a session does not wait for Python and the backend to start.
+L{spawn_executor} starts the executor (C{python -P compassd/executor/_start.py}) with
+the AMP channel on the child's fds 3 (it reads) and 4 (it writes); its stdout and stderr
+are logged line by line, tagged with the session. L{ExecutorHandle} wraps each command in
+a Deferred that fails with L{ExecutorDied} and a sentence such as "the executor died with
+signal 11 while running model m.bin" if the process ends before answering.
+L{ExecutorPool} keeps a warm spare so opening a session does not wait for Python and the
+backend to start.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import error as ierror
@@ -158,6 +161,8 @@ class ExecutorHandle:
         self._pending: dict[Deferred[Any], str] = {}
         self._kill_note = ""
         self._process: Any = None
+        self._last_words: deque[str] = deque(maxlen=1)
+        """The last line the process wrote to stderr (a traceback's last line says why)."""
 
     # --- state ------------------------------------------------------------------
 
@@ -203,6 +208,8 @@ class ExecutorHandle:
 
     def _log_line(self, fd: int, line: bytes) -> None:
         text = line.rstrip(b"\r").decode("utf-8", "replace")
+        if fd == 2 and text.strip():
+            self._last_words.append(text.strip())
         log.info(
             "[{tag}] executor {pid} {stream}: {line}",
             tag=self.tag,
@@ -224,7 +231,9 @@ class ExecutorHandle:
         for d, doing in pending.items():
             said = description if doing in description else f"{description}{doing}"
             d.errback(ExecutorDied(f"{_capital(said)}."))
-        self._settle_ready(Failure(ExecutorDied(f"{_capital(description)} before it was ready.")))
+        said = f"; its last words: {self._last_words[-1]}" if self._last_words else ""
+        self._settle_ready(Failure(ExecutorDied(
+            f"{_capital(description)} before it was ready{said}.")))
         self._channel.connectionLost(Failure(ierror.ConnectionDone(description)))
         self.ended.callback(description)
 
@@ -364,11 +373,16 @@ def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+_START = Path(__file__).resolve().parent / "_start.py"
+
+
 def executor_argv(
     backend: str, driver: str | None = None, job_timeout_ms: int | None = None
 ) -> list[str]:
-    """The command line that starts an executor."""
-    argv = [sys.executable, "-m", "compassd.executor", "--backend", backend]
+    """The command line that starts an executor: this Python runs the executor of this
+    copy of compassd (C{_start.py} by its path, with C{-P}), never a C{compassd} that
+    happens to be in the current directory."""
+    argv = [sys.executable, "-P", str(_START), "--backend", backend]
     if driver is not None:
         argv += ["--driver", driver]
     if job_timeout_ms is not None:

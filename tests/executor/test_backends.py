@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -187,3 +188,18 @@ def test_aipu_runs_again_after_a_job_exception(aipu: AipuBackend, tmp_path: Path
     np.testing.assert_array_equal(aipu.run("id", [x])[0], x)
     aipu.load(str(tmp_path / "id.bin"), name="id")  # reloading drops the cached job
     np.testing.assert_array_equal(aipu.run("id", [x + 1])[0], x + 1)
+
+
+def test_aipu_without_its_c_binding_is_unhealthy_and_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import compassd
+
+    monkeypatch.setitem(sys.modules, "compassd._aipu", None)  # as if it was never built
+    monkeypatch.delattr(compassd, "_aipu", raising=False)
+    backend = AipuBackend(None)
+    healthy, detail = backend.health()
+    assert not healthy
+    assert "compassd._aipu" in detail and "C compiler" in detail and "python3-dev" in detail
+    with pytest.raises(ModelRejected, match="cannot load models: compassd's C binding"):
+        backend.load("m.bin")

@@ -303,3 +303,35 @@ def test_loading_before_attach_is_refused_with_a_sentence(tmp_path: Path) -> Non
     with pytest.raises(BadRequest, match="Attach the executor"):
         server._inside("m.bin", "model")
     assert isinstance(Slot("x", "int8", [1], 0, 1), Slot)
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_executor_started_beside_another_compassd_runs_its_servers_code(
+    tmp_path: Path, fake_lib: Path, env: dict[str, str], started: list[ExecutorHandle]
+) -> Any:
+    """A server started in a source tree (here a decoy one that refuses to be imported)
+    still gets an executor made of its own compassd, not the current directory's."""
+    decoy = tmp_path / "compassd"
+    (decoy / "executor").mkdir(parents=True)
+    (decoy / "__init__.py").write_text("raise SystemExit('the decoy compassd was imported')\n")
+    (decoy / "executor" / "__init__.py").write_text("")
+    (decoy / "executor" / "__main__.py").write_text("")
+    env = {k: v for k, v in env.items() if k != "PYTHONSAFEPATH"}
+    h = spawn(started, fake_lib, env, path=str(tmp_path))
+    info = yield wait(h.ready)
+    assert any(line.startswith("target=") for line in info), info
+    h.kill()
+    yield wait(h.ended)
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_executor_that_cannot_start_says_why(
+    env: dict[str, str], started: list[ExecutorHandle]
+) -> Any:
+    h = spawn_executor(reactor, "nosuch", tag="broken", env=env)
+    started.append(h)
+    with pytest.raises(ExecutorDied) as caught:
+        yield wait(h.ready)
+    message = str(caught.value)
+    assert message.startswith("The executor exited with status 2 before it was ready;")
+    assert "its last words:" in message and "invalid choice: 'nosuch'" in message
