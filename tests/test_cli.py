@@ -131,6 +131,31 @@ def test_tracker_option_overrides_the_variable(tracker: tuple[str, int]) -> None
     assert result.exit_code == 0, result.stderr
 
 
+def test_global_options_may_follow_the_subcommand_in_either_form(
+    tracker: tuple[str, int],
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    for args in (("status", "--tracker", at(tracker), "--json"),
+                 ("status", "--json", f"--tracker={at(tracker)}", "--user", "bob"),
+                 ("--tracker", nowhere, "status", "--tracker", at(tracker), "--json")):
+        result = compass(*args)
+        assert result.exit_code == 0, (args, result.stderr)
+        assert json.loads(result.stdout) == {"devices": [], "queues": []}
+
+
+def test_a_global_option_after_the_subcommand_is_checked_like_one_before() -> None:
+    result = compass("status", "--json", "--tracker", "127.0.0.1:notaport")
+    assert result.exit_code == 2 and "--tracker" in result.stderr
+    result = compass("devices", "--cert-key", __file__)
+    assert result.exit_code == 2 and "--cert-key needs --cert" in result.stderr
+
+
+def test_global_options_after_a_command_that_does_not_use_them_change_nothing() -> None:
+    result = compass("token", "alice", "--roles", "admin", "--json", "--user", "x")
+    assert result.exit_code == 0, result.stderr  # --user is global: token ignores it
+    assert json.loads(result.stdout)["line"].endswith("user=alice roles=admin keys=*")
+
+
 # --- status -----------------------------------------------------------------------------
 
 

@@ -16,9 +16,10 @@ L{compassd.presentation}.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -46,7 +47,56 @@ def _pem_file(flag: str, envvar: str, help_text: str) -> Callable[[F], F]:
                         help=f"{help_text} Default: {envvar}.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+class _Compass(click.Group):
+    """The root group: its options (L{GLOBAL_OPTIONS}) may also follow the subcommand,
+    as in ``compass status --tracker H:P --json``; they are moved before it, unless the
+    subcommand has an option of the same name."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _globals_first(self, ctx, list(args)))
+
+
+def _takes_value(option: click.Option) -> bool:
+    return not option.is_flag and option.nargs == 1
+
+
+def _globals_first(group: click.Group, ctx: click.Context, args: list[str]) -> list[str]:
+    """C{args} with the group's options that follow the subcommand moved before it."""
+    options = {name: param for param in group.params if isinstance(param, click.Option)
+               for name in param.opts}
+    i = 0
+    while i < len(args):  # the group's own options, up to the subcommand's name
+        name = args[i].partition("=")[0]
+        if name not in options:
+            break
+        i += 2 if _takes_value(options[name]) and "=" not in args[i] else 1
+    if i >= len(args) or args[i].startswith("-"):
+        return args
+    command = group.get_command(ctx, args[i])
+    if command is None:
+        return args
+    own = {name for param in command.params for name in getattr(param, "opts", [])}
+    before, after, rest = args[:i + 1], [], args[i + 1:]
+    j = 0
+    while j < len(rest):
+        name = rest[j].partition("=")[0]
+        if rest[j] == "--":
+            after += rest[j:]
+            break
+        option = options.get(name)
+        if option is None or name in own or name in ("-h", "--help"):
+            after.append(rest[j])
+            j += 1
+            continue
+        width = 2 if _takes_value(option) and "=" not in rest[j] else 1
+        before[i:i] = rest[j:j + width]
+        i += width
+        j += width
+    return before + after
+
+
+@click.group(cls=_Compass, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=EXIT_CODES)
 @click.option("--tracker", metavar="HOST:PORT", help=TRACKER_HELP)
 @click.option(
     "--token",
@@ -86,10 +136,28 @@ for _command in (status.status, status.devices, admin.drain, admin.undrain, admi
     main.add_command(_command)
 
 
-def run() -> None:
-    """Entry point that never shows a traceback for an interrupted command."""
+def run(args: list[str] | None = None) -> None:
+    """The C{compass} command. Click's own standalone mode turns Ctrl-C into "Aborted!"
+    and status 1; here it is C{compass: interrupted} and status 130, as documented."""
     try:
-        main()
+        code = main.main(args, prog_name="compass", standalone_mode=False)
     except KeyboardInterrupt:
-        click.echo("compass: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _interrupted()
+    except click.exceptions.Abort as e:
+        if isinstance(e.__cause__ or e.__context__, KeyboardInterrupt):
+            _interrupted()
+        click.echo("compass: aborted", err=True)
+        sys.exit(EXIT_REFUSED)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        # the reader of stdout went away (| head): nothing more can be said there
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_REFUSED)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted() -> NoReturn:
+    click.echo("compass: interrupted", err=True)
+    sys.exit(EXIT_INTERRUPTED)
