@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -116,9 +117,27 @@ def outputs_table(rows: list[dict[str, Any]]) -> Table:
 # --- telling the steps -----------------------------------------------------------------
 
 
+PIPE_WIDTH = 100_000
+"""The width of a console that is not a terminal: wide enough that nothing is cut."""
+
+
+def console(stderr: bool = False) -> Console:
+    """A console on stdout (or stderr). On a terminal it fits the terminal; in a pipe, a
+    file or a log every value stays whole: no table cell is cut with "…" and no line is
+    wrapped, so each row and each message is one line (use C{--json} to parse)."""
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    if terminal:
+        return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, width=PIPE_WIDTH, soft_wrap=True)
+
+
 def stderr_console() -> Console:
     """Where what happens along the way is told: stderr, so stdout stays data."""
-    return Console(stderr=True, highlight=False)
+    return console(stderr=True)
 
 
 class Steps:

@@ -112,6 +112,24 @@ def test_installed_entry_point_exits_3_without_a_traceback_when_unreachable() ->
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_piped_status_keeps_every_value_whole_one_row_per_line(
+    tracker: tuple[str, int],
+) -> None:
+    device = "a-board-with-a-rather-long-name-in-the-far-rack-17"
+    where = "board-17.far-rack.lab.example.internal:65001"
+    env = daemon_env()
+    env.pop("COLUMNS", None)
+    with registered_board(tracker, device=device, key=KEY, where=where):
+        done = subprocess.run(
+            [sys.executable, "-m", "compassd.cli", "--tracker", at(tracker), "status"],
+            cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, capture_output=True,
+            text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    [row] = [line for line in done.stdout.splitlines() if device in line]
+    assert where in row and KEY in row and "free" in row
+    assert "…" not in done.stdout
+
+
 def test_malformed_tracker_address_is_a_usage_error() -> None:
     result = compass("--tracker", "127.0.0.1:notaport", "status")
     assert result.exit_code == 2

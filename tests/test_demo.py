@@ -47,7 +47,7 @@ def _gone(pid: int) -> bool:
 def test_demo_runs_the_model_on_its_own_daemons_and_stops_them() -> None:
     pytest.importorskip("onnxruntime")
     env = daemon_env()
-    env["COLUMNS"] = "120"
+    env.pop("COLUMNS", None)  # a pipe, as in CI logs: nothing may be cut or wrapped
     proc = subprocess.Popen(
         [sys.executable, "-c", "from compassd.cli import run; run()", "demo", "--samples",
          "100", "--deadline", "30"],
@@ -67,6 +67,10 @@ def test_demo_runs_the_model_on_its_own_daemons_and_stops_them() -> None:
                  "granted: demo-cpu-1", "uploaded: digits.onnx", "loaded:", "Running",
                  "probabilities"):
         assert step in text, step
+    assert re.search(r"^3\. Requesting .*: connect_tracker\('127\.0\.0\.1', \d+\)"
+                     r"\.request\('demo'\)$", text, re.M), text
+    assert re.search(r"^ +loaded: digits\.onnx \(image .*\) -> \(probabilities .*,"
+                     r" digit int64 \(\?,\)\)$", text, re.M), text
     started = {m.group(1): int(m.group(2)) for m in re.finditer(
         r"(tracker|board server) listening on 127\.0\.0\.1:\d+ \(pid (\d+)\)", text)}
     stopped = {m.group(1): int(m.group(2)) for m in re.finditer(

@@ -7,10 +7,10 @@ import os
 import sys
 
 import click
-from rich.console import Console
 
 from .. import __version__
 from ..client import CompassError
+from ..presentation import console as new_console
 from ._tracker import EXIT_REFUSED
 
 
@@ -61,7 +61,7 @@ def demo(samples: int, deadline: float) -> None:
     from ..demo import DemoError, run_demo
 
     try:
-        run_demo(Console(highlight=False), samples=samples, deadline=deadline)
+        run_demo(new_console(), samples=samples, deadline=deadline)
     except DemoError as e:
         click.echo(f"compass: {e}", err=True)
         sys.exit(EXIT_REFUSED)

@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 from ..client import Lease, Model, Tracker
@@ -23,6 +22,7 @@ from ..presentation import (
     summarize,
     timing_stats,
 )
+from ..presentation import console as new_console
 from ._tracker import EXIT_CHECK_FAILED, with_tracker
 from .arrays import (
     assemble_inputs,
@@ -147,7 +147,7 @@ def run_command(ctx: click.Context, key: str, model: str, inputs: tuple[str, ...
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
-        console = Console(highlight=False)
+        console = new_console()
         console.print(outputs_table(report["outputs"]))
         if "check" in report:
             console.print(check_table(report["check"]["outputs"], rtol, atol))
@@ -202,4 +202,4 @@ def bench(ctx: click.Context, key: str, model: str, inputs: tuple[str, ...], pri
         table.add_column(column, justify="right")
     table.add_row(*(ms(report[k]) for k in ("mean", "median", "p90", "p99", "min", "max")),
                   f"{report['throughput']:.1f} runs/s")
-    Console(highlight=False).print(table)
+    new_console().print(table)

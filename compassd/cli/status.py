@@ -11,6 +11,7 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from ..client import Tracker
+from ..presentation import console as new_console
 from ..presentation import duration
 from ._tracker import tracker_address, with_tracker
 
@@ -91,7 +92,7 @@ def status(ctx: click.Context, as_json: bool, waiting: int, watch: bool, interva
         if as_json:
             click.echo(json.dumps(summary, indent=2, sort_keys=True))
         else:
-            render_status(summary, Console(), waiting)
+            render_status(summary, new_console(), waiting)
         return
     where = tracker_address(ctx.obj["tracker"])
     with_tracker(ctx, lambda t: _watch_status(t, where, as_json, waiting, interval, count))
@@ -113,7 +114,7 @@ def _watch_status(tracker: Tracker, where: str, as_json: bool, waiting: int,
                 click.echo(json.dumps(tracker.summary(None), sort_keys=True))
                 shown += 1
             return
-        with Live(console=Console(), auto_refresh=False) as live:
+        with Live(console=new_console(), auto_refresh=False) as live:
             while count is None or shown < count:
                 if shown:
                     time.sleep(interval)
@@ -135,4 +136,4 @@ def devices(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
     else:
-        render_status({"devices": rows, "queues": []}, Console(), 0)
+        render_status({"devices": rows, "queues": []}, new_console(), 0)
