@@ -27,7 +27,9 @@ from ..protocol.executor import Attach, CheckHealth, Execute, Load, Measure, Rea
 from ..protocol.peer import CompassPeer
 from ..tensors import parse_dtype
 from .arena import Arena, ArenaFull, Slot, align_up
+from .arena_space import ArenaSpace, OutOfSharedMemory
 from .backends import Backend, BackendPoisoned, make_backend
+from .lifeline import ParentWatch, die_with_parent
 from .manifest import Manifest, ManifestError, TensorSpec, load_manifest, parse_manifest
 
 COMMAND_FD = 3
@@ -67,6 +69,7 @@ class ExecutorServer(CompassPeer):
         self._stop = stop
         self.workdir: str | None = None
         self.arena: Arena | None = None
+        self.space: ArenaSpace | None = None
         self.session = ""
         self.exit_code = 0
         self._plans: dict[tuple[str, int, int], tuple[Any, Arena, list[Slot] | None]] = {}
@@ -163,6 +166,7 @@ class ExecutorServer(CompassPeer):
             except BufferError:  # a view is still alive; the mapping goes with it
                 pass
         self.arena = mapped
+        self.space = ArenaSpace(mapped.path)
         self.workdir = real
         self.backend.session_dir = real
         self.session = session
@@ -207,6 +211,8 @@ class ExecutorServer(CompassPeer):
             if len(self._plans) >= 64:
                 self._plans.clear()
             self._plans[key] = (specs, arena, planned)
+        if planned:
+            self._reserve(model, planned[0].offset, planned[-1].end)
         views = [arena.read(slot, copy=False) for slot in planned] if planned else None
         start = time.perf_counter()
         outputs = self._call(self.backend.run, model, arrays, views)
@@ -215,6 +221,11 @@ class ExecutorServer(CompassPeer):
             o is v for o, v in zip(outputs, views, strict=True)
         ):
             return {"outputs": [s.to_amp() for s in planned], "seconds": seconds}
+        end = align_up(out_offset)
+        for out in outputs:
+            end = align_up(end + int(getattr(out, "nbytes", 0)))
+        self._reserve(model, align_up(out_offset), min(end, out_offset + out_capacity,
+                                                        arena.size), ran=True)
         try:
             slots = arena.write_all(
                 [(spec.name, out) for spec, out in zip(specs, outputs, strict=True)],
@@ -226,6 +237,16 @@ class ExecutorServer(CompassPeer):
         except ValueError as e:
             raise BadRequest(f"The output range of model {model} is not usable: {e}.") from None
         return {"outputs": [s.to_amp() for s in slots], "seconds": seconds}
+
+    def _reserve(self, model: str, start: int, end: int, *, ran: bool = False) -> None:
+        """Allocate the arena's pages for outputs before anything writes them."""
+        if self.space is None:
+            return
+        try:
+            self.space.reserve(start, end)
+        except OutOfSharedMemory as e:
+            done = "ran, but its outputs were not kept" if ran else "was not run"
+            raise LimitExceeded(f"Model {model} {done}: {e}") from None
 
     @Measure.responder
     def measure(
@@ -274,11 +295,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=60_000,
         help="longest an NPU job may run before the executor gives up and exits (<= 0: no limit)",
     )
+    parser.add_argument(
+        "--parent",
+        type=int,
+        default=None,
+        help="the board server's pid: the executor exits when that process is gone",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if not die_with_parent(args.parent):
+        print("executor: the board server that started it is gone; exiting", file=sys.stderr)
+        return 0
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     for fd in (COMMAND_FD, ANSWER_FD):
         try:
@@ -305,6 +335,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             reactor.stop()
 
     StandardIO(ExecutorServer(backend, stop), stdin=COMMAND_FD, stdout=ANSWER_FD)
+    if args.parent is not None:
+        def orphaned() -> None:
+            print("executor: the board server that started it is gone; exiting",
+                  file=sys.stderr)
+            _exit(0)
+
+        ParentWatch(args.parent, orphaned).start(reactor)
     reactor.run()
     return status[0]
 

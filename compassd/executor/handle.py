@@ -377,12 +377,18 @@ _START = Path(__file__).resolve().parent / "_start.py"
 
 
 def executor_argv(
-    backend: str, driver: str | None = None, job_timeout_ms: int | None = None
+    backend: str,
+    driver: str | None = None,
+    job_timeout_ms: int | None = None,
+    parent: int | None = None,
 ) -> list[str]:
     """The command line that starts an executor: this Python runs the executor of this
     copy of compassd (C{_start.py} by its path, with C{-P}), never a C{compassd} that
-    happens to be in the current directory."""
+    happens to be in the current directory. With C{parent} (a pid), the executor dies
+    with that process (L{compassd.executor.lifeline})."""
     argv = [sys.executable, "-P", str(_START), "--backend", backend]
+    if parent is not None:
+        argv += ["--parent", str(parent)]
     if driver is not None:
         argv += ["--driver", driver]
     if job_timeout_ms is not None:
@@ -409,11 +415,12 @@ def spawn_executor(
 
     C{env} defaults to this process's environment; C{path} is its starting directory.
     An executor not ready within C{ready_timeout} seconds (a driver that hangs while it
-    opens the device) is killed, and C{ready} fails saying so.
+    opens the device) is killed, and C{ready} fails saying so. The executor dies with
+    this process (C{--parent}, L{compassd.executor.lifeline}).
     """
     handle = ExecutorHandle(reactor, backend, tag)
     protocol = _ExecutorProcess(handle)
-    argv = executor_argv(backend, driver, job_timeout_ms)
+    argv = executor_argv(backend, driver, job_timeout_ms, parent=os.getpid())
     process = reactor.spawnProcess(
         protocol,
         argv[0],

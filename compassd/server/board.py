@@ -27,8 +27,10 @@ from twisted.python.failure import Failure
 from .. import __version__
 from ..addresses import advertised_address
 from ..executor.arena import Arena
+from ..executor.arena_space import ArenaSpace, free_bytes
 from ..executor.handle import ExecutorHandle, spawn_executor
 from ..protocol.errors import BoardBusy, ExecutorDied, SessionEnded, Unavailable
+from .leftovers import Workdir
 from .sessiondir import SessionDirectory, clean_stale
 from .tracker_link import BoardDescription, TrackerLink
 
@@ -36,7 +38,13 @@ log = Logger(namespace="compass.server")
 
 DEFAULT_ARENA = 1 << 30
 """Bytes of shared memory per session for tensors (a sparse file: pages cost only when
-touched)."""
+touched, and are reserved before they are; see L{compassd.executor.arena_space})."""
+
+MIB = 1 << 20
+DEFAULT_MIN_FREE_DISK = 64 * MIB
+"""Below this many free bytes in the work directory the board reports itself unhealthy."""
+DEFAULT_MIN_FREE_SHM = 16 * MIB
+"""Below this many free bytes where arenas live (C{/dev/shm}) the board is unhealthy."""
 
 
 class ActiveSession:
@@ -58,6 +66,9 @@ class ActiveSession:
         self.ended: str | None = None
         """Why it ended, once it has."""
         self.models: dict[str, str] = {}
+        self.space = ArenaSpace(arena.path)
+        """What the server reserved of the arena (it reserves inputs' pages before
+        receiving them)."""
 
 
 def _arena_dir(session_dir: Path) -> Path:
@@ -87,6 +98,8 @@ class BoardService(service.MultiService):
         health_interval: float = 30.0,
         arena_size: int = DEFAULT_ARENA,
         proxy: str | None = None,
+        min_free_disk: int = DEFAULT_MIN_FREE_DISK,
+        min_free_shm: int = DEFAULT_MIN_FREE_SHM,
     ) -> None:
         super().__init__()
         self.proxy = proxy
@@ -102,6 +115,10 @@ class BoardService(service.MultiService):
         self.run_timeout = run_timeout
         self.health_interval = health_interval
         self.arena_size = arena_size
+        self.min_free_disk = min_free_disk
+        self.min_free_shm = min_free_shm
+        self.records = Workdir(self.workdir)
+        """The lock and records that let the next start remove what this run leaves."""
         self.session: ActiveSession | None = None
         self.backend_info: list[str] = []
         self._spare_pending: ExecutorHandle | None = None
@@ -126,7 +143,9 @@ class BoardService(service.MultiService):
             advertise=options["advertise"], tags=options["tags"],
             max_lease=options["max-lease"], token=options["token"],
             max_upload=options["max-upload"], run_timeout=options["run-timeout"],
-            health_interval=options["health-interval"], proxy=options.get("proxy"))
+            health_interval=options["health-interval"], proxy=options.get("proxy"),
+            min_free_disk=options.get("min-free-disk", DEFAULT_MIN_FREE_DISK),
+            min_free_shm=options.get("min-free-shm", DEFAULT_MIN_FREE_SHM))
 
     def factory(self) -> Factory:
         from .session import SessionConnection
@@ -138,10 +157,12 @@ class BoardService(service.MultiService):
     def startService(self) -> None:
         super().startService()
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for stale in clean_stale(self.workdir):
-            log.info("removed the stale session directory {path} left by an earlier run",
-                     path=stale)
-        self._clean_stale_arenas()
+        try:
+            self.records.lock()
+        except Exception as e:
+            log.error("{device}: {error}", device=self.device, error=e)
+            raise
+        self._remove_leftovers()
         self._health = LoopingCall(self._check_health)
         self._health.clock = self.reactor
         self._health.start(self.health_interval, now=False)
@@ -168,6 +189,7 @@ class BoardService(service.MultiService):
             if spare is not None:
                 spare.kill()
         self._spare_handle = self._spare_pending = None
+        self.records.unlock()
         d = maybeDeferred(super().stopService)
         if self.link.running:
             d.addCallback(lambda _: self.link.stopService())
@@ -179,11 +201,28 @@ class BoardService(service.MultiService):
         if self._spare_pending is not None or self._spare_handle is not None \
                 or not self.running:
             return
-        handle = spawn_executor(self.reactor, self.backend, driver=self.driver,
-                                tag=f"{self.device} spare")
+        handle = self._spawn(f"{self.device} spare")
         self._spare_pending = handle
         handle.when_ready().addCallbacks(
             lambda _: self._spare_ready(handle), lambda f: self._spare_failed(handle, f))
+
+    def _spawn(self, tag: str) -> ExecutorHandle:
+        """Start an executor, recorded in the work directory while it lives."""
+        handle = spawn_executor(self.reactor, self.backend, driver=self.driver, tag=tag)
+        pid = handle.pid
+        if pid is not None:
+            try:
+                self.records.record_executor(pid)
+            except OSError as e:
+                log.warn("{device}: could not record executor {pid}: {error}",
+                         device=self.device, pid=pid, error=e)
+
+            def forget(why: object) -> object:
+                self.records.forget_executor(pid)
+                return why
+
+            handle.ended.addCallback(forget)
+        return handle
 
     def _spare_ready(self, handle: ExecutorHandle) -> None:
         if self._spare_pending is not handle:
@@ -226,6 +265,9 @@ class BoardService(service.MultiService):
 
         def checked(answer: tuple[bool, str]) -> None:
             healthy, detail = bool(answer[0]), str(answer[1])
+            short = self.space_problem()
+            if short is not None:
+                healthy, detail = False, short
             if healthy != self.link.board.healthy:
                 log.info("{device} is {state}: {detail}", device=self.device,
                          state="healthy" if healthy else "unhealthy", detail=detail)
@@ -284,8 +326,7 @@ class BoardService(service.MultiService):
         pending, self._spare_pending = self._spare_pending, None
         if pending is not None:
             return pending.when_ready().addCallback(lambda _: pending)
-        fresh = spawn_executor(self.reactor, self.backend, driver=self.driver,
-                               tag=self.device)
+        fresh = self._spawn(self.device)
         return fresh.ready.addCallback(lambda _: fresh)
 
     def _start(self, connection: Any, lease: str, user: str,
@@ -297,6 +338,12 @@ class BoardService(service.MultiService):
             arena_path = (_arena_dir(directory.path)
                           / f"compass-arena-{self.device}-{os.getpid()}-{ident}")
             arena = Arena.create(arena_path, self.arena_size)
+            try:
+                directory.note_arena(arena.path)
+            except OSError:
+                arena.close()
+                _unlink(arena.path)
+                raise
         except (OSError, ValueError) as e:
             if directory is not None:
                 directory.destroy()
@@ -397,6 +444,39 @@ class BoardService(service.MultiService):
         if tell_tracker:
             self.link.session_ended(session.lease, f"{reason}: {message}")
         self._warm_spare()
+
+    def _remove_leftovers(self) -> None:
+        """Kill and remove what an earlier run of this server left: executors, arenas,
+        session directories (L{compassd.server.leftovers}); log each."""
+        for what in self.records.kill_leftover_executors():
+            log.info("{device}: killed the {what} left by an earlier run",
+                     device=self.device, what=what)
+        for path in self.records.remove_recorded_arenas():
+            log.info("{device}: removed the arena {path} left by an earlier run",
+                     device=self.device, path=path)
+        for stale in clean_stale(self.workdir):
+            log.info("{device}: removed the stale session directory {path} left by an"
+                     " earlier run", device=self.device, path=stale)
+        self._clean_stale_arenas()
+
+    def space_problem(self) -> str | None:
+        """A sentence if the work directory or the arenas' file system is below its
+        threshold of free space (a board that would fail every session), else None."""
+        checks = [("work directory", str(self.workdir), self.min_free_disk)]
+        shm = _arena_dir(self.workdir)
+        if shm != self.workdir:
+            checks.append(("shared memory", str(shm), self.min_free_shm))
+        for what, path, minimum in checks:
+            if minimum <= 0:
+                continue
+            try:
+                free = free_bytes(path)
+            except OSError as e:
+                return f"cannot check the free space of the {what} {path}: {e.strerror}"
+            if free < minimum:
+                return (f"the {what} {path} has {free / MIB:.0f} MiB free, below the"
+                        f" {minimum / MIB:.0f} MiB a session needs; free some space")
+        return None
 
     def _clean_stale_arenas(self) -> None:
         shm = Path("/dev/shm")

@@ -53,6 +53,10 @@ MAX_PATH_BYTES = 1024
 
 FILES = "files"
 PARTIAL = "partial"
+ARENA_NOTE = "arena"
+"""A file in the session directory (out of every client path's reach) naming the
+session's tensor arena, so that the next start of a server that died removes it
+(L{compassd.server.leftovers})."""
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -133,6 +137,13 @@ class SessionDirectory:
     def partial(self) -> Path:
         """Where uploads under way are written; out of every client path's reach."""
         return self.path / PARTIAL
+
+    def note_arena(self, arena: str | os.PathLike[str]) -> None:
+        """Record the path of the session's arena (see L{ARENA_NOTE})."""
+        fd = os.open(self.path / ARENA_NOTE,
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OPEN_FLAGS, 0o600)
+        with open(fd, "w") as f:
+            f.write(os.path.abspath(os.fspath(arena)))
 
     # --- paths ----------------------------------------------------------------------
 

@@ -29,6 +29,11 @@ def _size(text: str) -> int:
     return value
 
 
+def _size_or_zero(text: str) -> int:
+    """Like L{_size}, but 0 is allowed (it turns a check off)."""
+    return 0 if text.strip() in ("0", "0K", "0M", "0G") else _size(text)
+
+
 class Options(usage.Options):
     synopsis = "--key KEY [options]"
     longdesc = (
@@ -75,6 +80,13 @@ class Options(usage.Options):
          " past it the executor is killed.", positive],
         ["health-interval", None, 30.0,
          "How often to check the backend's health while idle.", positive],
+        ["min-free-disk", None, "64M",
+         "Below this much free space in --workdir the board reports itself unhealthy"
+         " (quarantined, shown in compass status); 0 turns the check off.",
+         _size_or_zero],
+        ["min-free-shm", None, "16M",
+         "Below this much free shared memory (/dev/shm, where tensor arenas live) the"
+         " board reports itself unhealthy; 0 turns the check off.", _size_or_zero],
         ["max-connections-per-address", None, str(MAX_CONNECTIONS_PER_ADDRESS),
          "Client connections one IP address may have open at once ('0' for no limit)."],
         ["hello-timeout", None, str(HELLO_TIMEOUT),
@@ -123,6 +135,9 @@ class Options(usage.Options):
         self["hello-timeout"] = hello or None
         if isinstance(self["max-upload"], str):  # a default is not coerced by usage
             self["max-upload"] = _size(self["max-upload"])
+        for name in ("min-free-disk", "min-free-shm"):
+            if isinstance(self[name], str):
+                self[name] = _size_or_zero(self[name])
         if self["proxy"]:
             self["proxy"] = endpoint_option(self, "proxy")
         if not self["listen"] and not self["proxy"]:
