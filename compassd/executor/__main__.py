@@ -22,6 +22,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.python.failure import Failure
 
+from ..lifeline import ParentWatch, die_with_parent
 from ..protocol.errors import BadRequest, LimitExceeded, ModelRejected, NoSuchFile, PathRefused
 from ..protocol.executor import Attach, CheckHealth, Execute, Load, Measure, Ready
 from ..protocol.peer import CompassPeer
@@ -29,7 +30,6 @@ from ..tensors import parse_dtype
 from .arena import Arena, ArenaFull, Slot, align_up
 from .arena_space import ArenaSpace, OutOfSharedMemory
 from .backends import Backend, BackendPoisoned, make_backend
-from .lifeline import ParentWatch, die_with_parent
 from .manifest import Manifest, ManifestError, TensorSpec, load_manifest, parse_manifest
 
 COMMAND_FD = 3

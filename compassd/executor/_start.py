@@ -26,6 +26,12 @@ def _load_compassd() -> None:
 
 if __name__ == "__main__":
     _load_compassd()
+    from compassd.lifeline import die_with_parent, parent_in
+
+    # before anything heavy loads: an executor still starting dies with its server too
+    if not die_with_parent(parent_in(sys.argv[1:])):
+        print("executor: the board server that started it is gone; exiting", file=sys.stderr)
+        raise SystemExit(0)
     from compassd.executor.__main__ import _exit, main
 
     _exit(main())

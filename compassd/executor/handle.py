@@ -385,7 +385,8 @@ def executor_argv(
     """The command line that starts an executor: this Python runs the executor of this
     copy of compassd (C{_start.py} by its path, with C{-P}), never a C{compassd} that
     happens to be in the current directory. With C{parent} (a pid), the executor dies
-    with that process (L{compassd.executor.lifeline})."""
+    with that process (L{compassd.lifeline}), which C{_start.py} sees to before it
+    loads anything heavy."""
     argv = [sys.executable, "-P", str(_START), "--backend", backend]
     if parent is not None:
         argv += ["--parent", str(parent)]
@@ -416,7 +417,7 @@ def spawn_executor(
     C{env} defaults to this process's environment; C{path} is its starting directory.
     An executor not ready within C{ready_timeout} seconds (a driver that hangs while it
     opens the device) is killed, and C{ready} fails saying so. The executor dies with
-    this process (C{--parent}, L{compassd.executor.lifeline}).
+    this process (C{--parent}, L{compassd.lifeline}).
     """
     handle = ExecutorHandle(reactor, backend, tag)
     protocol = _ExecutorProcess(handle)

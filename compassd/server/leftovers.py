@@ -1,7 +1,7 @@
 """What a board server leaves behind if it dies, and how its next start removes it.
 
 A server that is killed (SIGKILL, OOM killer, power cut of its cgroup) cannot clean up.
-Its executors die with it (L{compassd.executor.lifeline}), but one that was still
+Its executors die with it (L{compassd.lifeline}), but one that was still
 starting, a session directory and a tensor arena in C{/dev/shm} may remain. The work
 directory records what is ours, so the next start removes exactly that:
 

@@ -5,8 +5,10 @@ Two mechanisms, because each has a gap the other closes:
 - L{die_with_parent} asks the kernel (C{prctl(PR_SET_PDEATHSIG, SIGKILL)}) to kill this
   process the moment its parent dies, even while a driver call blocks it. Twisted 22.4's
   C{spawnProcess} has no hook that runs in the child before C{exec}, so the executor sets
-  this itself as it starts; a parent that died before that is caught by comparing
-  C{os.getppid()} with the pid the server passed on the command line (C{--parent}).
+  this itself, first thing (C{compassd/executor/_start.py}: before numpy, Twisted and
+  the backend load, which take seconds on a busy board); a parent that died before that
+  is caught by comparing C{os.getppid()} with the pid the server passed on the command
+  line (C{--parent}).
 - L{ParentWatch} checks the parent again every second from the executor's reactor, for
   kernels or sandboxes where C{prctl} is refused.
 
@@ -46,6 +48,16 @@ def die_with_parent(parent: int | None) -> bool:
         except (OSError, AttributeError):  # pragma: no cover - no prctl: ParentWatch only
             pass
     return os.getppid() == parent
+
+
+def parent_in(argv: list[str]) -> int | None:
+    """The pid after C{--parent} in an executor's arguments, if any."""
+    if "--parent" in argv[:-1]:
+        try:
+            return int(argv[argv.index("--parent") + 1])
+        except ValueError:
+            return None
+    return None
 
 
 class ParentWatch:

@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 
-from compassd.executor.lifeline import ParentWatch, die_with_parent
+import pytest
+
+from compassd.executor.handle import executor_argv
+from compassd.lifeline import ParentWatch, die_with_parent
 from tests.helpers import daemon_env
 
 
@@ -27,12 +30,16 @@ def test_without_a_parent_pid_nothing_is_checked() -> None:
     assert die_with_parent(None) is True
 
 
-def test_an_executor_whose_server_is_already_gone_exits_at_once() -> None:
+@pytest.mark.parametrize("how", ["start", "module"])
+def test_an_executor_whose_server_is_already_gone_exits_at_once(how: str) -> None:
     # pid 1 is never this test's pid: the executor's parent is not the "server" it names
     wrong_parent = 1 if os.getpid() != 1 else 2
-    done = subprocess.run(
-        [sys.executable, "-m", "compassd.executor", "--backend", "onnx", "--parent",
-         str(wrong_parent)],
-        env=daemon_env(), capture_output=True, text=True, timeout=60)
+    argv = (executor_argv("onnx", parent=wrong_parent) if how == "start" else
+            [sys.executable, "-m", "compassd.executor", "--backend", "onnx", "--parent",
+             str(wrong_parent)])
+    done = subprocess.run(argv, env=daemon_env(), capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0, done.stderr
     assert "the board server that started it is gone" in done.stderr
+    if how == "start":  # it left before loading anything heavy
+        assert "compassd.executor" not in done.stderr
