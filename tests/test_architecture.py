@@ -60,6 +60,7 @@ LAYERS = {
     "compassd.systemd": SHARED,
     "compassd.metrics": SHARED,
     "compassd._twisted_private": SHARED,
+    "compassd.lifeline": SHARED,  # a child dies with its parent; standard library only
 }
 """The layer of each module, by the longest prefix that names it."""
 
