@@ -15,9 +15,6 @@ import socket
 DEFAULT_PORT = 9190
 """The tracker's port, taken when an address names only a host."""
 
-ENDPOINT_PREFIXES = ("tcp:", "ssl:", "tls:", "unix:")
-"""How a Twisted client endpoint string starts; such text is passed on as it is."""
-
 WILDCARDS = ("0.0.0.0", "::", "")
 """Bound addresses that mean every interface, and so no address a peer can dial."""
 
@@ -50,13 +47,81 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+CLIENT_ENDPOINT_TYPES = ("tcp", "ssl", "tls", "unix")
+"""The client endpoint types compassd's addresses may name (Twisted's own, and C{tls:}
+with compassd's C{ca=} fields)."""
+
+
 def client_endpoint(text: str, default_port: int = DEFAULT_PORT) -> str:
-    """A Twisted client endpoint string from C{HOST:PORT} or an endpoint string (which
-    is returned as it is); ValueError saying why for anything else."""
-    if text.startswith(ENDPOINT_PREFIXES) and "=" in text:
+    """A Twisted client endpoint string for C{text}.
+
+    C{HOST:PORT}, C{[v6]:PORT} or a bare host becomes C{tcp:host=HOST:port=PORT}. An
+    endpoint string (C{tcp:}, C{ssl:}, C{tls:} or C{unix:}, with positional arguments
+    such as C{tcp:HOST:PORT} or keyword ones such as C{tcp:host=HOST:port=PORT}, and
+    compassd's C{tls:host=H:port=P:ca=FILE}) is returned as it is once it has been
+    parsed the way it will be used. Anything else is a ValueError saying why.
+    """
+    kind, sep, _ = text.partition(":")
+    if sep and kind.lower() in CLIENT_ENDPOINT_TYPES:
+        check_client_endpoint(text)
         return text
     host, port = parse_address(text, default_port)
     return f"tcp:host={host.replace(':', chr(92) + ':')}:port={port}"
+
+
+def check_client_endpoint(text: str) -> None:
+    """Parse the endpoint string C{text} as a connection would (no connection is made);
+    ValueError with Twisted's reason if it cannot work."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from .tls import client_from_string
+
+    try:
+        client_from_string(MemoryReactorClock(), text)
+    except Exception as e:  # Twisted's parsers raise ValueError, TypeError, OSError...
+        reason = str(e) or type(e).__name__
+        raise ValueError(f"{text!r} is not a client endpoint string that can work:"
+                         f" {reason.rstrip('.')}.") from None
+
+
+def endpoint_arguments(text: str) -> tuple[list[str], dict[str, str]]:
+    """The positional and keyword arguments of the endpoint string C{text} after its
+    type, split at unescaped colons, with C{\\:} unescaped."""
+    _, _, rest = text.partition(":")
+    parts, current, escaped = [], "", False
+    for char in rest:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    args = [p for p in parts if "=" not in p]
+    kwargs = dict(p.split("=", 1) for p in parts if "=" in p)
+    return args, kwargs
+
+
+def dial_address(text: str) -> str:
+    """The C{HOST:PORT} that peers dial, from C{HOST:PORT}, C{[v6]:PORT}, C{tcp:HOST:PORT}
+    or C{tcp:host=HOST:port=PORT} (a board's or a proxy's C{--advertise}); ValueError
+    saying why for anything else, such as a C{unix:} endpoint no other machine can dial."""
+    kind, sep, _ = text.partition(":")
+    if not (sep and kind.lower() in CLIENT_ENDPOINT_TYPES):
+        return format_address(*parse_address(text, 0))
+    if kind.lower() != "tcp":
+        raise ValueError(f"{text!r} is a {kind}: endpoint, but clients dial this address"
+                         " over TCP: give HOST:PORT.")
+    args, kwargs = endpoint_arguments(text)
+    host = kwargs.get("host", args[0] if args else "")
+    port = kwargs.get("port", args[1] if len(args) > 1 else "")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} does not name a host and a port.")
+    return format_address(host, int(port))
 
 
 def advertised_address(host: str, port: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from twisted.python import usage
 
-from .addresses import client_endpoint, parse_address
+from .addresses import client_endpoint, dial_address
 
 
 def positive(text: str) -> float:
@@ -35,6 +35,6 @@ def check_tracker_and_advertise(options: usage.Options) -> None:
     options["tracker-endpoint"] = endpoint_option(options, "tracker")
     if options["advertise"]:
         try:
-            parse_address(options["advertise"])
+            options["advertise"] = dial_address(options["advertise"])
         except ValueError as e:
             raise usage.UsageError(f"--advertise: {e}") from e

@@ -10,12 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
 
 from compassd import addresses
 from compassd.addresses import (
     DEFAULT_PORT,
     advertised_address,
     client_endpoint,
+    dial_address,
     format_address,
     parse_address,
 )
@@ -86,11 +88,56 @@ def test_client_endpoint_turns_an_address_into_a_tcp_endpoint_for_it(
 
 @pytest.mark.parametrize(
     "text",
-    ["tcp:host=tracker.lab:port=9190", "tls:tracker.lab:9190:trustRoots=/etc/ca",
-     "ssl:host=t:port=1", "unix:path=/run/compass.sock"],
+    ["tcp:host=tracker.lab:port=9190", "tcp:tracker.lab:9190", "tcp:127.0.0.1:9190:timeout=5",
+     "tls:tracker.lab:9190", "tls:host=tracker.lab:port=9190", "ssl:host=t:port=1",
+     "ssl:t:1", "unix:path=/run/compass.sock", "unix:/run/compass.sock"],
 )
 def test_client_endpoint_passes_endpoint_strings_through(text: str) -> None:
     assert client_endpoint(text) == text
+
+
+def test_the_positional_tcp_form_dials_its_host_and_port() -> None:
+    reactor = MemoryReactorClock()
+    clientFromString(reactor, client_endpoint("tcp:127.0.0.1:9190")).connect(
+        Factory.forProtocol(Protocol))
+    assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.0.1", 9190)]
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("tcp:127.0.0.1", "port"),
+    ("tcp:host=t.lab:port=http", "http"),
+    ("tcp:t.lab:9190:colour=blue", "colour"),
+    ("tls:host=t.lab:port=9190:ca=/nonexistent/ca.pem", "/nonexistent/ca.pem"),
+    ("tls:t.lab:9190:trustRoots=/nonexistent/ca", "/nonexistent/ca"),
+])
+def test_an_endpoint_string_that_cannot_work_is_refused_with_twisteds_reason(
+    text: str, reason: str
+) -> None:
+    with pytest.raises(ValueError) as e:
+        client_endpoint(text)
+    assert str(e.value).startswith(f"{text!r} is not a client endpoint string that can work:")
+    assert reason in str(e.value)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("board.lab:9191", "board.lab:9191"),
+    ("[fd00::5]:9191", "[fd00::5]:9191"),
+    ("tcp:board.lab:9191", "board.lab:9191"),
+    ("tcp:host=board.lab:port=9191", "board.lab:9191"),
+    ("tcp:host=fd00\\:\\:5:port=9191", "[fd00::5]:9191"),
+])
+def test_dial_address_takes_host_port_and_tcp_endpoints(text: str, expected: str) -> None:
+    assert dial_address(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("unix:/run/board.sock", "clients dial this address over TCP"),
+    ("tcp:board.lab", "does not name a host and a port"),
+    ("board.lab", "is not HOST:PORT"),
+])
+def test_dial_address_refuses_what_no_client_can_dial(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        dial_address(text)
 
 
 def test_client_endpoint_refuses_what_is_neither() -> None:

@@ -328,3 +328,18 @@ def test_token_line_is_accepted_by_the_tracker_and_roles_are_enforced(
         assert "npu-1" in allowed.stderr
     finally:
         stop(proc)
+
+
+def test_devices_prints_the_devices_table_only(tracker: tuple[str, int]) -> None:
+    with registered_board(tracker, key=KEY):
+        result = compass("--tracker", at(tracker), "devices")
+    assert result.exit_code == 0, result.stderr
+    assert "Devices" in result.stdout and "npu-1" in result.stdout
+    assert "Queues" not in result.stdout and "no queues" not in result.stdout
+
+
+def test_demo_refuses_more_samples_than_it_ships_naming_the_limit() -> None:
+    result = compass("demo", "--samples", "500")
+    assert result.exit_code == 2
+    assert "--samples" in result.stderr
+    assert "compassd ships 200 held-out samples for the demo, not 500" in result.stderr

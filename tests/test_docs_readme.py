@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,15 @@ def run(command: str, cwd: Path, env: dict[str, str]) -> str:
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"`{command}` exited with {done.returncode}:\n{output}"
     return done.stdout
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A directory of this test's own, not under pytest's base directory: pytest removes
+    all but the newest three of those, which other pytest runs on the same machine
+    create while this long test runs."""
+    with tempfile.TemporaryDirectory(prefix="compass-readme-") as path:
+        yield Path(path)
 
 
 @pytest.fixture

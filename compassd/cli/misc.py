@@ -48,7 +48,7 @@ def completion(ctx: click.Context, shell: str | None) -> None:
 
 @click.command()
 @click.option("--samples", default=200, show_default=True, type=click.IntRange(min=1),
-              help="How many of the shipped samples to classify.")
+              help="How many of the shipped samples to classify (at most 200).")
 @click.option("--deadline", default=60.0, show_default=True,
               type=click.FloatRange(min=1), help="Seconds allowed for each step.")
 def demo(samples: int, deadline: float) -> None:
@@ -58,8 +58,13 @@ def demo(samples: int, deadline: float) -> None:
     requests the board, uploads a small handwritten-digit classifier shipped with
     compassd, runs it on held-out samples, prints the accuracy, then stops both daemons.
     """
-    from ..demo import DemoError, run_demo
+    from ..demo import DemoError, load_samples, run_demo
 
+    shipped = len(load_samples()[1])
+    if samples > shipped:
+        raise click.BadParameter(
+            f"compassd ships {shipped} held-out samples for the demo, not {samples}: give"
+            f" a number from 1 to {shipped}.", param_hint="--samples")
     try:
         run_demo(new_console(), samples=samples, deadline=deadline)
     except DemoError as e:

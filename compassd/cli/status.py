@@ -31,11 +31,16 @@ def render_status(summary: dict[str, Any], console: Console, waiting_shown: int)
 
 def status_tables(summary: dict[str, Any], waiting_shown: int) -> Group:
     """The devices and queues tables of C{summary}, as one renderable."""
+    return Group(devices_table(summary["devices"]), queues_table(summary["queues"]))
+
+
+def devices_table(rows: list[dict[str, Any]]) -> Table:
+    """The Devices table (what C{compass devices} prints)."""
     devices = Table(title="Devices", title_justify="left", expand=False)
     for column in ("key", "device", "address", "state", "holder", "held for", "lease left",
                    "info"):
         devices.add_column(column)
-    for d in sorted(summary["devices"], key=lambda d: (d["key"], d["name"])):
+    for d in sorted(rows, key=lambda d: (d["key"], d["name"])):
         state = d["state"]
         if d["health"] != "ok":
             state += f" ({d['health']})"
@@ -45,13 +50,17 @@ def status_tables(summary: dict[str, Any], waiting_shown: int) -> Group:
             f"[{_STATE_STYLE.get(d['state'], '')}]{state}[/]",
             d["holder"] or "-", duration(d["held_for"]), duration(d["lease_left"]), info,
         )
-    if not summary["devices"]:
+    if not rows:
         devices.add_row("-", "no devices registered", "", "", "", "", "", "")
+    return devices
 
+
+def queues_table(summary_queues: list[dict[str, Any]]) -> Table:
+    """The Queues table: each pool's free and total devices and who waits in order."""
     queues = Table(title="Queues", title_justify="left")
     for column in ("key", "free/total", "position", "request", "user", "priority", "waited"):
         queues.add_column(column)
-    for q in summary["queues"]:
+    for q in summary_queues:
         free = f"{q['free']}/{q['total']}"
         rows = q["waiting"]
         if not rows:
@@ -63,9 +72,9 @@ def status_tables(summary: dict[str, Any], waiting_shown: int) -> Group:
             )
         if q["count"] > len(rows):
             queues.add_row("", "", "...", f"and {q['count'] - len(rows)} more", "", "", "")
-    if not summary["queues"]:
+    if not summary_queues:
         queues.add_row("-", "", "", "no queues", "", "", "")
-    return Group(devices, queues)
+    return queues
 
 
 @click.command()
@@ -136,4 +145,4 @@ def devices(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
     else:
-        render_status({"devices": rows, "queues": []}, new_console(), 0)
+        new_console().print(devices_table(rows))

@@ -20,10 +20,12 @@ import attrs
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .. import __version__
 from .._twisted_private import forget_lost_notification
@@ -35,6 +37,25 @@ from ..protocol.peer import CompassPeer
 from ..tls import client_from_string
 
 log = Logger(namespace="compass.server")
+
+
+@implementer(IStreamClientEndpoint)
+class _NoticingFailures:
+    """An endpoint that tells C{noticed} why each connection attempt failed (the retry
+    policy then logs it with the next delay: ClientService itself only says "Scheduling
+    retry", at info level and without the reason)."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint,
+                 noticed: Callable[[Failure], object]) -> None:
+        self._endpoint = endpoint
+        self._noticed = noticed
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        def failed(failure: Failure) -> Failure:
+            self._noticed(failure)
+            return failure
+
+        return self._endpoint.connect(factory).addErrback(failed)
 
 
 @attrs.define
@@ -105,13 +126,31 @@ class TrackerLink(service.Service):
         """How many times the device was registered (once per connection)."""
         factory = Factory.forProtocol(lambda: _BoardProtocol(self._revoked, on_dial))
         target, self._tls = client_from_string(reactor, endpoint)
+        self._unreachable: Failure | None = None
+        """Why the last connection attempt failed, until the next retry is logged."""
+        backoff = backoffPolicy(initialDelay=0.5, maxDelay=retry_max_delay)
+
+        def retry_after(attempt: int) -> float:
+            delay = float(backoff(attempt))
+            failure, self._unreachable = self._unreachable, None
+            if failure is not None:
+                log.warn("cannot reach the tracker at {endpoint} to register {device}:"
+                         " {why}; trying again in {delay:.1f} s ({attempts} failed"
+                         " attempts so far)", endpoint=self.endpoint,
+                         device=self.board.device, why=failure.getErrorMessage().rstrip("."),
+                         delay=delay, attempts=attempt)
+            return delay
+
         self._clients = ClientService(
-            target,
+            _NoticingFailures(target, self._connect_failed),
             factory,
-            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=retry_max_delay),
+            retryPolicy=retry_after,
             clock=reactor,
             prepareConnection=self._prepare,  # type: ignore[arg-type]
         )
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._unreachable = failure
 
     # --- service -------------------------------------------------------------------
 

@@ -206,6 +206,21 @@ def test_stale_session_directories_of_an_earlier_run_are_removed_at_start(
         finish(proc, workdir)
 
 
+def test_a_tracker_given_as_a_positional_endpoint_string_is_registered_with(
+    tracker: tuple[str, int], fake_lib: Path, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "work"
+    proc, _ = start_server(f"tcp:{tracker[0]}:{tracker[1]}", fake_lib, workdir, "pos-1")
+    try:
+        client = connect_tracker(*tracker)
+        row = until("the board to register", lambda: device_row(client, "pos-1"))
+        assert row["key"] == "demo"
+        assert f"registering pos-1 with the tracker at tcp:{tracker[0]}:{tracker[1]}" \
+            in daemon_log(proc)
+    finally:
+        finish(proc, workdir)
+
+
 def test_a_board_without_its_device_is_quarantined_and_never_granted(
     tracker: tuple[str, int], fake_lib: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch

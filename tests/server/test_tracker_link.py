@@ -3,6 +3,7 @@ link's connection attempts and timers, iosim for the bytes; no sockets, no real 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -150,3 +151,30 @@ def test_a_kick_at_the_tracker_reaches_the_board_as_a_revocation() -> None:
     w.flush()
     assert [r[0] for r in w.revoked] == [lease], answers
     assert "maintenance" in " ".join(w.revoked[0][1:]), w.revoked
+
+
+def test_an_unreachable_tracker_is_a_warning_with_address_reason_and_next_retry() -> None:
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+    from twisted.python.failure import Failure
+
+    w = World()
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        w.link.startService()
+        for attempt in range(2):
+            factory = w.clock.tcpClients[attempt][2]
+            factory.clientConnectionFailed(w.clock.connectors[attempt],
+                                           Failure(ConnectionRefusedError("no one there")))
+            w.advance(2.0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        w.link.stopService()
+    warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    assert len(warnings) == 2, warnings
+    for n, text in enumerate(warnings, start=1):
+        assert text.startswith("cannot reach the tracker at tcp:host=127.0.0.1:port=9190 to"
+                               " register board-1: Connection was refused by other side")
+        assert "no one there;" in text and f"({n} failed attempts so far)" in text
+        assert re.search(r"; trying again in \d+\.\d s", text), text
