@@ -286,6 +286,7 @@ def test_waiting_tvm_clients_are_served_in_priority_order(
     tracker, port = start_tracker(procs)
     # Hold the key with a raw grant so the real clients queue behind it.
     holder = socket.create_connection(("127.0.0.1", port), timeout=10)
+    stopped = False
     try:
         server = start_server(procs, tvm_python, port, "prio")
         free_servers(port, "prio", 1, server)
@@ -295,14 +296,21 @@ def test_waiting_tvm_clients_are_served_in_priority_order(
             chunk = holder.recv(65536)
             assert chunk
             got += chunk
-        clients = {}
-        for priority in (0, 5, 1):
-            clients[priority] = procs(f"client-p{priority}", [
-                tvm_python, "-c", PRIORITY_CLIENT, str(port), "prio", str(priority)])
-            wait_for(f"client p{priority} to be waiting", lambda: summary(port)["queue_info"]
-                     .get("prio", {}).get("pending") == len(clients) or None, 60,
-                     clients[priority].died)
+        # The server would notice the unused grant after about 8 s and offer itself
+        # again; starting three TVM clients can take longer than that on a loaded
+        # machine, so the server is stopped (SIGSTOP) until all three are queued.
+        # Arrival order does not matter, priority does.
+        os.killpg(server.popen.pid, signal.SIGSTOP)
+        stopped = True
+        clients = {priority: procs(f"client-p{priority}", [
+            tvm_python, "-c", PRIORITY_CLIENT, str(port), "prio", str(priority)])
+            for priority in (0, 5, 1)}
+        wait_for("the three clients to be waiting", lambda: summary(port)["queue_info"]
+                 .get("prio", {}).get("pending") == len(clients) or None, 60,
+                 lambda: next(filter(None, (c.died() for c in clients.values())), None))
     finally:
+        if stopped:
+            os.killpg(server.popen.pid, signal.SIGCONT)
         holder.close()
     # The server notices the unused grant (about 8 s) and offers itself again.
 
