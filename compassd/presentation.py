@@ -195,8 +195,13 @@ class Steps:
                     path, progress=lambda done, total: bar.update(task, completed=done))
         else:
             model = session.load_model(path)
-        self.say(f"uploaded: {os.path.basename(path)} ({size_text(size)}), uploaded and"
-                 f" loaded in {time.monotonic() - started:.2f} s")
+        name = os.path.basename(path)
+        if name in getattr(session, "cached", ()):
+            self.say(f"model cached on the board: {name} ({size_text(size)}) was not sent"
+                     f" again, loaded in {time.monotonic() - started:.2f} s")
+        else:
+            self.say(f"uploaded: {name} ({size_text(size)}), uploaded and"
+                     f" loaded in {time.monotonic() - started:.2f} s")
         return model
 
 

@@ -122,10 +122,24 @@ def test_run_prints_a_table_of_each_outputs_shape_dtype_and_summary(
     assert "float32" in result.stdout and "int64" in result.stdout
     for column in ("min", "max", "mean"):
         assert column in result.stdout
-    for step in ("requesting a device of 'cpu'", "granted: cpu-1", "uploaded: digits.onnx",
-                 "loaded:", "ran: 1 frame"):
+    for step in ("requesting a device of 'cpu'", "granted: cpu-1", "loaded:",
+                 "ran: 1 frame"):
         assert step in result.stderr
+    # The first run of the module uploads the model; the board keeps it for later runs.
+    assert ("uploaded: digits.onnx" in result.stderr
+            or "model cached on the board: digits.onnx" in result.stderr)
     assert "granted" not in result.stdout  # progress goes to stderr, data to stdout
+
+
+def test_a_second_run_of_the_same_model_says_it_was_cached_on_the_board(
+    pool: str, images: Path
+) -> None:
+    run(pool, "-i", str(images))  # the board keeps the model if it did not yet
+    result = run(pool, "-i", str(images))
+    assert result.exit_code == 0, result.stderr
+    assert "model cached on the board: digits.onnx" in result.stderr
+    assert "uploaded:" not in result.stderr
+    assert "probabilities" in result.stdout
 
 
 def test_run_json_matches_onnx_runtime_here_and_o_writes_the_outputs(

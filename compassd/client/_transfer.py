@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable
 from typing import IO, Any, Union
 
@@ -34,18 +35,45 @@ Progress = Callable[[int, int], object]
 """C{progress(done, total)}: bytes moved so far out of the total."""
 
 
+_KNOWN_LIMIT = 4096
+"""Local files whose SHA-256 this process remembers (the oldest are forgotten first)."""
+
+_known: dict[tuple[str, int, int, int, int], str] = {}
+"""(real path, size, mtime_ns, device, inode) -> SHA-256 of local files already hashed."""
+_known_lock = threading.Lock()
+
+
+def _file_key(source: str | os.PathLike[str]) -> tuple[str, int, int, int, int]:
+    info = os.stat(source)
+    return (os.path.realpath(source), info.st_size, info.st_mtime_ns, info.st_dev,
+            info.st_ino)
+
+
 def digest(source: Source) -> tuple[int, str]:
-    """The size and SHA-256 (hex) of a local file or of bytes, reading a file in chunks."""
+    """The size and SHA-256 (hex) of a local file or of bytes, reading a file in chunks.
+
+    A file's SHA-256 is remembered by its path, size, modification time and inode, so
+    asking again about an unchanged file reads nothing."""
     sha = hashlib.sha256()
     if isinstance(source, bytes | bytearray | memoryview):
         view = memoryview(source).cast("B")
         sha.update(view)
         return len(view), sha.hexdigest()
+    key = _file_key(source)
+    with _known_lock:
+        known = _known.get(key)
+    if known is not None:
+        return key[1], known
     size = 0
     with open(source, "rb") as f:
         while chunk := f.read(1 << 20):
             sha.update(chunk)
             size += len(chunk)
+    if _file_key(source) == key and size == key[1]:  # unchanged while it was read
+        with _known_lock:
+            while len(_known) >= _KNOWN_LIMIT:
+                del _known[next(iter(_known))]
+            _known[key] = sha.hexdigest()
     return size, sha.hexdigest()
 
 

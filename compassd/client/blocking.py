@@ -81,6 +81,8 @@ class Session:
     backend = property(lambda self: self._session.backend)
     info = property(lambda self: dict(self._session.info))
     max_upload = property(lambda self: self._session.max_upload)
+    features = property(lambda self: self._session.features)
+    cached = property(lambda self: frozenset(self._session.cached))
     active = property(lambda self: self._session.active)
     end_message = property(lambda self: self._session.end_message)
     end_reason = property(lambda self: self._session.end_reason)

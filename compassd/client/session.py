@@ -125,6 +125,11 @@ class AsyncSession:
         self.backend: str = answer["backend"]
         self.info: dict[str, str] = info_dict(answer["info"])
         self.max_upload: int = answer["max_upload"]
+        self.features: frozenset[str] = frozenset(answer.get("features") or ())
+        """What the board said it can do beyond the first protocol (an older board: none)."""
+        self.cached: set[str] = set()
+        """Remote names whose last upload the board took from its model cache (nothing
+        was sent)."""
         self.end_reason: str | None = None
         """The board's reason code from its closing notice (e.g. C{expired}), if any."""
         self._ended: str | None = None
@@ -293,8 +298,10 @@ class AsyncSession:
     ) -> Deferred[str]:
         """Store a local file (its path) or bytes as C{remote_name} in the session
         directory; the result is the remote name. A file is read twice, in chunks: once
-        for its SHA-256 (announced up front, unless C{size} and C{sha256} are given), once
-        while sending. C{progress(sent, total)} is called as bytes go out."""
+        for its SHA-256 (announced up front, unless C{size} and C{sha256} are given; an
+        unchanged file's is remembered), once while sending. A board with a model cache
+        that already holds that content stores it without the bytes being sent (the
+        name is then in L{cached}). C{progress(sent, total)} is called as bytes go out."""
         if remote_name is None:
             if isinstance(source, bytes | bytearray | memoryview):
                 return fail(ValueError("Uploading bytes needs a remote_name for them."))
@@ -315,11 +322,28 @@ class AsyncSession:
         total: int = size
         digest_text: str = sha256
 
-        def work() -> Deferred[str]:
+        def send() -> Deferred[str]:
+            self.cached.discard(name)
             answer = self._protocol.callRemote(sp.Upload, path=name, size=total,
                                                sha256=digest_text)
             sent = self._send_run(source, total, progress)
             return self._after_run(answer, sent).addCallback(lambda _: name)
+
+        def work() -> Deferred[str]:
+            if sp.FEATURE_CACHE not in self.features:
+                return send()
+            asked = self._protocol.callRemote(sp.UseCached, path=name, size=total,
+                                              sha256=digest_text)
+
+            def answered(answer: dict[str, Any]) -> str | Deferred[str]:
+                if not answer["stored"]:
+                    return send()
+                self.cached.add(name)
+                if progress is not None:
+                    progress(total, total)
+                return name
+
+            return asked.addCallback(answered)
 
         return self._operation(f"uploading {name!r}", work)
 

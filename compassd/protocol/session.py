@@ -7,6 +7,8 @@ announces them:
 
 - L{Upload}: the client writes the command box and then exactly C{size} bytes; the
   answer comes once they have all arrived and their SHA-256 matched.
+- L{UseCached} (when the board lists L{FEATURE_CACHE}): no byte run; the board links
+  content it already holds under that SHA-256, or answers that it has none.
 - L{Download}: the answer carries C{size} and C{sha256}; exactly C{size} bytes follow it.
 - L{Run} and L{Benchmark}: the input tensors' bytes follow the command box, in the
   order of C{inputs}; for L{Run}, the output tensors' bytes follow the answer, in the
@@ -59,6 +61,7 @@ class OpenSession(CompassCommand):
         (b"backend", amp.Unicode()),
         (b"info", amp.ListOf(amp.Unicode())),
         (b"max_upload", amp.Integer()),
+        (b"features", amp.ListOf(amp.Unicode(), optional=True)),
     ]
 
 
@@ -72,6 +75,27 @@ class Upload(CompassCommand):
         (b"sha256", amp.Unicode()),
     ]
     response = []
+
+
+FEATURE_CACHE = "model-cache-1"
+"""In L{OpenSession}'s C{features}: the board answers L{UseCached}. A board that does not
+say it (an older one) is never sent L{UseCached}; a client that never sends it (an older
+one) uploads as before."""
+
+
+class UseCached(CompassCommand):
+    """Store as C{path} the content of C{size} bytes with SHA-256 C{sha256}, if the board
+    already holds it (its model cache); nothing follows this box. C{stored} says whether
+    it did: when not, upload the file as usual. Only boards whose L{OpenSession} answer
+    lists L{FEATURE_CACHE} in C{features} know this command."""
+
+    commandName = b"use-cached"
+    arguments = [
+        (b"path", amp.Unicode()),
+        (b"size", amp.Integer()),
+        (b"sha256", amp.Unicode()),
+    ]
+    response = [(b"stored", amp.Boolean())]
 
 
 class Download(CompassCommand):

@@ -31,6 +31,7 @@ from ..executor.arena_space import ArenaSpace, free_bytes
 from ..executor.handle import ExecutorHandle, spawn_executor
 from ..protocol.errors import BoardBusy, ExecutorDied, SessionEnded, Unavailable
 from .leftovers import Workdir
+from .modelcache import ModelCache, default_limit
 from .sessiondir import SessionDirectory, clean_stale
 from .tracker_link import BoardDescription, TrackerLink
 
@@ -100,6 +101,7 @@ class BoardService(service.MultiService):
         proxy: str | None = None,
         min_free_disk: int = DEFAULT_MIN_FREE_DISK,
         min_free_shm: int = DEFAULT_MIN_FREE_SHM,
+        cache_size: int | None = None,
     ) -> None:
         super().__init__()
         self.proxy = proxy
@@ -112,6 +114,11 @@ class BoardService(service.MultiService):
         self.workdir = Path(workdir)
         self.advertise = advertise
         self.max_upload = max_upload
+        self.cache_size = cache_size
+        """Bytes the model cache may hold; None: a share of the work directory's disk
+        (L{modelcache.default_limit}); 0: no cache."""
+        self.cache: ModelCache | None = None
+        """The model cache, once the service started (None when C{cache_size} is 0)."""
         self.run_timeout = run_timeout
         self.health_interval = health_interval
         self.arena_size = arena_size
@@ -145,7 +152,8 @@ class BoardService(service.MultiService):
             max_upload=options["max-upload"], run_timeout=options["run-timeout"],
             health_interval=options["health-interval"], proxy=options.get("proxy"),
             min_free_disk=options.get("min-free-disk", DEFAULT_MIN_FREE_DISK),
-            min_free_shm=options.get("min-free-shm", DEFAULT_MIN_FREE_SHM))
+            min_free_shm=options.get("min-free-shm", DEFAULT_MIN_FREE_SHM),
+            cache_size=options.get("cache-size"))
 
     def factory(self) -> Factory:
         from .session import SessionConnection
@@ -163,6 +171,9 @@ class BoardService(service.MultiService):
             log.error("{device}: {error}", device=self.device, error=e)
             raise
         self._remove_leftovers()
+        limit = default_limit(self.workdir) if self.cache_size is None else self.cache_size
+        if limit > 0:
+            self.cache = ModelCache.open(self.workdir / "cache", limit)
         self._health = LoopingCall(self._check_health)
         self._health.clock = self.reactor
         self._health.start(self.health_interval, now=False)

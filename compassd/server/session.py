@@ -33,7 +33,8 @@ from ..protocol.errors import (
 )
 from ..protocol.hello import Greeting, HelloResponder, software_name
 from .board import ActiveSession, BoardService, session_gone
-from .upload import UploadSink, download_chunks
+from .modelcache import store_cached
+from .upload import UploadSink, check_sha256, download_chunks
 
 log = Logger(namespace="compass.server")
 
@@ -222,6 +223,7 @@ class SessionConnection(HelloResponder):
                 "backend": self.board.backend,
                 "info": list(self.board.link.board.info),
                 "max_upload": self.board.max_upload,
+                "features": [ps.FEATURE_CACHE] if self.board.cache is not None else [],
             }
 
         return self.board.open_session(self, ticket).addCallback(opened)
@@ -247,7 +249,9 @@ class SessionConnection(HelloResponder):
         arrived = self.expect_raw(size, sink)
 
         def stored(_: object) -> dict[str, Any]:
-            sink.finish()
+            kept = sink.finish()
+            if self.board.cache is not None:
+                self.board.cache.add(kept, sink.sha256)
             log.info("{device}: session {session} stored {path} ({size} bytes)",
                      device=self.board.device, session=session.ident, path=path, size=size)
             return {}
@@ -257,6 +261,20 @@ class SessionConnection(HelloResponder):
             return _connection_gone(failure, f"uploading {path!r}")
 
         return arrived.addCallbacks(stored, lost)
+
+    @ps.UseCached.responder
+    def use_cached(self, path: str, size: int, sha256: str) -> dict[str, Any]:
+        session = self._active()
+        digest = check_sha256(session.directory.describe(path), sha256)
+        if not isinstance(size, int) or size < 0:
+            raise BadRequest(f"A file of {size} bytes makes no sense.")
+        cache = self.board.cache
+        if cache is None or not store_cached(cache, session.directory, path, size, digest):
+            return {"stored": False}
+        log.info("{device}: session {session} stored {path} ({size} bytes) from the model"
+                 " cache", device=self.board.device, session=session.ident, path=path,
+                 size=size)
+        return {"stored": True}
 
     @ps.Download.responder
     def download(self, path: str) -> dict[str, Any]:

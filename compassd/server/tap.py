@@ -75,6 +75,10 @@ class Options(usage.Options):
          " else none. Never pass a token on the command line: ps shows it."],
         ["max-upload", None, "4G",
          "Most bytes a session may store (K, M, G suffixes).", _size],
+        ["cache-size", None, None,
+         "Most bytes the model cache keeps (K, M, G suffixes; 0: no cache). Default: a"
+         " quarter of the work directory's file system. Uploads are kept by SHA-256 and"
+         " a client naming one gets it without sending it again.", _size_or_zero],
         ["run-timeout", None, 300.0,
          "Longest a single run or benchmark may take unless the client asks for less;"
          " past it the executor is killed.", positive],

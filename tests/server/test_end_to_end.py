@@ -7,6 +7,7 @@ its PID; every wait has a deadline (the client's own timeouts).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from compassd.protocol.errors import (
     SessionEnded,
     TensorMismatch,
 )
+from compassd.protocol.session import FEATURE_CACHE
 from tests.fakedriver.build import build_fake_driver
 from tests.fakedriver.graphs import Tensor, write_graph
 from tests.helpers import daemon_log, start_twistd, stop
@@ -228,3 +230,58 @@ def test_request_load_run_release_on_the_onnx_backend(
         assert stop(proc) in (0, -15)
         print(daemon_log(proc))
     assert not list(workdir.glob("session-*"))
+
+
+def test_the_same_model_in_a_new_session_comes_from_the_board_cache_not_the_wire(
+    tracker: tuple[str, int], board: tuple[str, Path], tmp_path: Path
+) -> None:
+    model = tmp_path / "add3.bin"
+    write_graph(model, [Tensor(16, "int8")], [Tensor(16, "int8")], behaviour="add",
+                value=3)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    client = connect_tracker(*tracker)
+    x = np.arange(16, dtype=np.int8)
+    with client.request("demo", wait=WAIT) as held:
+        session = held.open_session()
+        assert FEATURE_CACHE in session.features
+        # An older client never asks the cache: a plain upload, which the board keeps.
+        session._session.features = frozenset()
+        session.load_model(str(model))
+        assert session.cached == frozenset()
+    assert os.listdir(board[1] / "cache") == [digest]
+    for _ in range(2):
+        with client.request("demo", wait=WAIT) as held:
+            session = held.open_session()
+            loaded = session.load_model(str(model))
+            assert session.cached == {"add3.bin"}
+            (y,) = loaded.run(x)
+            assert y.tolist() == (x + 3).tolist()
+            assert [f.name for f in session.listdir()] == ["add3.bin"]
+    assert _device(client)["state"] == "free"
+
+
+def test_a_board_without_a_cache_says_so_and_takes_uploads_as_before(
+    tracker: tuple[str, int], fake_lib: Path, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "work"
+    proc, _ = start_twistd(
+        "compass-server", "--key", "plain", "--tracker", f"{tracker[0]}:{tracker[1]}",
+        "--backend", "aipu", "--driver", str(fake_lib), "--workdir", str(workdir),
+        "--device", "board-2", "--cache-size", "0")
+    try:
+        model = tmp_path / "add3.bin"
+        write_graph(model, [Tensor(16, "int8")], [Tensor(16, "int8")], behaviour="add",
+                    value=3)
+        client = connect_tracker(*tracker)
+        for _ in range(2):
+            with client.request("plain", wait=WAIT) as held:
+                session = held.open_session()
+                assert session.features == frozenset()
+                loaded = session.load_model(str(model))
+                assert session.cached == frozenset()
+                (y,) = loaded.run(np.zeros(16, dtype=np.int8))
+                assert y.tolist() == [3] * 16
+        assert not (workdir / "cache").exists()
+    finally:
+        assert stop(proc) in (0, -15)
+        assert "Traceback" not in daemon_log(proc)
