@@ -255,12 +255,12 @@ def session_bench(options: argparse.Namespace, driver: str, graphs: dict[str, st
         server, _ = start_twistd(
             "compass-server", "--key", KEY, "--tracker", f"127.0.0.1:{tracker_port}",
             "--backend", "aipu", "--driver", driver, "--workdir", str(workdir / "work"),
-            "--device", "bench-1", "--max-upload", str(4 * size + (1 << 20)))
+            "--device", "bench-1", "--max-upload",
+            str(4 * size + 2 * (options.model_mib << 20) + (1 << 20)))
         client = connect_tracker("127.0.0.1", tracker_port)
         opens: list[float] = []
         for i in range(options.opens):
-            if i:
-                _wait_for_spare(client, options.spare_wait)
+            _wait_for_spare(server, i + 1)
             with client.request(KEY, wait=WAIT) as lease:
                 t0 = time.perf_counter()
                 lease.open_session()
@@ -274,8 +274,14 @@ def session_bench(options: argparse.Namespace, driver: str, graphs: dict[str, st
             blob = workdir / "blob.bin"
             blob.write_bytes(np.random.default_rng(2).integers(0, 255, size, np.uint8)
                              .tobytes())
-            uploads = _timed(0, options.transfers, options.transfers,
-                             lambda: session.upload(str(blob), "blob.bin"))
+            uploads = [_first_upload(session, blob, i) for i in range(options.transfers)]
+            model = workdir / "model.bin"
+            model_size = options.model_mib << 20
+            model.write_bytes(np.random.default_rng(3).integers(
+                0, 255, model_size, np.uint8).tobytes())
+            firsts = [_first_upload(session, model, i) for i in range(options.transfers)]
+            hits = _timed(0, 20, 20, lambda: session.upload(str(model), "model.bin"))
+            assert "model.bin" in session.cached, "the unchanged model was sent again"
             big = session.load_model(graphs["big"])
             t = np.arange(size // 4, dtype=np.float32)
             (y,) = big.run(t)
@@ -284,7 +290,9 @@ def session_bench(options: argparse.Namespace, driver: str, graphs: dict[str, st
         client.close()
         return {"open_p50": percentile(opens, 50), "opens": len(opens),
                 "run_p50": percentile(runs, 50), "runs": len(runs),
-                "upload_rate": size / min(uploads), "trip_rate": 2 * size / min(trips)}
+                "upload_rate": size / min(uploads), "trip_rate": 2 * size / min(trips),
+                "first_upload": min(firsts), "first_rate": model_size / min(firsts),
+                "hit_p50": percentile(hits, 50)}
     except BaseException:
         if server is not None:
             print(daemon_log(server)[-4000:], file=sys.stderr)
@@ -295,17 +303,32 @@ def session_bench(options: argparse.Namespace, driver: str, graphs: dict[str, st
         stop(tracker)
 
 
-def _wait_for_spare(client: Any, seconds: float) -> None:
-    """Give the board time to start its next warm spare after a session ended (the spare
-    is not visible from outside, so this waits for the board to be free, then a fixed
-    time that covers an executor's start)."""
+def _first_upload(session: Any, path: Path, i: int) -> float:
+    """Seconds to upload C{path} after changing its first 16 bytes, so that its content
+    is new to the board's cache and its SHA-256 new to the client."""
+    with open(path, "r+b") as f:
+        f.write(i.to_bytes(8, "little") + os.urandom(8))
+    t0 = time.perf_counter()
+    session.upload(str(path), path.name)
+    took = time.perf_counter() - t0
+    assert path.name not in session.cached, "a first upload came from the cache"
+    return took
+
+
+SPARE_READY = "a warm spare executor is ready for the next session"
+
+
+def _wait_for_spare(server: Any, count: int) -> None:
+    """Wait until the board has logged its C{count}-th warm spare as ready, so the next
+    open attaches a spare that is really warm (it logs one at start and one after each
+    session), or fail after L{WAIT} seconds."""
+    from tests.helpers import daemon_log
+
     end = time.monotonic() + WAIT
-    while time.monotonic() < end:
-        states = {d["name"]: d["state"] for d in client.summary()["devices"]}
-        if states.get("bench-1") == "free":
-            break
-        time.sleep(0.05)
-    time.sleep(seconds)
+    while daemon_log(server).count(SPARE_READY) < count:
+        if time.monotonic() > end:
+            raise RuntimeError(f"The board logged no warm spare #{count} in {WAIT:g} s.")
+        time.sleep(0.02)
 
 
 # --- the table -------------------------------------------------------------------------
@@ -334,6 +357,13 @@ def build_rows(options: argparse.Namespace, base: dict[str, Any], s: dict[str, A
         (f"upload {mib} MiB", _mbs(s["upload_rate"]), _mbs(base["send_rate"]),
          _ratio(s["upload_rate"], base["send_rate"]), ">= 0.60x",
          _verdict(s["upload_rate"] >= 0.6 * base["send_rate"])),
+        (f"upload {options.model_mib} MiB model, first time (incl. client sha256)",
+         _mbs(s["first_rate"]), _mbs(base["send_rate"]),
+         _ratio(s["first_rate"], base["send_rate"]), ">= 0.50x",
+         _verdict(s["first_rate"] >= 0.5 * base["send_rate"])),
+        (f"upload {options.model_mib} MiB model again, unchanged (cache hit)",
+         _ms(s["hit_p50"]), _ms(s["first_upload"]), _ratio(s["hit_p50"], s["first_upload"]),
+         "<= 5 ms", _verdict(s["hit_p50"] <= 0.005)),
         (f"sha256 of {mib} MiB (each end of an upload)", _mbs(base["sha256_rate"]),
          _mbs(base["send_rate"]), _ratio(base["sha256_rate"], base["send_rate"]), "-", "-"),
         (f"tensor round trip {mib} MiB float32", _mbs(s["trip_rate"]),
@@ -360,14 +390,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="uploads and tensor round trips timed, best kept (default 5)")
     parser.add_argument("--opens", type=int, default=5,
                         help="sessions opened for the open latency (default 5)")
-    parser.add_argument("--spare-wait", type=float, default=2.0,
-                        help="seconds left for the next spare executor to start between"
-                             " two timed opens (default 2)")
+    parser.add_argument("--model-mib", type=int, default=256,
+                        help="MiB of the model uploaded first and again (default 256)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes for a smoke run (a few seconds)")
     options = parser.parse_args(argv)
     if options.quick:
         options.seconds, options.mib, options.transfers, options.opens = 0.6, 4, 2, 1
+        options.model_mib = 4
     return options
 
 

@@ -542,11 +542,11 @@ def build_rows(options: argparse.Namespace, one: dict[str, Any], many: dict[str,
     for size in sizes:
         cost = costs[size]
         if size == smallest:
-            rows.append((f"per-grant cost, {size} queued", _us(cost), "-", "-", "-", "-"))
+            rows.append((f"per-grant core cost, {size} queued", _us(cost), "-", "-", "-", "-"))
             continue
         allowed = math.log(size) / math.log(max(smallest, 2))
         rows.append((
-            f"per-grant cost, {size} queued", _us(cost), _us(costs[smallest]),
+            f"per-grant core cost, {size} queued", _us(cost), _us(costs[smallest]),
             _ratio(cost, costs[smallest]), f"<= {allowed:.2f}x (log)",
             _verdict(cost / costs[smallest] <= allowed),
         ))

@@ -15,7 +15,7 @@ BENCH = ROOT / "bench" / "proxy.py"
 
 EXPECTED_ROWS = [
     "run round trip p50, via proxy",
-    "runs/s, via proxy",
+    "runs/s (1/mean latency), via proxy",
     "upload 4 MiB, via proxy",
     "tensor round trip 4 MiB, via proxy",
 ]

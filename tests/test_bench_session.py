@@ -17,6 +17,8 @@ EXPECTED_ROWS = [
     "session open p50 (warm spare)",
     "small model run round trip p50",
     "upload 4 MiB",
+    "upload 4 MiB model, first time (incl. client sha256)",
+    "upload 4 MiB model again, unchanged (cache hit)",
     "sha256 of 4 MiB (each end of an upload)",
     "tensor round trip 4 MiB float32",
     "executor handoff 4 MiB (write+Execute+read)",

@@ -111,6 +111,9 @@ class Session:
                    progress: Callable[[int, int], object] | None = None) -> Model:
         """Upload (if local) and load a model; see L{AsyncSession.load_model}.
         C{progress} runs on the client's background thread."""
+        for local in (path, manifest):
+            if local is not None and os.path.isfile(local):
+                digest(local)  # hashed here (and remembered), not on the reactor thread
         return Model(_reactor.call(self._session.load_model, path, manifest, progress))
 
     def close(self) -> None:

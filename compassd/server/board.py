@@ -244,6 +244,8 @@ class BoardService(service.MultiService):
             return
         self._spare_handle = handle
         handle.ended.addCallback(self._spare_ended, handle)
+        log.info("{device}: a warm spare executor is ready for the next session",
+                 device=self.device)
         self.backend_info = [line for line in handle.info
                              if not line.startswith(("backend=", "pid="))]
         self.link.board.info = [f"backend={self.backend}", *self.backend_info,
