@@ -35,6 +35,8 @@ class LeaseSpan:
     user: str
     start: float
     end: float | None
+    lease: str = ""
+    """The lease's id, where known (to tell the same lease in two sources apart)."""
 
 
 @attrs.frozen
@@ -44,6 +46,7 @@ class WaitSample:
     key: str
     at: float
     waited: float
+    lease: str = ""
 
 
 class HistorySource(Protocol):
@@ -72,9 +75,10 @@ class MemoryHistory:
             if isinstance(effect, Granted):
                 lease = effect.lease
                 self._open[lease.id] = LeaseSpan(lease.device.name, lease.device.key,
-                                                 lease.user, lease.granted_at, None)
+                                                 lease.user, lease.granted_at, None, lease.id)
                 self._waits.append(WaitSample(lease.device.key, lease.granted_at,
-                                              lease.granted_at - lease.request.enqueued_at))
+                                              lease.granted_at - lease.request.enqueued_at,
+                                              lease.id))
             elif isinstance(effect, LeaseEnded):
                 span = self._open.pop(effect.lease.id, None)
                 if span is not None:

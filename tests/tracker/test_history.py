@@ -35,11 +35,12 @@ def test_memory_history_follows_grants_and_ends() -> None:
     lease = next(iter(scheduler.leases))
     history.observe(scheduler.release(400.0, lease, "alice"), 400.0)
     spans = sorted(history.leases(0.0, 1000.0), key=lambda s: s.start)
-    assert spans == [LeaseSpan("npu-1", "x2", "alice", 100.0, 400.0),
-                     LeaseSpan("npu-1", "x2", "alice", 400.0, None)]
-    assert history.waits(0.0, 1000.0) == [WaitSample("x2", 100.0, 0.0),
-                                          WaitSample("x2", 400.0, 290.0)]
-    assert history.waits(200.0, 1000.0) == [WaitSample("x2", 400.0, 290.0)]
+    first, second = (span.lease for span in spans)
+    assert spans == [LeaseSpan("npu-1", "x2", "alice", 100.0, 400.0, first),
+                     LeaseSpan("npu-1", "x2", "alice", 400.0, None, second)]
+    assert history.waits(0.0, 1000.0) == [WaitSample("x2", 100.0, 0.0, first),
+                                          WaitSample("x2", 400.0, 290.0, second)]
+    assert history.waits(200.0, 1000.0) == [WaitSample("x2", 400.0, 290.0, second)]
 
 
 def test_memory_history_forgets_what_is_older_than_it_keeps_and_past_its_limit() -> None:
