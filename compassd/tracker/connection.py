@@ -168,6 +168,8 @@ class TrackerPeer(HelloResponder):
                 "refused hello as {role} from {peer}: {why}", role=role, peer=self.describe(),
                 why=str(e),
             )
+            for refused in self.tracker.refusals:
+                refused(role)
             raise
         self.identity, self.role = identity, role
         self.tracker.record("hello", user=identity.user, peer=self.describe(), role=role)

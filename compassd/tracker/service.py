@@ -11,6 +11,7 @@ themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -75,6 +76,11 @@ class TrackerService(service.Service):
     """A PEM CA file: the board role then needs a TLS client certificate it signed."""
     tokens_path: str | None = None
     """The tokens file L{reload_access} reads again."""
+    observers: list[Callable[[list[Effect], float], None]] = attrs.Factory(list)
+    """Called with every batch of effects the tracker applies and the time (metrics,
+    the dashboard's history and live pages); they only watch."""
+    refusals: list[Callable[[str], None]] = attrs.Factory(list)
+    """Called with the role asked for whenever a hello is refused."""
 
     _connections: set[Any] = attrs.Factory(set)
     _timer: IDelayedCall | None = None
@@ -135,6 +141,10 @@ class TrackerService(service.Service):
 
     def apply(self, effects: list[Effect]) -> None:
         """Carry out what the scheduler decided, then re-arm the deadline timer."""
+        if self.observers and effects:
+            now = self.now()
+            for observer in self.observers:
+                observer(effects, now)
         # A grant or an ended lease has its own log line; the device's busy/free change
         # that comes with it would only repeat it, and writing a log line costs as much
         # as the rest of a grant.
@@ -258,6 +268,10 @@ class TrackerService(service.Service):
         notify = getattr(owner, "notify", None)
         if notify is not None:
             notify(command, arguments)
+
+    def connections(self) -> list[Any]:
+        """Every open connection, AMP and TVM (for metrics)."""
+        return list(self._connections)
 
     def tvm_connections(self) -> list[Any]:
         """The connections speaking TVM's tracker protocol."""

@@ -11,12 +11,15 @@ from twisted.internet.protocol import Protocol
 from twisted.python import usage
 
 from ..listening import Listener
+from ..metrics import metrics_listener
 from ..protocol.limits import HELLO_TIMEOUT, MAX_CONNECTIONS_PER_ADDRESS, ConnectionGuard
 from ..systemd import SystemdNotifier, default_listen, plural
 from ..tls import ClientCertListener, TLSFailed, load_ca
 from .access import Access, TokensFileError, load_tokens
 from .audit import AuditLog
 from .frontdoor import front_door_factory, parse_networks
+from .history import MemoryHistory
+from .metrics import TrackerMetrics, connection_counts
 from .records import Policy
 from .scheduler import Scheduler
 from .service import TrackerConnection, TrackerService, log
@@ -85,6 +88,13 @@ class Options(usage.Options):
         ["hello-timeout", None, HELLO_TIMEOUT,
          "A connection that has not said hello within this time is closed ('0' for"
          " never).", _optional_seconds],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics on this Twisted endpoint, e.g."
+         " tcp:9290:interface=127.0.0.1 (off unless given; see docs/monitoring.md)."],
+        ["http", None, None,
+         "Serve the web dashboard on this Twisted endpoint, e.g."
+         " tcp:9280:interface=127.0.0.1 or ssl:9280:privateKey=key.pem:certKey=cert.pem"
+         " (off unless given). It takes the same tokens as the compass command."],
         ["idle-timeout", None, 600.0,
          "A client connection that sends nothing for this long while it has no request"
          " waiting and holds no lease is closed ('0' for never).", _optional_seconds],
@@ -269,6 +279,15 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                                   only_tvm))
     for listener in listeners:
         listener.setServiceParent(top)
+    if options["metrics"]:
+        metrics = TrackerMetrics(lambda: tracker.scheduler,
+                                 lambda: connection_counts(tracker.connections()))
+        tracker.observers.append(metrics.observe)
+        tracker.refusals.append(metrics.refused_hello)
+        metrics_listener(reactor, "compass-tracker", options["metrics"],
+                         metrics.registry).setServiceParent(top)
+    if options["http"]:
+        DashboardService(reactor, tracker, options["http"]).setServiceParent(top)
     SystemdNotifier(
         reactor,
         is_ready=lambda: all(listener.port is not None for listener in listeners),
@@ -286,6 +305,25 @@ def tracker_status(tracker: TrackerService) -> str:
     if offline:
         text += f" ({offline} offline)"
     return f"{text}, {len(scheduler.leases)} leased, {len(scheduler.requests)} waiting"
+
+
+class DashboardService(service.MultiService):
+    """The web dashboard on one endpoint, with its history kept in memory."""
+
+    def __init__(self, reactor: Any, tracker: TrackerService, endpoint: str) -> None:
+        super().__init__()
+        from .web import Dashboard
+
+        history = MemoryHistory()
+        tracker.observers.append(history.observe)
+        self.dashboard = Dashboard(tracker, history)
+        tracker.observers.append(self.dashboard.observe)
+        site: Any = self.dashboard.site()
+        Listener(reactor, "compass-tracker dashboard", endpoint, site).setServiceParent(self)
+
+    def stopService(self) -> Any:
+        self.dashboard.stop()
+        return super().stopService()
 
 
 class ReloadOnHangup(service.Service):

@@ -4,6 +4,8 @@
     client.py wait-online DEV  wait (bounded) until DEV is registered and online
     client.py run              request pool "demo", load a fake-driver model, run it
     client.py hold             keep a session open (running a model) until it ends
+    client.py metrics URL      the tracker's /metrics: board-demo is there, a grant counted
+    client.py dashboard URL    the tracker's dashboard page lists board-demo
 
 Every wait has a deadline; the exit status says whether the check passed. The token
 is COMPASS_TOKEN's (the packages' tracker needs one); without it the client is anonymous.
@@ -95,6 +97,34 @@ def hold(seconds: float = 60.0) -> int:
     return 1
 
 
+def metrics(url: str) -> int:
+    """Scrape the tracker's metrics: board-demo is free or busy, a grant of pool demo
+    was counted, a board is connected."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    grants = samples.get(("compassd_tracker_grants_total", (("key", "demo"),)), 0.0)
+    up = sum(samples.get(("compassd_tracker_device_state",
+                          (("device", "board-demo"), ("key", "demo"), ("state", state))), 0.0)
+             for state in ("free", "busy"))
+    boards = samples.get(("compassd_tracker_connections", (("role", "board"),)), 0.0)
+    print(f"grants of demo: {grants:g}; board-demo free or busy: {up:g}; boards: {boards:g}")
+    return 0 if grants >= 1 and up == 1 and boards >= 1 else 1
+
+
+def dashboard(url: str) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        page = answer.read().decode()
+    return 0 if "board-demo" in page and 'id="board-rows"' in page else 1
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "hold":
         sys.exit(hold())
@@ -107,4 +137,8 @@ if __name__ == "__main__":
         sys.exit(wait_online(sys.argv[2]))
     if what == "run":
         sys.exit(run())
+    if what == "metrics":
+        sys.exit(metrics(sys.argv[2]))
+    if what == "dashboard":
+        sys.exit(dashboard(sys.argv[2]))
     sys.exit(f"unknown command {what!r}")

@@ -103,10 +103,29 @@ else
     bad "the tracker does not list board-demo"; python3 client.py devices
 fi
 
+# 2b. the tracker with --metrics and --http, set in tracker.conf as it documents
+sed -i 's|^COMPASS_TRACKER_ARGS=""|COMPASS_TRACKER_ARGS="--metrics tcp:9290:interface=127.0.0.1 --http tcp:9280:interface=127.0.0.1"|' \
+    /etc/compassd/tracker.conf
+timeout 60 systemctl restart compass-tracker.service
+t=$(date +%s.%N)
+if wait_for 30 status_has compass-tracker.service devices \
+        && python3 client.py wait-online board-demo >/dev/null \
+        && wait_for 10 python3 client.py dashboard http://127.0.0.1:9280/; then
+    ok "the tracker restarted with --metrics and --http; its dashboard lists board-demo" "$t"
+else
+    bad "no dashboard listing board-demo on 127.0.0.1:9280"; journal compass-tracker.service
+fi
+
 # 3. a client run through the tracker and the board
 t=$(date +%s.%N)
 if timeout 120 python3 client.py run; then ok "a client ran a model on compass-server@demo" "$t"
 else bad "the client run failed"; journal compass-server@demo.service 60; fi
+t=$(date +%s.%N)
+if python3 client.py metrics http://127.0.0.1:9290/metrics; then
+    ok "the tracker's /metrics counted the run's grant" "$t"
+else
+    bad "the tracker's /metrics did not count the grant"; journal compass-tracker.service
+fi
 
 # 4. systemctl stop is clean, even in the middle of a session: no processes, session
 #    directories or arenas are left, and the client hears that its session ended
