@@ -308,7 +308,7 @@ class ProxyConnection(HelloResponder):
         self._answer = Deferred()
         self._answer_sent = False
         # Everything after this box belongs to the board: stop reading AMP here.
-        self.relay = Relay(self)
+        self.relay = Relay(self, metrics=self.proxy.metrics)
         self.relay.capture(self)
         dial = channel.board.callRemote(px.Dial, channel=channel.ident)
         dial.addErrback(self._dial_failed, channel)

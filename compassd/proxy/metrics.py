@@ -1,7 +1,7 @@
 """compass-proxy's Prometheus metrics: relayed sessions and bytes, open channels.
 
 The proxy counts into a L{ProxyMetrics} as sessions end and bytes pass; the open
-channels and whether the tracker link is up are read at scrape time.
+channels and the devices behind it are read at scrape time.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ DIRECTIONS = ("to-board", "to-client")
 @attrs.define(eq=False)
 class _StateCollector:
     channels: Callable[[], int]
-    tracker_up: Callable[[], bool]
+    boards: Callable[[], int]
 
     def describe(self) -> list[Metric]:
         return []
@@ -31,9 +31,9 @@ class _StateCollector:
             "Channels open now between a client and a board through the proxy.",
             value=self.channels())
         yield GaugeMetricFamily(
-            "compassd_proxy_tracker_up",
-            "1 while the proxy's link to the tracker is up, else 0.",
-            value=1.0 if self.tracker_up() else 0.0)
+            "compassd_proxy_devices",
+            "Devices whose boards are connected to the proxy and registered through it.",
+            value=self.boards())
 
 
 @attrs.define(eq=False, slots=False)
@@ -41,7 +41,7 @@ class ProxyMetrics:
     """compass-proxy's metrics in a registry of their own."""
 
     channels: Callable[[], int] = lambda: 0
-    tracker_up: Callable[[], bool] = lambda: False
+    boards: Callable[[], int] = lambda: 0
     registry: CollectorRegistry = attrs.Factory(new_registry)
 
     def __attrs_post_init__(self) -> None:
@@ -58,7 +58,7 @@ class ProxyMetrics:
             registry=r)
         for direction in DIRECTIONS:
             self.relayed.labels(direction)
-        r.register(_StateCollector(self.channels, self.tracker_up))
+        r.register(_StateCollector(self.channels, self.boards))
 
     def relayed_bytes(self, direction: str, count: int) -> None:
         self.relayed.labels(direction).inc(count)

@@ -16,7 +16,8 @@ connections; the board's control connection has its own heartbeat watch.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -24,6 +25,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..protocol.peer import CompassPeer
+
+if TYPE_CHECKING:
+    from .metrics import ProxyMetrics
 
 log = Logger(namespace="compass.proxy")
 
@@ -66,9 +70,12 @@ class _Direction:
     """Bytes read from C{source} written to C{sink}; registered on C{sink}'s transport,
     it pauses reading from C{source} while C{sink} cannot take more."""
 
-    def __init__(self, source: CompassPeer, sink: CompassPeer | None) -> None:
+    def __init__(self, source: CompassPeer, sink: CompassPeer | None,
+                 count: Callable[[int], object] | None = None) -> None:
         self.source = source
         self.sink = sink
+        self.count = count
+        """Told the size of every chunk relayed (the proxy's metrics)."""
         self.held: list[bytes] = []
         self.held_bytes = 0
         self.joined = False
@@ -80,6 +87,8 @@ class _Direction:
     def receive(self, data: bytes) -> None:
         if self.joined:
             self.relayed += len(data)
+            if self.count is not None:
+                self.count(len(data))
             transport: Any = self.sink.transport if self.sink is not None else None
             if transport is not None:
                 transport.write(data)
@@ -132,10 +141,12 @@ class Relay:
     the copying; L{lost} is called by either side's C{connectionLost}.
     """
 
-    def __init__(self, client: CompassPeer, board: CompassPeer | None = None) -> None:
+    def __init__(self, client: CompassPeer, board: CompassPeer | None = None, *,
+                 metrics: ProxyMetrics | None = None) -> None:
         self.client = client
         self.board: CompassPeer | None = None
-        self.upstream = _Direction(client, None)
+        self.metrics = metrics
+        self.upstream = _Direction(client, None, self._counter("to-board"))
         self.downstream: _Direction | None = None
         self.captured: list[CompassPeer] = []
         self.closed = False
@@ -146,7 +157,16 @@ class Relay:
         """The board's data connection this client's bytes go to."""
         self.board = board
         self.upstream.sink = board
-        self.downstream = _Direction(board, self.client)
+        self.downstream = _Direction(board, self.client, self._counter("to-client"))
+
+    def _counter(self, direction: str) -> Callable[[int], object] | None:
+        if self.metrics is None:
+            return None
+        return self.metrics.relayed.labels(direction).inc
+
+    def _ended(self) -> None:
+        if self.metrics is not None:
+            self.metrics.session_ended(self.upstream.joined)
 
     def capture(self, peer: CompassPeer) -> None:
         """Stop parsing boxes on C{peer} after the current one: the rest is relayed."""
@@ -174,6 +194,7 @@ class Relay:
         if self.closed:
             return
         self.closed = True
+        self._ended()
         for direction in (self.upstream, self.downstream):
             if direction is None or not direction.joined or direction.sink is None:
                 continue
@@ -186,6 +207,8 @@ class Relay:
 
     def close(self) -> None:
         """End both sides now (the board went away, or the proxy is stopping)."""
+        if not self.closed:
+            self._ended()
         self.closed = True
         for peer in (self.client, self.board):
             if peer is not None and peer.alive:

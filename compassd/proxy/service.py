@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
@@ -12,6 +12,9 @@ from twisted.logger import Logger
 from ..addresses import advertised_address
 from .connection import ProxyConnection
 from .pairing import Channel, Pairing, too_late
+
+if TYPE_CHECKING:
+    from .metrics import ProxyMetrics
 
 log = Logger(namespace="compass.proxy")
 
@@ -39,6 +42,8 @@ class ProxyService(service.MultiService):
         self.pairing: Pairing[ProxyConnection, ProxyConnection] = Pairing(
             max_pending=max_pending)
         self.connections: set[ProxyConnection] = set()
+        self.metrics: ProxyMetrics | None = None
+        """Where relays count sessions and bytes (--metrics)."""
         self._expiry: IDelayedCall | None = None
 
     def factory(self) -> Factory:
@@ -82,6 +87,11 @@ class ProxyService(service.MultiService):
             channel.waiter.board_failed(too_late(channel.device, self.dial_timeout))
         if self.pairing.pending():
             self._schedule()
+
+    def open_channels(self) -> int:
+        """Clients whose session is being set up or relayed now."""
+        return sum(1 for c in self.connections
+                   if c.mode == "client" and c.relay is not None and not c.relay.closed)
 
     def summary(self) -> dict[str, Any]:
         """What the proxy fronts now (for logs and tests)."""

@@ -34,6 +34,9 @@ class Options(usage.Options):
          "How long a client waits for its board to connect back.", positive],
         ["idle-timeout", None, 60.0,
          "How long a connection may stay silent before it says what it is.", positive],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics on this Twisted endpoint, e.g."
+         " tcp:9292:interface=127.0.0.1 (off unless given; see docs/monitoring.md)."],
     ]
 
     def __init__(self) -> None:
@@ -69,6 +72,14 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         listener.ready.addCallback(proxy.listening)
         listener.setServiceParent(top)
         listeners.append(listener)
+    if options["metrics"]:
+        from ..metrics import metrics_listener
+        from .metrics import ProxyMetrics
+
+        proxy.metrics = ProxyMetrics(channels=proxy.open_channels,
+                                     boards=lambda: len(proxy.pairing.devices()))
+        metrics_listener(reactor, "compass-proxy", options["metrics"],
+                         proxy.metrics.registry).setServiceParent(top)
     SystemdNotifier(
         reactor,
         is_ready=lambda: all(listener.port is not None for listener in listeners),

@@ -14,7 +14,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -34,6 +34,9 @@ from .leftovers import Workdir
 from .modelcache import ModelCache, default_limit
 from .sessiondir import SessionDirectory, clean_stale
 from .tracker_link import BoardDescription, TrackerLink
+
+if TYPE_CHECKING:
+    from .metrics import ServerMetrics
 
 log = Logger(namespace="compass.server")
 
@@ -132,6 +135,8 @@ class BoardService(service.MultiService):
         self._spare_handle: ExecutorHandle | None = None
         self._health: LoopingCall | None = None
         self.sessions_served = 0
+        self.metrics: ServerMetrics | None = None
+        """Where the board counts sessions, runs, bytes and executors (--metrics)."""
         self.link = TrackerLink(
             reactor, proxy or tracker,
             BoardDescription(device=device, key=key, address=advertise or "",
@@ -220,6 +225,8 @@ class BoardService(service.MultiService):
     def _spawn(self, tag: str) -> ExecutorHandle:
         """Start an executor, recorded in the work directory while it lives."""
         handle = spawn_executor(self.reactor, self.backend, driver=self.driver, tag=tag)
+        if self.metrics is not None:
+            self.metrics.executor_starts.inc()
         pid = handle.pid
         if pid is not None:
             try:
@@ -255,6 +262,8 @@ class BoardService(service.MultiService):
     def _spare_failed(self, handle: ExecutorHandle, failure: Failure) -> None:
         if self._spare_pending is handle:
             self._spare_pending = None
+        if self.metrics is not None:
+            self.metrics.executor_crashes.inc()
         detail = f"the {self.backend} executor did not start: {failure.getErrorMessage()}"
         log.warn("{device}: {detail}", device=self.device, detail=detail)
         self.link.set_health(False, detail)
@@ -262,6 +271,8 @@ class BoardService(service.MultiService):
     def _spare_ended(self, why: object, handle: ExecutorHandle) -> object:
         if self._spare_handle is handle:
             self._spare_handle = None
+            if self.metrics is not None:
+                self.metrics.executor_crashes.inc()
             log.warn("{device}: the spare executor ended ({why}); starting another",
                      device=self.device, why=why)
             self.link.set_health(False, f"the spare executor ended: {why}")
@@ -281,12 +292,16 @@ class BoardService(service.MultiService):
             short = self.space_problem()
             if short is not None:
                 healthy, detail = False, short
+            if self.metrics is not None:
+                self.metrics.checked(healthy)
             if healthy != self.link.board.healthy:
                 log.info("{device} is {state}: {detail}", device=self.device,
                          state="healthy" if healthy else "unhealthy", detail=detail)
             self.link.set_health(healthy, detail)
 
         def failed(failure: Failure) -> None:
+            if self.metrics is not None:
+                self.metrics.checked(False)
             self.link.set_health(False, f"health check failed: {failure.getErrorMessage()}")
 
         handle.check_health().addCallbacks(checked, failed)
@@ -416,6 +431,8 @@ class BoardService(service.MultiService):
 
     def _executor_ended(self, why: object, session: ActiveSession) -> object:
         if session.ended is None:
+            if self.metrics is not None:
+                self.metrics.executor_crashes.inc()
             self.end_session(session, "executor-died",
                              f"The session's executor on {self.device} ended ({why});"
                              " the session is over and the board went back to the pool.")
@@ -447,6 +464,8 @@ class BoardService(service.MultiService):
                 log.warn("{device}: could not {what} of session {session}: {error}",
                          device=self.device, what=what, session=session.ident, error=e)
         self.sessions_served += 1
+        if self.metrics is not None:
+            self.metrics.session_ended(reason)
         held = time.monotonic() - session.started
         log.info("{device}: session {session} of {user} ended after {held:.1f} s"
                  " ({reason}): {message}", device=self.device, session=session.ident,

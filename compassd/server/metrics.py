@@ -18,9 +18,11 @@ from ..metrics import new_registry
 RUN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
                10, 30, 60, 300, float("inf"))
 
-SESSION_OUTCOMES = ("closed", "released", "expired", "revoked", "client-lost",
-                    "executor-lost", "failed")
-"""How a session can end, as the C{outcome} label says it."""
+SESSION_OUTCOMES = ("closed", "released", "expired", "kicked", "unclaimed", "client-lost",
+                    "device-lost", "session-ended", "executor-died", "failed", "other")
+"""How a session can end, as the C{outcome} label says it: the board's own reasons
+(closed, expired, client-lost, executor-died, failed) and the tracker's lease outcomes
+when it revoked the lease; anything else counts as C{other}."""
 
 
 @attrs.define(eq=False)
@@ -91,7 +93,7 @@ class ServerMetrics:
         r.register(_StateCollector(self.devices, self.sessions))
 
     def session_ended(self, outcome: str) -> None:
-        self.session_ends.labels(outcome if outcome in SESSION_OUTCOMES else "failed").inc()
+        self.session_ends.labels(outcome if outcome in SESSION_OUTCOMES else "other").inc()
 
     def ran(self, backend: str, seconds: float) -> None:
         self.runs.labels(backend).observe(max(0.0, seconds))

@@ -252,6 +252,8 @@ class SessionConnection(HelloResponder):
             kept = sink.finish()
             if self.board.cache is not None:
                 self.board.cache.add(kept, sink.sha256)
+            if self.board.metrics is not None:
+                self.board.metrics.uploaded.inc(size)
             log.info("{device}: session {session} stored {path} ({size} bytes)",
                      device=self.board.device, session=session.ident, path=path, size=size)
             return {}
@@ -280,6 +282,8 @@ class SessionConnection(HelloResponder):
     def download(self, path: str) -> dict[str, Any]:
         session = self._active()
         source = download_chunks(session.directory, path)
+        if self.board.metrics is not None:
+            self.board.metrics.downloaded.inc(source.size)
         self._follow_answer(lambda: self._stream(iter(source)))
         return {"size": source.size, "sha256": source.sha256}
 
@@ -352,6 +356,13 @@ class SessionConnection(HelloResponder):
         """Read the inputs' raw bytes straight into their arena slots."""
         writer = _SlotWriter(session.arena, [(s["offset"], s["nbytes"]) for s in slots])
         d: Deferred[Any] = self.expect_raw(total, writer).addBoth(writer.close)
+        metrics = self.board.metrics
+        if metrics is not None:
+            def received(result: object) -> object:
+                metrics.uploaded.inc(total)
+                return result
+
+            d.addCallback(received)
         return d.addErrback(_connection_gone, "sending the inputs")
 
     def _time_left(self, session: ActiveSession, timeout: float | None = None) -> float:
@@ -411,7 +422,16 @@ class SessionConnection(HelloResponder):
                 rows.append({"name": slot.name, "dtype": slot.dtype,
                              "shape": list(slot.shape), "nbytes": slot.nbytes})
             outputs["slots"] = slots_out
+            metrics = self.board.metrics
+            if metrics is not None:
+                metrics.ran(self.board.backend, seconds)
+                metrics.downloaded.inc(sum(slot.nbytes for slot in slots_out))
             return {"outputs": rows, "seconds": seconds}
+
+        def run_failed(failure: Failure) -> Failure:
+            if self.board.metrics is not None and not failure.check(SessionEnded):
+                self.board.metrics.run_failed(self.board.backend)
+            return failure
 
         def send_outputs() -> None:
             slots = [slot for slot in outputs.get("slots", []) if slot.nbytes]
@@ -424,6 +444,7 @@ class SessionConnection(HelloResponder):
 
         answer.addErrback(self._ended_meanwhile, session)
         answer.addCallback(reply)
+        answer.addErrback(run_failed)
         self._follow_answer(send_outputs, answer)
         return answer
 

@@ -82,6 +82,9 @@ class Options(usage.Options):
         ["run-timeout", None, 300.0,
          "Longest a single run or benchmark may take unless the client asks for less;"
          " past it the executor is killed.", positive],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics on this Twisted endpoint, e.g."
+         " tcp:9291:interface=127.0.0.1 (off unless given; see docs/monitoring.md)."],
         ["health-interval", None, 30.0,
          "How often to check the backend's health while idle.", positive],
         ["min-free-disk", None, "64M",
@@ -196,6 +199,15 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         listener.ready.addCallback(board.listening)
         listener.setServiceParent(top)
         listeners.append(listener)
+    if options["metrics"]:
+        from ..metrics import metrics_listener
+        from .metrics import ServerMetrics
+
+        board.metrics = ServerMetrics(
+            devices=lambda: {board.device: (board.link.board.healthy, board.backend)},
+            sessions=lambda: 0 if board.session is None else 1)
+        metrics_listener(reactor, "compass-server", options["metrics"],
+                         board.metrics.registry).setServiceParent(top)
     SystemdNotifier(
         reactor,
         is_ready=lambda: board.link.registered

@@ -10,7 +10,7 @@ from compassd.proxy.metrics import ProxyMetrics
 
 def test_relayed_sessions_bytes_and_open_channels() -> None:
     channels = [2]
-    metrics = ProxyMetrics(lambda: channels[0], lambda: True)
+    metrics = ProxyMetrics(lambda: channels[0], lambda: 3)
     metrics.relayed_bytes("to-board", 500)
     metrics.relayed_bytes("to-client", 70)
     metrics.session_ended(True)
@@ -24,4 +24,4 @@ def test_relayed_sessions_bytes_and_open_channels() -> None:
     assert v[("compassd_proxy_relayed_sessions_total", (("outcome", "completed"),))] == 1
     assert v[("compassd_proxy_relayed_sessions_total", (("outcome", "unpaired"),))] == 1
     assert v[("compassd_proxy_open_channels", ())] == 1
-    assert v[("compassd_proxy_tracker_up", ())] == 1
+    assert v[("compassd_proxy_devices", ())] == 3
