@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -221,16 +222,18 @@ def baseline(ctx: Any, clients: int, seconds: float) -> dict[str, Any]:
 # --- the real tracker over loopback ----------------------------------------------------
 
 
-def start_tracker(workdir: str, deadline_s: float = 30.0) -> tuple[subprocess.Popen[bytes], int]:
+def start_tracker(workdir: str, deadline_s: float = 30.0,
+                  extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], int]:
     """Start ``twistd -n compass-tracker`` on 127.0.0.1 (any free port) logging to a file
-    in C{workdir}; return the process and its port once it says it listens."""
+    in C{workdir}, with the options C{extra}; return the process and its port once it
+    says it listens."""
     log_path = Path(workdir, "tracker.log")
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=path)
     command = [
         sys.executable, "-c", _TWISTD, "-n", "--pidfile=", f"--logfile={log_path}",
         "compass-tracker", "--listen", "tcp:0:interface=127.0.0.1",
-        "--max-queued-per-user", "0",
+        "--max-queued-per-user", "0", *extra,
     ]
     proc = subprocess.Popen(command, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -369,9 +372,44 @@ def _tracker_client(
     results.put(out)
 
 
-def tracker_loopback(ctx: Any, clients: int, seconds: float) -> dict[str, Any]:
+_OBSERVED = ("--metrics", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1")
+"""The tracker's options for the observed run: metrics and the dashboard on."""
+_DASHBOARD = re.compile(rb"compass-tracker dashboard listening on tcp 127\.0\.0\.1:(\d+)")
+
+
+def _watch_events(port: int, stop: threading.Event, seen: list[int]) -> None:
+    """An open dashboard page: hold GET /events and count the bytes pushed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            seen[0] += len(data)
+
+
+def tracker_loopback(ctx: Any, clients: int, seconds: float,
+                     observed: bool = False) -> dict[str, Any]:
+    """Request-grant-release cycles against a real tracker; C{observed}: with --metrics
+    and --http on, and one dashboard page holding the live event stream."""
     with tempfile.TemporaryDirectory(prefix="bench-tracker-") as workdir:
-        proc, port = start_tracker(workdir)
+        proc, port = start_tracker(workdir, extra=_OBSERVED if observed else ())
+        watcher_stop = threading.Event()
+        events = [0]
+        if observed:
+            found = None
+            end = time.monotonic() + 30
+            while found is None and time.monotonic() < end:
+                found = _DASHBOARD.search(Path(workdir, "tracker.log").read_bytes())
+                time.sleep(0.05)
+            if found is None:
+                raise RuntimeError("The tracker did not log its dashboard's port.")
+            threading.Thread(target=_watch_events, daemon=True, name="dashboard page",
+                             args=(int(found.group(1)), watcher_stop, events)).start()
         board_ready, board_stop = ctx.Queue(), ctx.Event()
         board = ctx.Process(target=_board, args=(port, clients, board_ready, board_stop))
         board.start()
@@ -383,8 +421,10 @@ def tracker_loopback(ctx: Any, clients: int, seconds: float) -> dict[str, Any]:
             result = run_clients(ctx, _tracker_client, (port,), clients, seconds, proc.pid)
             result["idle_rss"] = idle_rss
             result["rss"] = rss_bytes(proc.pid)
+            result["events_bytes"] = events[0]
             return result
         finally:
+            watcher_stop.set()
             board_stop.set()
             _stop_processes([board])
             stop_tracker(proc)
@@ -518,7 +558,8 @@ def scale(ctx: Any, devices: int, queued: int, users: int, cycles: int) -> dict[
 
 def build_rows(options: argparse.Namespace, one: dict[str, Any], many: dict[str, Any],
                base_one: dict[str, Any], base_many: dict[str, Any],
-               big: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+               big: dict[str, Any], observed: dict[str, Any],
+               ) -> list[tuple[str, str, str, str, str, str]]:
     n = options.clients
     rows = [
         ("grant latency p50, 1 client", _ms(one["p50"]), _ms(base_one["p50"]),
@@ -535,6 +576,12 @@ def build_rows(options: argparse.Namespace, one: dict[str, Any], many: dict[str,
          _verdict(many["cpu"] < 0.0005)),
         (f"tracker RSS after {n}-client run", _mb(many["rss"]), _mb(many["idle_rss"]),
          _ratio(many["rss"], many["idle_rss"]), "-", "-"),
+        (f"cycles/s, {n} clients, --metrics --http, a page open",
+         f"{observed['rate']:.0f}/s", f"{many['rate']:.0f}/s",
+         _ratio(observed["rate"], many["rate"]), "-", "-"),
+        (f"server CPU per cycle, {n} clients, --metrics --http, a page open",
+         _us(observed["cpu"]), _us(many["cpu"]), _ratio(observed["cpu"], many["cpu"]),
+         "-", "-"),
     ]
     costs = big["costs"]
     sizes = sorted(costs)
@@ -598,11 +645,12 @@ def main(argv: list[str] | None = None) -> int:
     base_many = baseline(ctx, options.clients, options.seconds)
     one = tracker_loopback(ctx, 1, options.seconds)
     many = tracker_loopback(ctx, options.clients, options.seconds)
+    observed = tracker_loopback(ctx, options.clients, options.seconds, observed=True)
     big = scale(ctx, options.devices, options.queued, options.users, options.cycles)
     print(f"compass-tracker bench: {options.clients} clients x {options.seconds:g} s on"
           f" loopback; {options.devices} devices, {options.queued} queued,"
           f" {options.users} users; {os.cpu_count()} CPUs; {time.monotonic() - started:.0f} s")
-    print_table(build_rows(options, one, many, base_one, base_many, big))
+    print_table(build_rows(options, one, many, base_one, base_many, big, observed))
     return 0
 
 

@@ -20,6 +20,8 @@ EXPECTED_ROWS = [
     "cycles/s, 2 clients",
     "server CPU per cycle, 2 clients",
     "tracker RSS after 2-client run",
+    "cycles/s, 2 clients, --metrics --http, a page open",
+    "server CPU per cycle, 2 clients, --metrics --http, a page open",
     "per-grant core cost, 10 queued",
     "per-grant core cost, 100 queued",
     "per-grant core cost, 1000 queued",

@@ -117,7 +117,7 @@ def wait_percentiles(title: str, waits: dict[str, dict[str, float]]) -> str:
         return _empty(title, "No request was granted in this window yet.")
     top = max(w["p95"] for w in waits.values()) or 1.0
     height = 22 * len(waits) + 4
-    span = _WIDTH - _LABEL - 300
+    span = _WIDTH - _LABEL - 345
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="chart"'
            f' width="{_WIDTH}" height="{height}" viewBox="0 0 {_WIDTH} {height}">',
            f"<title>{escape(title)}</title>"]

@@ -2,8 +2,9 @@
 
 Each open page holds one C{GET /events} request; the feed writes the page's live
 fragments to it whenever the tracker's state changed in more than its clocks. The
-tracker pokes the feed when it applies scheduler effects; a short poll catches anything
-else, so a change reaches every page within C{interval} seconds at worst. A comment line
+tracker pokes the feed when it applies scheduler effects, and the feed looks
+C{coalesce} seconds later (a burst of grants costs one look); a short poll catches
+anything else within C{interval} seconds. A comment line
 every C{heartbeat} seconds lets proxies and browsers see that the stream is alive.
 """
 
@@ -33,6 +34,8 @@ class LiveFeed:
     state: Callable[[], dict[str, Any]]
     interval: float = 0.5
     heartbeat: float = 15.0
+    coalesce: float = 0.1
+    """After a poke, wait this long before looking: a burst of grants costs one look."""
     max_listeners: int = 64
     _listeners: dict[Request, bool] = attrs.Factory(dict)
     _last: str | None = None
@@ -66,9 +69,10 @@ class LiveFeed:
         return True
 
     def poke(self) -> None:
-        """The tracker's state may have changed: look at once (coalesced)."""
+        """The tracker's state may have changed: look soon (within C{coalesce} seconds;
+        the pokes in between cost nothing)."""
         if self._listeners and self._poke is None:
-            self._poke = self.reactor.callLater(0, self._poked)
+            self._poke = self.reactor.callLater(self.coalesce, self._poked)
 
     def _poked(self) -> None:
         self._poke = None

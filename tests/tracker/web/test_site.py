@@ -162,8 +162,9 @@ def test_the_event_stream_sends_the_state_then_each_change(dash: Dashboard) -> N
     assert len(stream.received()) == seen
     alice = object()
     _, effects = dash.tracker.scheduler.request(reactor.seconds(), alice, "alice", "x2")
-    apply(dash, effects)  # the dashboard pokes the feed
-    reactor.advance(0)
+    apply(dash, effects)  # the dashboard pokes the feed, which looks 0.1 s later
+    assert len(stream.received()) == seen
+    reactor.advance(0.1)
     news = stream.received()[seen:]
     assert b"event: state" in news and b"alice" in news
     reactor.advance(20.0)
