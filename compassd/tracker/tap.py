@@ -169,6 +169,9 @@ class Options(usage.Options):
                 if scope == "network" or (scope == "unknown"
                                           and not endpoint.startswith("systemd:")):
                     raise usage.UsageError(open_tracker_refused(f"--listen {endpoint}"))
+            # Without tokens every visitor of the dashboard is an admin.
+            if self["http"] and endpoint_scope(self["http"]) not in ("loopback", "local"):
+                raise usage.UsageError(open_tracker_refused(f"--http {self['http']}"))
         if self["default-lease"] > self["max-lease"]:
             raise usage.UsageError(
                 f"--default-lease ({self['default-lease']:g} s) is longer than --max-lease"

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 ALL_OPTIONS = [
     "listen", "tokens", "allow-anonymous", "default-lease", "max-lease", "key-max-lease",
     "claim-timeout", "heartbeat-timeout", "forget-offline", "max-queued-per-user",
-    "position-interval", "tvm", "tvm-listen", "tvm-allow", "insecure-no-auth",
+    "position-interval", "tvm", "tvm-listen", "tvm-allow", "insecure-no-auth", "metrics",
+    "http",
 ]
 
 
@@ -148,6 +149,8 @@ def test_durations_counts_and_never() -> None:
         ["--key-max-lease", "npu=0"],
         ["--allow-anonymous"],
         ["--insecure-no-auth", "--tokens", "/dev/null"],
+        ["--http", "tcp:9280"],  # an open tracker's dashboard makes everyone an admin
+        ["--http", "tcp:9280:interface=10.0.0.1"],
         ["--tvm-allow", "not-a-network"],
         ["--no-such-option"],
     ],
@@ -371,3 +374,11 @@ def test_addresses_are_described_for_logs() -> None:
     assert describe_address(IPv4Address("TCP", "127.0.0.1", 9190)) == "tcp 127.0.0.1:9190"
     assert describe_address(IPv6Address("TCP", "::1", 9190)) == "tcp [::1]:9190"
     assert describe_address(UNIXAddress("/run/t.sock")) == "unix '/run/t.sock'"
+
+
+def test_an_open_tracker_serves_its_dashboard_on_loopback_or_with_insecure_no_auth() -> None:
+    assert parse("--http", "tcp:9280:interface=127.0.0.1")["http"] == (
+        "tcp:9280:interface=127.0.0.1")
+    with pytest.raises(usage.UsageError, match="--http tcp:9280 is reachable from the network"):
+        parse("--http", "tcp:9280")
+    assert parse("--http", "tcp:9280", "--insecure-no-auth")["http"] == "tcp:9280"

@@ -5,7 +5,8 @@
     client.py run              request pool "demo", load a fake-driver model, run it
     client.py hold             keep a session open (running a model) until it ends
     client.py metrics URL      the tracker's /metrics: board-demo is there, a grant counted
-    client.py dashboard URL    the tracker's dashboard page lists board-demo
+    client.py dashboard URL    the tracker's dashboard page (COMPASS_TOKEN's view) lists
+                               board-demo
 
 Every wait has a deadline; the exit status says whether the check passed. The token
 is COMPASS_TOKEN's (the packages' tracker needs one); without it the client is anonymous.
@@ -120,7 +121,11 @@ def metrics(url: str) -> int:
 def dashboard(url: str) -> int:
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=10) as answer:
+    request = urllib.request.Request(url)
+    token = os.environ.get("COMPASS_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as answer:
         page = answer.read().decode()
     return 0 if "board-demo" in page and 'id="board-rows"' in page else 1
 

@@ -104,7 +104,7 @@ else
 fi
 
 # 2b. the tracker with --metrics and --http, set in tracker.conf as it documents
-sed -i 's|^COMPASS_TRACKER_ARGS=""|COMPASS_TRACKER_ARGS="--metrics tcp:9290:interface=127.0.0.1 --http tcp:9280:interface=127.0.0.1"|' \
+sed -i 's|^COMPASS_TRACKER_ARGS="\(.*\)"$|COMPASS_TRACKER_ARGS="\1 --metrics tcp:9290:interface=127.0.0.1 --http tcp:9280:interface=127.0.0.1"|' \
     /etc/compassd/tracker.conf
 timeout 60 systemctl restart compass-tracker.service
 t=$(date +%s.%N)
