@@ -49,6 +49,7 @@ LAYERS = {
     "compassd.tracker.scheduler": CORE,
     "compassd.tracker.records": CORE,
     "compassd.tracker.fairqueue": CORE,
+    "compassd.tracker.usage": CORE,
     # shared pieces: the protocol and what every layer may use
     "compassd": SHARED,  # compassd/__init__.py: the version
     "compassd.errors": SHARED,
@@ -248,6 +249,7 @@ def test_the_rule_refuses(source: str, target: str) -> None:
     ("compassd.tracker.service", "compassd.tracker.scheduler"),
     ("compassd.tracker.scheduler", "compassd.errors"),
     ("compassd.tracker.scheduler", "compassd.tracker.fairqueue"),
+    ("compassd.tracker.fairqueue", "compassd.tracker.usage"),
     ("compassd.protocol.peer", "compassd.listening"),
     ("compassd.server.board", "compassd.executor.handle"),
     ("compassd.tracker.tap", "compassd.tracker.service"),

@@ -1,14 +1,23 @@
 """The waiting requests of one device key, in the order the tracker serves them.
 
-The order is: higher priority first; at one priority, the user who was granted a device
-of this key least recently first (users never granted come before all others, among
-themselves by arrival); for one user, arrival order. So at one priority users take
-turns: nobody waits behind another user's second request.
+The order is: higher priority first; at one priority, the user with the lowest
+*standing* first, ties by arrival; for one user, arrival order. A user's standing is
+either
+
+- fair share (a L{UsageLedger} is given): their decayed board-seconds of this key per
+  share, so the user who used least of their share lately goes first; or
+- turn-taking (no ledger): when they were last granted a device of this key, so users
+  who were never granted come first and at one priority nobody waits behind another
+  user's second request.
 
 Requests are grouped by what they need of a device (their flavor and required tags),
 so finding the best request a given device can serve looks only at the groups that
 device satisfies, and within a group only at heap tops: a grant costs O(log n) in the
-number of waiting requests. Positions are computed from the same rules.
+number of waiting requests. A heap entry keeps the standing its user had when it was
+pushed; standings only grow between L{FairQueue.rekey} calls (a running lease adds
+usage, a grant a later turn), so an entry is a lower bound, refreshed when it reaches
+the top. Positions take turns in the order of standings at one moment: the first is
+exact, later ones an estimate (usage grows as leases run).
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
+
+from .usage import UsageLedger
 
 
 class Waiting(Protocol):
@@ -52,22 +63,28 @@ class _Level(Generic[R]):
     """
 
     fifos: dict[str, OrderedDict[str, R]] = attrs.Factory(dict)
-    heap: list[tuple[int, int, str]] = attrs.Factory(list)
-    entry: dict[str, tuple[int, int]] = attrs.Factory(dict)
+    heap: list[tuple[float, int, str]] = attrs.Factory(list)
+    entry: dict[str, tuple[float, int]] = attrs.Factory(dict)
 
     def head(self, user: str) -> R:
         return next(iter(self.fifos[user].values()))
 
-    def push_user(self, user: str, recency: int) -> None:
-        key = (recency, self.head(user).arrival)
+    def push_user(self, user: str, standing: float) -> None:
+        key = (standing, self.head(user).arrival)
         self.entry[user] = key
         heapq.heappush(self.heap, (*key, user))
+
+    def rebuild(self, standing: Callable[[str], float]) -> None:
+        """Key every user afresh (their standings fell, or all changed scale)."""
+        self.entry = {user: (standing(user), self.head(user).arrival) for user in self.fifos}
+        self.heap = [(*key, user) for user, key in self.entry.items()]
+        heapq.heapify(self.heap)
 
     def drop_user(self, user: str) -> None:
         del self.fifos[user]
         del self.entry[user]
 
-    def best(self, recency: dict[str, int]) -> R | None:
+    def best(self, standing: Callable[[str], float]) -> R | None:
         """The first request of the user who goes first."""
         heap = self.heap
         while heap:
@@ -76,7 +93,7 @@ class _Level(Generic[R]):
                 heapq.heappop(heap)
                 continue
             head = next(iter(self.fifos[user].values()))
-            current = (recency.get(user, NEVER), head.arrival)
+            current = (standing(user), head.arrival)
             if current == (rec, arrival):
                 return head
             self.entry[user] = current
@@ -108,6 +125,14 @@ class FairQueue(Generic[R]):
     _where: dict[str, R] = attrs.Factory(dict)
     recency: dict[str, int] = attrs.Factory(dict)
     """For each user, the sequence number of their last grant of this key."""
+    ledger: UsageLedger | None = None
+    """Fair share's usage of this key; None: users take turns by L{recency}."""
+
+    def standing(self, user: str, now: float) -> float:
+        """C{user}'s sort key at C{now}: lower goes first at one priority."""
+        if self.ledger is not None:
+            return self.ledger.standing(user, now)
+        return float(self.recency.get(user, NEVER))
 
     def __len__(self) -> int:
         return len(self._where)
@@ -121,7 +146,7 @@ class FairQueue(Generic[R]):
     def get(self, request_id: str) -> R | None:
         return self._where.get(request_id)
 
-    def add(self, request: R) -> None:
+    def add(self, request: R, now: float = 0.0) -> None:
         group = self._groups.get(request.needs)
         if group is None:
             group = self._groups[request.needs] = _Group()
@@ -133,12 +158,12 @@ class FairQueue(Generic[R]):
         if fifo is None:
             fifo = level.fifos[request.user] = OrderedDict()
             fifo[request.id] = request
-            level.push_user(request.user, self.recency.get(request.user, NEVER))
+            level.push_user(request.user, self.standing(request.user, now))
         else:
             fifo[request.id] = request
         self._where[request.id] = request
 
-    def remove(self, request_id: str) -> R:
+    def remove(self, request_id: str, now: float = 0.0) -> R:
         """Take a request out of the queue (granted, cancelled, timed out, withdrawn)."""
         request = self._where.pop(request_id)
         group = self._groups[request.needs]
@@ -155,34 +180,55 @@ class FairQueue(Generic[R]):
         elif was_head:
             # The user's heap entry now names a stale head; give it a fresh one so the
             # user keeps their turn (the stale one is dropped when it surfaces).
-            level.push_user(request.user, self.recency.get(request.user, NEVER))
+            level.push_user(request.user, self.standing(request.user, now))
         return request
 
     def granted(self, user: str, sequence: int) -> None:
         """Note that C{user} was just granted a device of this key (grant C{sequence})."""
         self.recency[user] = sequence
 
-    def best_for(self, can_serve: Callable[[tuple[str, frozenset[str]]], bool]) -> R | None:
-        """The request to serve first among those whose needs C{can_serve} accepts."""
+    def rekey(self, now: float, user: str | None = None) -> None:
+        """Standings fell (a reset, new shares) or changed scale (a rebase): key the heaps
+        of C{user}, or of everyone, afresh. O(waiting users of the key)."""
+        def standing(u: str) -> float:
+            return self.standing(u, now)
+
+        for group in self._groups.values():
+            for level in group.levels.values():
+                if user is None:
+                    level.rebuild(standing)
+                elif user in level.fifos:
+                    level.push_user(user, standing(user))
+
+    def best_for(
+        self, can_serve: Callable[[tuple[str, frozenset[str]]], bool], now: float = 0.0
+    ) -> R | None:
+        """The request to serve first at C{now} among those whose needs C{can_serve}
+        accepts."""
         best: R | None = None
-        best_key: tuple[int, int, int] | None = None
+        best_key: tuple[int, float, int] | None = None
+
+        def standing(user: str) -> float:
+            return self.standing(user, now)
+
         for needs, group in self._groups.items():
             if not can_serve(needs):
                 continue
             level = group.top()
             if level is None:
                 continue
-            head = level.best(self.recency)
+            head = level.best(standing)
             if head is None:
                 continue
-            key = (-head.priority, self.recency.get(head.user, NEVER), head.arrival)
+            key = (-head.priority, standing(head.user), head.arrival)
             if best_key is None or key < best_key:
                 best, best_key = head, key
         return best
 
-    def order(self) -> list[R]:
+    def order(self, now: float = 0.0) -> list[R]:
         """Every waiting request in the order they would be served if every device could
-        serve every request and nothing else happened: the basis of queue positions."""
+        serve every request and users took turns in the order of their standings at
+        C{now}: the basis of queue positions."""
         by_priority: dict[int, dict[str, list[R]]] = {}
         for request in self._where.values():
             by_priority.setdefault(request.priority, {}).setdefault(request.user, []).append(
@@ -193,13 +239,11 @@ class FairQueue(Generic[R]):
             users = by_priority[priority]
             for fifo in users.values():
                 fifo.sort(key=_arrival)
-            turn = sorted(
-                users, key=lambda u: (self.recency.get(u, NEVER), users[u][0].arrival)
-            )
+            turn = sorted(users, key=lambda u: (self.standing(u, now), users[u][0].arrival))
             result.extend(_round_robin([users[u] for u in turn]))
         return result
 
-    def position_of(self, request_id: str) -> int:
+    def position_of(self, request_id: str, now: float = 0.0) -> int:
         """One request's position by the rules of L{order}, without ordering the rest:
         O(users + levels) plus the length of its user's list."""
         request = self._where[request_id]
@@ -219,8 +263,8 @@ class FairQueue(Generic[R]):
                         if user == request.user:
                             mine += sum(1 for r in fifo.values() if r.arrival < request.arrival)
 
-        def turn(user: str) -> tuple[int, int]:
-            return (self.recency.get(user, NEVER), heads[user])
+        def turn(user: str) -> tuple[float, int]:
+            return (self.standing(user, now), heads[user])
 
         me = turn(request.user)
         for user, count in counts.items():
@@ -231,9 +275,9 @@ class FairQueue(Generic[R]):
                 ahead += 1
         return ahead
 
-    def positions(self) -> dict[str, int]:
+    def positions(self, now: float = 0.0) -> dict[str, int]:
         """Each waiting request's position (0 is next) by the rules of L{order}."""
-        return {request.id: index for index, request in enumerate(self.order())}
+        return {request.id: index for index, request in enumerate(self.order(now))}
 
 
 def _arrival(request: Any) -> int:

@@ -8,7 +8,7 @@ scheduler, this module imports no Twisted.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from enum import StrEnum
 from typing import Union
 
@@ -192,6 +192,11 @@ class Policy:
     claim_timeout: float | None = 60.0
     forget_offline: float | None = 86400.0
     max_queued_per_user: int | None = None
+    fair_share_half_life: float = 86400.0
+    """Seconds after which a board-second of usage counts half in fair share; 0: users
+    at one priority take turns instead (who was granted least recently goes first)."""
+    shares: Mapping[str, float] = attrs.Factory(dict)
+    """Each user's share of the boards (from the tokens file); a user not named has 1."""
 
     def lease_for(self, key: str, wanted: float | None, device_max: float | None) -> float:
         """Seconds of lease a request gets: what it wanted (or the default), capped by the

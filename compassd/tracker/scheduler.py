@@ -9,7 +9,10 @@ call L{Scheduler.advance} next.
 Promises, each checked by the tests:
 
 - a device is never leased twice at once;
-- every grant goes to the best eligible waiting request (see L{compassd.tracker.fairqueue});
+- every grant goes to the best eligible waiting request (see L{compassd.tracker.fairqueue}):
+  by priority, then by fair share (board-seconds used lately per share, kept by a
+  L{UsageLedger} per key that outlives the key's devices and requests) or, with a
+  half-life of 0, by turns;
 - a free device never sits idle while a request it can serve waits;
 - every request ends exactly once: granted, cancelled, timed out or withdrawn, and an
   L{Effect} tells its owner which;
@@ -24,7 +27,7 @@ from __future__ import annotations
 import heapq
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
@@ -56,6 +59,7 @@ from .records import (
     RequestEnded,
     RequestOutcome,
 )
+from .usage import UsageLedger
 
 
 @attrs.define
@@ -95,6 +99,9 @@ class Scheduler:
     _queued: dict[str, int] = attrs.Factory(dict)  # waiting requests per user
     _counter: int = 0
     _grants: int = 0
+    _ledgers: dict[str, UsageLedger] = attrs.Factory(dict)
+    _now: float = 0.0
+    """The latest time the scheduler was told: what views without a time use."""
 
     # --- views ----------------------------------------------------------------------
 
@@ -132,20 +139,72 @@ class Scheduler:
         pool = self._pools.get(key)
         return [r.id for r in pool.queue] if pool else []
 
-    def waiting(self, key: str) -> list[Request]:
-        """The waiting requests of C{key} in queue order."""
+    def waiting(self, key: str, now: float | None = None) -> list[Request]:
+        """The waiting requests of C{key} in queue order (at C{now}; by default the
+        latest time the scheduler was told)."""
         pool = self._pools.get(key)
-        return pool.queue.order() if pool else []
+        return pool.queue.order(self._when(now)) if pool else []
 
-    def positions(self, key: str) -> dict[str, int]:
+    def positions(self, key: str, now: float | None = None) -> dict[str, int]:
         pool = self._pools.get(key)
-        return pool.queue.positions() if pool else {}
+        return pool.queue.positions(self._when(now)) if pool else {}
 
-    def position(self, request_id: str) -> int:
+    def position(self, request_id: str, now: float | None = None) -> int:
         request = self._requests.get(request_id)
         if request is None:
             raise NoSuchRequest(f"Request {request_id} is not waiting.")
-        return self._pools[request.key].queue.position_of(request_id)
+        return self._pools[request.key].queue.position_of(request_id, self._when(now))
+
+    # --- fair share -------------------------------------------------------------------
+
+    @property
+    def fair_share(self) -> bool:
+        """Whether users at one priority are ordered by usage (else they take turns)."""
+        return self.policy.fair_share_half_life > 0
+
+    def usage_keys(self) -> list[str]:
+        """The keys with usage on record."""
+        return sorted(self._ledgers)
+
+    def usage(self, key: str, user: str, now: float | None = None) -> float:
+        """C{user}'s decayed usage of C{key} in board-seconds (0 without fair share)."""
+        ledger = self._ledgers.get(key)
+        return ledger.usage(user, self._when(now)) if ledger else 0.0
+
+    def usage_users(self, key: str) -> set[str]:
+        ledger = self._ledgers.get(key)
+        return ledger.users() if ledger else set()
+
+    def share(self, user: str) -> float:
+        return self.policy.shares.get(user, 1.0)
+
+    def set_usage(self, now: float, key: str, user: str, seconds: float) -> None:
+        """Set C{user}'s decayed usage of C{key} (restored from the store, or reset)."""
+        if not self.fair_share:
+            return
+        self._now = max(self._now, now)
+        self._ledger(key).set_usage(user, seconds, now)
+        pool = self._pools.get(key)
+        if pool is not None:
+            pool.queue.rekey(now, user)
+
+    def reset_usage(self, now: float, user: str | None = None) -> list[str]:
+        """Forget C{user}'s usage of every key (everyone's with None); return the keys
+        whose order may have changed."""
+        keys = []
+        for key, ledger in list(self._ledgers.items()):
+            for name in [user] if user is not None else sorted(ledger.users()):
+                self.set_usage(now, key, name, 0.0)
+            keys.append(key)
+        return keys
+
+    def set_shares(self, now: float, shares: Mapping[str, float]) -> None:
+        """New shares (the tokens file was read again): every queue is ordered afresh."""
+        self.policy = attrs.evolve(self.policy, shares=dict(shares))
+        for ledger in self._ledgers.values():
+            ledger.shares = self.policy.shares
+        for pool in self._pools.values():
+            pool.queue.rekey(self._when(now))
 
     def owned_by(self, owner: Owner) -> set[str]:
         return set(self._by_owner.get(owner, ()))
@@ -311,9 +370,10 @@ class Scheduler:
             enqueued_at=now,
             deadline=None if wait is None else now + wait,
         )
+        self._now = max(self._now, now)
         pool = self._pool(key)
         effects: list[Effect] = []
-        self._enqueue(pool, request)
+        self._enqueue(pool, request, now)
         device = next((d for d in pool.free.values() if d.can_serve(request.needs)), None)
         if device is not None:
             # A free device has no eligible waiting request (we match eagerly), so this
@@ -431,6 +491,7 @@ class Scheduler:
     def advance(self, now: float) -> list[Effect]:
         """End whatever is due at C{now}: wait timeouts, lease expiries, unclaimed tickets."""
         effects: list[Effect] = []
+        self._now = max(self._now, now)
         while self._timers and self._timers[0][0] <= now:
             timer = heapq.heappop(self._timers)
             if not self._timer_live(timer):
@@ -469,20 +530,32 @@ class Scheduler:
 
     # --- internals --------------------------------------------------------------------
 
+    def _when(self, now: float | None) -> float:
+        return self._now if now is None else now
+
     def _pool(self, key: str) -> _Pool:
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = _Pool()
+            ledger = self._ledger(key) if self.fair_share else None
+            pool = self._pools[key] = _Pool(queue=FairQueue(ledger=ledger))
         return pool
 
-    def _enqueue(self, pool: _Pool, request: Request) -> None:
+    def _ledger(self, key: str) -> UsageLedger:
+        ledger = self._ledgers.get(key)
+        if ledger is None:
+            ledger = self._ledgers[key] = UsageLedger(
+                self.policy.fair_share_half_life, self.policy.shares
+            )
+        return ledger
+
+    def _enqueue(self, pool: _Pool, request: Request, now: float) -> None:
         self._requests[request.id] = request
-        pool.queue.add(request)
+        pool.queue.add(request, now)
         self._own(request.owner, request.id)
         self._queued[request.user] = self._queued.get(request.user, 0) + 1
 
-    def _dequeue(self, request: Request) -> None:
-        self._pools[request.key].queue.remove(request.id)
+    def _dequeue(self, request: Request, now: float) -> None:
+        self._pools[request.key].queue.remove(request.id, now)
         del self._requests[request.id]
         self._disown(request.owner, request.id)
         left = self._queued[request.user] - 1
@@ -556,7 +629,11 @@ class Scheduler:
             self._unfree(device)
             return
         pool = self._pools[device.key]
-        request = pool.queue.best_for(device.can_serve)
+        self._now = max(self._now, now)
+        ledger = pool.queue.ledger
+        if ledger is not None and ledger.rebase(now):
+            pool.queue.rekey(now)
+        request = pool.queue.best_for(device.can_serve, now)
         if request is None:
             pool.free.setdefault(device.name, device)
         else:
@@ -567,7 +644,9 @@ class Scheduler:
         pool = self._pools[device.key]
         self._grants += 1
         pool.queue.granted(request.user, self._grants)
-        self._dequeue(request)
+        if pool.queue.ledger is not None:
+            pool.queue.ledger.started(request.user, now)
+        self._dequeue(request, now)
         self._counter += 1
         seconds = self.policy.lease_for(request.key, request.lease_wanted, device.max_lease)
         # TVM clients never redeem a ticket (TVM servers check match keys themselves).
@@ -601,8 +680,9 @@ class Scheduler:
         self, now: float, request: Request, outcome: RequestOutcome, message: str
     ) -> list[Effect]:
         pool = self._pools[request.key]
-        position = pool.queue.position_of(request.id)
-        self._dequeue(request)
+        self._now = max(self._now, now)
+        position = pool.queue.position_of(request.id, now)
+        self._dequeue(request, now)
         return [
             RequestEnded(request, outcome, message, position, now - request.enqueued_at),
             QueueChanged(request.key),
@@ -618,6 +698,10 @@ class Scheduler:
         revoke: bool = True,
     ) -> list[Effect]:
         device = lease.device
+        self._now = max(self._now, now)
+        ledger = self._ledgers.get(lease.request.key)
+        if ledger is not None:
+            ledger.ended(lease.user, lease.granted_at, now)
         del self._leases[lease.id]
         self._tickets.pop(lease.ticket, None)
         self._disown(lease.owner, lease.id)

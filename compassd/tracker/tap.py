@@ -37,6 +37,10 @@ def _optional_seconds(text: str) -> float | None:
     return None if text in ("0", "none", "never") else _seconds(text)
 
 
+def _nonnegative_seconds(text: str) -> float:
+    return 0.0 if text in ("0", "none", "off") else _seconds(text)
+
+
 def _count(text: str) -> int | None:
     if text in ("0", "none"):
         return None
@@ -75,6 +79,11 @@ class Options(usage.Options):
          _optional_seconds],
         ["max-queued-per-user", None, 1000,
          "Waiting requests one user may have at once ('0' for no limit).", _count],
+        ["fair-share-half-life", None, 86400.0,
+         "Fair share: at one priority the user with the least board time lately (per"
+         " share) goes first; a board-second counts half after this long ('0': users"
+         " take turns instead, the least recently granted first).",
+         _nonnegative_seconds],
         ["position-interval", None, 0.5,
          "Push queue positions to waiting clients at most this often.", _seconds],
         ["board-ca", None, None,
@@ -217,6 +226,7 @@ def make_tracker(options: Options, reactor: Any) -> TrackerService:
         claim_timeout=options["claim-timeout"],
         forget_offline=options["forget-offline"],
         max_queued_per_user=options["max-queued-per-user"],
+        fair_share_half_life=options["fair-share-half-life"],
     )
     return TrackerService(
         reactor=reactor,

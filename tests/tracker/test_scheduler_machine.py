@@ -3,10 +3,13 @@
 A model kept by the test (devices it registered, requests it made, grants it saw) is
 compared with the scheduler's effects after every step: no device is leased twice, every
 grant goes to the request the rules pick (found here by brute force), every request ends
-exactly once and its owner is told, and at one priority users take turns.
+exactly once and its owner is told, and at one priority users take turns (half-life 0)
+or the user with the least decayed usage per share goes first (fair share).
 """
 
 from __future__ import annotations
+
+import math
 
 import attrs
 from hypothesis import settings
@@ -65,8 +68,10 @@ class ModelDevice:
         return request.key == self.key and request.tags <= self.tags
 
 
-@settings(stateful_step_count=30)
 class SchedulerMachine(RuleBasedStateMachine):
+    HALF_LIFE = 0.0
+    SHARES: dict[str, float] = {}
+
     def __init__(self) -> None:
         super().__init__()
         self.s = Scheduler(
@@ -76,8 +81,12 @@ class SchedulerMachine(RuleBasedStateMachine):
                 key_max_lease={"k2": 15.0},
                 claim_timeout=10.0,
                 forget_offline=50.0,
+                fair_share_half_life=self.HALF_LIFE,
+                shares=self.SHARES,
             )
         )
+        self.spans: dict[str, tuple[str, str, float]] = {}  # lease -> key, user, start
+        self.ended_spans: list[tuple[str, str, float, float]] = []
         self.now = 0.0
         self.devices: dict[str, ModelDevice] = {}
         self.waiting: dict[str, Request] = {}
@@ -128,6 +137,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                     assert lease.claim_deadline is not None
                     assert lease.claim_deadline <= self.now
                 device, _ = self.leases.pop(lease.id)
+                self.ended_spans.append((*self.spans.pop(lease.id), self.now))
                 self.lease_ends.setdefault(lease.id, []).append(effect.outcome)
                 if device in self.devices and self.devices[device].lease == lease.id:
                     self.devices[device].lease = None
@@ -160,7 +170,55 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert lease.id not in self.leases
         # The request the rules pick, by brute force over what the model knows.
         eligible = [r for r in self.waiting.values() if device.can_serve(r)]
+        if self.HALF_LIFE > 0:
+            self.check_fair_share(request, eligible)
+        else:
+            self.check_turns(request, eligible)
+        assert lease.seconds <= min(
+            40.0 if request.key == "k1" else 15.0,
+            request.lease_wanted if request.lease_wanted is not None else 20.0,
+        )
+        self.grants += 1
+        self.recency[(request.key, request.user)] = self.grants
+        self.end_request(request.id, RequestOutcome.GRANTED)
+        self.leases[lease.id] = (name, request.id)
+        self.spans[lease.id] = (request.key, request.user, self.now)
+        device.lease = lease.id
 
+    def usage_per_share(self, key: str, user: str) -> float:
+        """Decayed board-seconds of C{user} on C{key} per share, from the model's own
+        record of every lease: each second weighed by 2 ** -(age / half-life)."""
+        h = self.HALF_LIFE
+        spans = [(k, u, a, b) for k, u, a, b in self.ended_spans]
+        spans += [(k, u, a, self.now) for k, u, a in self.spans.values()]
+        used = sum(
+            h / math.log(2) * (2 ** (-(self.now - b) / h) - 2 ** (-(self.now - a) / h))
+            for k, u, a, b in spans
+            if (k, u) == (key, user)
+        )
+        return used / self.SHARES.get(user, 1.0)
+
+    def check_fair_share(self, request: Request, eligible: list[Request]) -> None:
+        top = max(r.priority for r in eligible)
+        assert request.priority == top, f"granted {request.id} below priority {top}"
+        mine = self.usage_per_share(request.key, request.user)
+        for other in eligible:
+            if other.priority != top or other.user == request.user:
+                continue
+            theirs = self.usage_per_share(other.key, other.user)
+            # A user with strictly less usage per share is never left behind.
+            assert not theirs < mine - 1e-6 * max(1.0, mine), (
+                f"{request.user} ({mine:.3f}) granted while {other.user} ({theirs:.3f})"
+                f" waited with {other.id}"
+            )
+            if theirs == mine == 0.0:
+                # Neither has used the key: ties go by arrival.
+                assert request.arrival < other.arrival, f"{other.id} came first"
+        for other in eligible:
+            if other.user == request.user and other.priority == top and other is not request:
+                assert request.arrival < other.arrival, f"{other.id} came first"
+
+    def check_turns(self, request: Request, eligible: list[Request]) -> None:
         def rank(r: Request) -> tuple[int, int, int]:
             return (-r.priority, self.recency.get((r.key, r.user), NEVER), r.arrival)
 
@@ -176,15 +234,6 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert not (
                 last >= since and self.recency.get((other.key, other.user), NEVER) < since
             ), f"{request.user} granted twice while {other.id} of {other.user} waited"
-        assert lease.seconds <= min(
-            40.0 if request.key == "k1" else 15.0,
-            request.lease_wanted if request.lease_wanted is not None else 20.0,
-        )
-        self.grants += 1
-        self.recency[(request.key, request.user)] = self.grants
-        self.end_request(request.id, RequestOutcome.GRANTED)
-        self.leases[lease.id] = (name, request.id)
-        device.lease = lease.id
 
     # --- rules --------------------------------------------------------------------------
 
@@ -408,3 +457,16 @@ def of(effects: list[Effect], kind: type) -> list:
 
 
 TestScheduler = SchedulerMachine.TestCase
+TestScheduler.settings = settings(stateful_step_count=30)
+
+
+@settings(max_examples=300, stateful_step_count=40)
+class FairShareMachine(SchedulerMachine):
+    """The same machine with fair share on: a short half-life so usage decays within a
+    run, and unequal shares."""
+
+    HALF_LIFE = 25.0
+    SHARES = {"alice": 1.0, "bob": 1.0, "carol": 2.0}
+
+
+TestFairShare = FairShareMachine.TestCase

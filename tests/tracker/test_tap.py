@@ -106,6 +106,7 @@ def test_the_defaults_match_the_documentation() -> None:
     assert options["forget-offline"] == 86400.0
     assert options["max-queued-per-user"] == 1000
     assert options["position-interval"] == 0.5
+    assert options["fair-share-half-life"] == 86400.0
     assert options["key-max-lease"] == {}
     assert not options["tvm"] and options["tvm-listen"] == [] and options["tvm-allow"] == []
 
@@ -142,6 +143,7 @@ def test_durations_counts_and_never() -> None:
         ["--max-lease", "-5"],
         ["--heartbeat-timeout", "soon"],
         ["--max-queued-per-user", "-1"],
+        ["--fair-share-half-life", "-1"],
         ["--claim-timeout", "-1"],
         ["--default-lease", "700", "--max-lease", "600"],
         ["--key-max-lease", "npu"],
@@ -301,6 +303,13 @@ def test_make_service_builds_the_tracker_from_the_options(tokens_file: Path) -> 
     assert (policy.default_lease, policy.max_lease, policy.claim_timeout) == (30.0, 90.0, None)
     assert policy.forget_offline == 3600.0 and policy.max_queued_per_user == 5
     assert policy.key_max_lease == {"npu": 45.0}
+    assert policy.fair_share_half_life == 86400.0 and tracker.scheduler.fair_share
+
+
+def test_a_half_life_of_zero_makes_users_take_turns() -> None:
+    top = tap.makeService(parse("--fair-share-half-life", "0"), reactor=MemoryReactorClock())
+    scheduler = _tracker(top).scheduler
+    assert scheduler.policy.fair_share_half_life == 0.0 and not scheduler.fair_share
 
 
 def test_make_service_listens_on_every_endpoint_when_started(logged: list[str]) -> None:
