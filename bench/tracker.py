@@ -491,6 +491,7 @@ def _scale(devices: int, queued: int, users: int, cycles: int, results: Any) -> 
         for _ in range(3):
             t0 = time.perf_counter()
             for _ in range(cycles):
+                now += 0.001  # time moves: fair share re-keys users whose leases run
                 lease, user = leases.popleft()
                 effects = scheduler.release(now, lease, user)
                 note_grants(effects)

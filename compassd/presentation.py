@@ -169,6 +169,10 @@ class Steps:
         else:
             self.say(f"queue: {place(position)}")
 
+    def why(self, key: str, why: str) -> None:
+        """Say why the request waits where it does ("behind bob: priority 5 > 1")."""
+        self.say(f"queue: {why}")
+
     def stop_waiting(self) -> None:
         if self._status is not None:
             self._status.stop()
@@ -222,7 +226,8 @@ def leased_model(tracker: Tracker, key: str, model_path: str, steps: Steps, *,
         held = tracker.request(
             key, priority=priority, lease=lease, wait=wait,
             on_queued=lambda r, p, n: steps.queued(key, r, p, n),
-            on_position=lambda p: steps.position(key, p))
+            on_position=lambda p: steps.position(key, p),
+            on_why=lambda why: steps.why(key, why))
     finally:
         steps.stop_waiting()
     with held:

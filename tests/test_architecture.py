@@ -50,6 +50,7 @@ LAYERS = {
     "compassd.tracker.records": CORE,
     "compassd.tracker.fairqueue": CORE,
     "compassd.tracker.usage": CORE,
+    "compassd.tracker.explain": CORE,
     # shared pieces: the protocol and what every layer may use
     "compassd": SHARED,  # compassd/__init__.py: the version
     "compassd.errors": SHARED,

@@ -58,22 +58,25 @@ def devices_table(rows: list[dict[str, Any]]) -> Table:
 def queues_table(summary_queues: list[dict[str, Any]]) -> Table:
     """The Queues table: each pool's free and total devices and who waits in order."""
     queues = Table(title="Queues", title_justify="left")
-    for column in ("key", "free/total", "position", "request", "user", "priority", "waited"):
+    for column in ("key", "free/total", "position", "request", "user", "priority", "waited",
+                   "why"):
         queues.add_column(column)
     for q in summary_queues:
         free = f"{q['free']}/{q['total']}"
         rows = q["waiting"]
         if not rows:
-            queues.add_row(q["key"], free, "-", "nobody waiting", "", "", "")
+            queues.add_row(q["key"], free, "-", "nobody waiting", "", "", "", "")
         for i, w in enumerate(rows):
             queues.add_row(
                 q["key"] if i == 0 else "", free if i == 0 else "", str(w["position"]),
                 w["request"], w["user"], str(w["priority"]), duration(w["waited"]),
+                w.get("why") or "",
             )
         if q["count"] > len(rows):
-            queues.add_row("", "", "...", f"and {q['count'] - len(rows)} more", "", "", "")
+            queues.add_row("", "", "...", f"and {q['count'] - len(rows)} more", "", "", "",
+                           "")
     if not summary_queues:
-        queues.add_row("-", "", "", "no queues", "", "", "")
+        queues.add_row("-", "", "", "no queues", "", "", "", "")
     return queues
 
 

@@ -188,6 +188,9 @@ class _Pending:
     granted: Deferred[AsyncLease]
     on_position: Callable[[int], object] | None
     position: int = 0
+    on_why: Callable[[str], object] | None = None
+    why: str = ""
+    """Why the request is where it is ("behind bob: priority 5 > 1")."""
 
 
 class _TrackerProtocol(CompassPeer):
@@ -203,9 +206,9 @@ class _TrackerProtocol(CompassPeer):
         self.lost.callback(None)
 
     @ct.Position.responder
-    def position(self, request: str, position: int) -> dict[str, Any]:
+    def position(self, request: str, position: int, why: str | None = None) -> dict[str, Any]:
         if self.owner is not None:
-            self.owner._position(request, position)
+            self.owner._position(request, position, why)
         return {}
 
     @ct.Granted.responder
@@ -321,11 +324,14 @@ class AsyncTracker:
         tags: tuple[str, ...] | list[str] = (),
         on_position: Callable[[int], object] | None = None,
         on_queued: Callable[[str, int, int], object] | None = None,
+        on_why: Callable[[str], object] | None = None,
     ) -> Deferred[AsyncLease]:
         """Ask for a device of C{key}; the result fires with an L{AsyncLease} when granted.
 
         C{on_queued(request_id, position, devices)} is called when the tracker has
-        queued the request; C{on_position(position)} whenever its place changes.
+        queued the request; C{on_position(position)} whenever its place changes;
+        C{on_why(sentence)} when the tracker says why the request is where it is
+        ("behind carol: they used 0.2 board-hours lately, you used 3.1").
         Cancelling the returned Deferred cancels the request at the tracker.
         """
         request_id: list[str] = []
@@ -351,10 +357,12 @@ class AsyncTracker:
                 self.call(ct.Cancel, request=answer["request"]).addErrback(lambda _: None)
                 return
             self._pending[answer["request"]] = _Pending(
-                key, granted, on_position, answer["position"]
+                key, granted, on_position, answer["position"], on_why, answer.get("why") or ""
             )
             if on_queued is not None:
                 on_queued(answer["request"], answer["position"], answer["devices"])
+            if on_why is not None and answer.get("why"):
+                on_why(answer["why"])
 
         def refused(failure: Failure) -> None:
             if not granted.called:
@@ -363,12 +371,16 @@ class AsyncTracker:
         d.addCallbacks(queued, refused)
         return granted
 
-    def _position(self, request: str, position: int) -> None:
+    def _position(self, request: str, position: int, why: str | None = None) -> None:
         pending = self._pending.get(request)
         if pending is not None:
             pending.position = position
             if pending.on_position is not None:
                 pending.on_position(position)
+            if why and why != pending.why:
+                pending.why = why
+                if pending.on_why is not None:
+                    pending.on_why(why)
 
     def _granted(self, request: str, lease: str, ticket: str, device: str, address: str,
                  expires_in: float, info: list[str]) -> None:

@@ -270,6 +270,7 @@ class Tracker:
         tags: tuple[str, ...] | list[str] = (),
         on_position: Callable[[int], object] | None = None,
         on_queued: Callable[[str, int, int], object] | None = None,
+        on_why: Callable[[str], object] | None = None,
     ) -> Lease:
         """Wait for a device of C{key} and return its L{Lease}.
 
@@ -281,7 +282,7 @@ class Tracker:
         return Lease(
             _reactor.call(
                 self._tracker.request, key, priority=priority, lease=lease, wait=wait,
-                tags=tags, on_position=on_position, on_queued=on_queued,
+                tags=tags, on_position=on_position, on_queued=on_queued, on_why=on_why,
             )
         )
 

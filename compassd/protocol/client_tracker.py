@@ -39,6 +39,7 @@ class Request(CompassCommand):
         (b"request", amp.Unicode()),
         (b"position", amp.Integer()),
         (b"devices", amp.Integer()),
+        (b"why", amp.Unicode(optional=True)),
     ]
 
 
@@ -112,6 +113,7 @@ WAITING_ROW = [
     (b"position", amp.Integer()),
     (b"waited", amp.Float()),
     (b"tags", amp.ListOf(amp.Unicode())),
+    (b"why", amp.Unicode(optional=True)),
 ]
 
 
@@ -156,10 +158,15 @@ class ListWaiting(CompassCommand):
 
 
 class Position(CompassCommand):
-    """A waiting request's place in its queue changed (0 is next)."""
+    """A waiting request's place in its queue changed (0 is next); C{why} says why it is
+    there ("behind bob: priority 5 > 1")."""
 
     commandName = b"position"
-    arguments = [(b"request", amp.Unicode()), (b"position", amp.Integer())]
+    arguments = [
+        (b"request", amp.Unicode()),
+        (b"position", amp.Integer()),
+        (b"why", amp.Unicode(optional=True)),
+    ]
     requiresAnswer = False
 
 

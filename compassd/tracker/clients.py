@@ -15,6 +15,7 @@ from ..protocol import (
 )
 from ..protocol import client_tracker as ct
 from ..protocol.limits import MAX_PAGE, check_name, check_seconds, check_tags
+from . import explain
 from .connection import TrackerPeer, log
 from .listing import device_row, queue_row, waiting_row
 
@@ -48,8 +49,11 @@ class ClientResponders(TrackerPeer):
             wait=check_seconds("wait", wait),
         )
         position = 0
+        why = explain.NEXT
         if request.id in self._scheduler.requests:
             position = self._scheduler.position(request.id)
+            if position:
+                why = self._scheduler.reasons(key, self._now).get(request.id, "")
             self.tracker._sent_positions[request.id] = position
             log.info(
                 "{request} of {user} for {key} (priority {priority}) waits at position"
@@ -65,6 +69,7 @@ class ClientResponders(TrackerPeer):
             "request": request.id,
             "position": position,
             "devices": self._scheduler.online_count(key),
+            "why": why,
         }
 
     @ct.Cancel.responder
@@ -104,10 +109,12 @@ class ClientResponders(TrackerPeer):
         start = max(0, start or 0)
         if key not in self._scheduler.keys():
             raise NoSuchKey(f"No device or request of key {key} is known to this tracker.")
-        order = self._scheduler.waiting(key)
         now = self._now
+        order = self._scheduler.waiting(key, now)
+        why = self._scheduler.reasons(key, now, order)
         page = [
-            waiting_row(r, start + i, now) for i, r in enumerate(order[start : start + limit])
+            waiting_row(r, start + i, now, why.get(r.id, ""))
+            for i, r in enumerate(order[start : start + limit])
         ]
         return {"waiting": page, "more": len(order) > start + limit}
 

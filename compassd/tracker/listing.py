@@ -38,8 +38,9 @@ def queue_row(scheduler: Scheduler, key: str) -> dict[str, Any]:
     }
 
 
-def waiting_row(request: Request, position: int, now: float) -> dict[str, Any]:
+def waiting_row(request: Request, position: int, now: float, why: str = "") -> dict[str, Any]:
     return {
+        "why": why,
         "request": request.id,
         "key": request.key,
         "user": request.user,

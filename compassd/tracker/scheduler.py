@@ -27,7 +27,7 @@ from __future__ import annotations
 import heapq
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 
 import attrs
 
@@ -41,6 +41,7 @@ from ..errors import (
     NotYourLease,
     TicketRejected,
 )
+from . import explain
 from .fairqueue import FairQueue
 from .records import (
     COMPASSD,
@@ -154,6 +155,28 @@ class Scheduler:
         if request is None:
             raise NoSuchRequest(f"Request {request_id} is not waiting.")
         return self._pools[request.key].queue.position_of(request_id, self._when(now))
+
+    def reasons(
+        self,
+        key: str,
+        now: float | None = None,
+        order: list[Request] | None = None,
+        only: Container[str] | None = None,
+    ) -> dict[str, str]:
+        """For each waiting request of C{key} (or those in C{only}), why it is where it
+        is (a sentence); C{order}: L{waiting}'s answer at the same C{now}, if the caller
+        has it."""
+        pool = self._pools.get(key)
+        if pool is None:
+            return {}
+        when = self._when(now)
+        ledger = self._ledgers.get(key) if self.fair_share else None
+        return explain.reasons(
+            pool.queue.order(when) if order is None else order,
+            None if ledger is None else (lambda user: ledger.usage(user, when)),
+            self.share,
+            only,
+        )
 
     # --- fair share -------------------------------------------------------------------
 

@@ -300,8 +300,12 @@ class TrackerService(service.Service):
     def _push_positions(self) -> None:
         self._positions_call = None
         keys, self._dirty_keys = self._dirty_keys, set()
+        now = self.now()
         for key in keys:
-            for request_id, position in self.scheduler.positions(key).items():
+            order = self.scheduler.waiting(key, now)
+            news: list[tuple[str, int]] = []
+            for position, waiting in enumerate(order):
+                request_id = waiting.id
                 sent = self._sent_positions.get(request_id)
                 if sent == position:
                     continue
@@ -312,8 +316,12 @@ class TrackerService(service.Service):
                     # a notice to every waiting request.
                     continue
                 self._sent_positions[request_id] = position
+                news.append((request_id, position))
+            why = self.scheduler.reasons(key, now, order, {r for r, _ in news})
+            for request_id, position in news:
                 request = self.scheduler.requests[request_id]
-                self._tell(request.owner, ct.Position, request=request_id, position=position)
+                self._tell(request.owner, ct.Position, request=request_id, position=position,
+                           why=why.get(request_id, ""))
 
     # --- connections ------------------------------------------------------------------
 

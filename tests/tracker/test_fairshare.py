@@ -195,3 +195,28 @@ def test_accounts_split_their_share_among_members() -> None:
 def test_a_half_life_must_be_positive() -> None:
     with pytest.raises(ValueError, match="not positive"):
         UsageLedger(0.0)
+
+
+def test_each_waiting_request_is_told_why_it_is_where_it_is() -> None:
+    s = one_board(DAY)
+    now, _ = hours_then_short_runs(s)  # alice (3 h) then bob (5 min) wait, bob holds
+    s.request(now, "carol", "carol", "npu", priority=5)
+    s.request(now, "bob2", "bob", "npu")
+    waiting = s.waiting("npu", now)
+    assert [(r.user, r.priority) for r in waiting] == [
+        ("carol", 5), ("bob", 1), ("alice", 1), ("bob", 1)]
+    why = s.reasons("npu", now)
+    assert [why[r.id] for r in waiting] == [
+        "next in line",
+        "behind carol: priority 5 > 1",
+        "behind bob: they used 0.1 board-hours lately, you used 2.9",
+        f"behind alice: users take one turn each, and your {waiting[1].id} is ahead",
+    ]
+
+
+def test_with_turns_the_reason_is_the_turn() -> None:
+    s = one_board(0.0)
+    now, _ = hours_then_short_runs(s)
+    (alice, bob) = s.waiting("npu", now)
+    assert s.reasons("npu", now)[bob.id] == (
+        "behind alice: their turn (users take turns; you were granted since)")

@@ -358,13 +358,32 @@ def test_a_waiting_client_gets_its_position_pushed_once_per_interval(h: Harness)
     h.advance(0.01)
     # Two moves within one interval: one push each, with the newest position.
     assert waiting[2].peer.take("position") == [
-        ("position", {"request": requests[2], "position": 0})
+        ("position", {"request": requests[2], "position": 0, "why": "next in line"})
     ]
     assert waiting[3].peer.take("position") == [
-        ("position", {"request": requests[3], "position": 1})
+        ("position", {"request": requests[3], "position": 1,
+                      "why": "behind user2: they used 0.0 board-hours lately, you used 0.0;"
+                             " they asked first"})
     ]
     h.advance(10.0)
     assert [c.peer.take("position") for c in waiting[2:]] == [[], []]
+
+
+def test_a_waiting_client_hears_why_it_waits_where_it_does(h: Harness) -> None:
+    """The answer, the position pushes and the listing say why ("behind ...")."""
+    h.board("npu-1")
+    holder, low, high = h.connect(user="ann"), h.connect(user="bob"), h.connect(user="cat")
+    holder.ok(ct.Request, key="npu")
+    answer = low.ok(ct.Request, key="npu")
+    assert (answer["position"], answer["why"]) == (0, "next in line")
+    high.ok(ct.Request, key="npu", priority=5)
+    h.advance(h.tracker.position_interval)
+    assert low.peer.take("position") == [
+        ("position", {"request": answer["request"], "position": 1,
+                      "why": "behind cat: priority 5 > 1"})]
+    rows = holder.ok(ct.ListWaiting, key="npu")["waiting"]
+    assert [(r["user"], r["why"]) for r in rows] == [
+        ("cat", "next in line"), ("bob", "behind cat: priority 5 > 1")]
 
 
 def test_a_waiting_request_is_granted_when_a_device_frees_up(h: Harness) -> None:
