@@ -11,6 +11,15 @@ cancel anyone's request; implies ``client``). ``keys`` are shell
 patterns (``*`` for all, the default). Blank lines and lines starting with ``#`` are
 ignored. ``compass token`` prints a new token and its line.
 
+Fair share (see docs/tracker.md) reads three more fields, all optional::
+
+    sha256:...  user=ann  share=2  account=physics  account-share=3
+
+``share`` is the user's share of the boards (default 1). With ``account``, the user is a
+member of that account: the account's ``account-share`` (default 1; give it on any one
+member's line, and the same on every line that gives it) is split among its members in
+proportion to their ``share``. Lines of one user must agree on these fields.
+
 Without a tokens file the tracker runs open: any caller gets the roles it asks for,
 under the user name it gives. That suits a tracker bound to loopback and is logged as a
 warning at start.
@@ -21,13 +30,16 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import math
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 import attrs
 
 from ..protocol.errors import NotAuthorized
 from ..protocol.limits import check_name
+from .usage import effective_shares
 
 ROLES = frozenset({"client", "board", "admin"})
 
@@ -40,6 +52,11 @@ class Identity:
     user: str
     roles: frozenset[str]
     keys: tuple[str, ...] = ("*",)
+    share: float = 1.0
+    """Fair share: this user's share of the boards (within their account, if any)."""
+    account: str | None = None
+    account_share: float | None = None
+    """The share of C{account}, when this line gives it."""
 
     def may(self, role: str) -> bool:
         return role in self.roles or (role == "client" and "admin" in self.roles)
@@ -121,9 +138,9 @@ def load_tokens(path: str | Path) -> dict[str, Identity]:
         values = {}
         for field in fields:
             name, sep, value = field.partition("=")
-            if not sep or name not in ("user", "roles", "keys"):
+            if not sep or name not in FIELDS:
                 raise TokensFileError(
-                    f"{where}: {field!r} is not user=, roles= or keys=."
+                    f"{where}: {field!r} is not one of {_FIELD_LIST}."
                 )
             values[name] = value
         if "user" not in values:
@@ -137,5 +154,55 @@ def load_tokens(path: str | Path) -> dict[str, Identity]:
                 f"{where}: unknown roles {', '.join(sorted(roles - ROLES))}."
             )
         keys = tuple(filter(None, values.get("keys", "*").split(","))) or ("*",)
-        table[digest.lower()] = Identity(values["user"], roles, keys)
+        share = _share(where, "share", values.get("share", "1"))
+        account = values.get("account") or None
+        account_share = None
+        if "account-share" in values:
+            account_share = _share(where, "account-share", values["account-share"])
+            if account is None:
+                raise TokensFileError(f"{where}: account-share= needs an account=.")
+        identity = Identity(values["user"], roles, keys, share, account, account_share)
+        _check_agrees(where, identity, table.values())
+        table[digest.lower()] = identity
     return table
+
+
+FIELDS = ("user", "roles", "keys", "share", "account", "account-share")
+_FIELD_LIST = ", ".join(name + "=" for name in FIELDS)
+
+
+def _share(where: str, name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise TokensFileError(f"{where}: {name}={text} is not a positive number.")
+    return value
+
+
+def _check_agrees(where: str, new: Identity, known: Iterable[Identity]) -> None:
+    for old in known:
+        if old.user == new.user and (old.share, old.account) != (new.share, new.account):
+            raise TokensFileError(
+                f"{where}: user {new.user} has share={old.share:g} account={old.account}"
+                " on another line; give every line of a user the same share and account."
+            )
+        if (new.account is not None and old.account == new.account
+                and old.account_share is not None and new.account_share is not None
+                and old.account_share != new.account_share):
+            raise TokensFileError(
+                f"{where}: account {new.account} has account-share={old.account_share:g}"
+                " on another line; give it one share."
+            )
+
+
+def shares_of(tokens: dict[str, Identity] | None) -> dict[str, float]:
+    """Each user's share of the boards, their account's share split among its members
+    (see L{compassd.tracker.usage.effective_shares}); empty without a tokens file."""
+    if not tokens:
+        return {}
+    users = {i.user: (i.share, i.account) for i in tokens.values()}
+    accounts = {i.account: i.account_share for i in tokens.values()
+                if i.account is not None and i.account_share is not None}
+    return effective_shares(users, accounts)

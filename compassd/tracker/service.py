@@ -22,7 +22,7 @@ from twisted.protocols import amp
 
 from ..protocol import board_tracker as bt
 from ..protocol import client_tracker as ct
-from .access import Access, TokensFileError, load_tokens
+from .access import Access, TokensFileError, load_tokens, shares_of
 from .admin import AdminResponders
 from .audit import AuditLog
 from .boards import BoardResponders
@@ -120,6 +120,8 @@ class TrackerService(service.Service):
             self.record("tokens-reload-failed", reason=str(e))
             return False
         self.access = attrs.evolve(self.access, tokens=tokens)
+        self.scheduler.set_shares(self.now(), shares_of(tokens))
+        self._dirty_keys.update(self.scheduler.keys())
         log.info("reloaded {count} tokens from {path}", count=len(tokens),
                  path=self.tokens_path)
         self.record("tokens-reloaded", reason=f"{len(tokens)} tokens from {self.tokens_path}")

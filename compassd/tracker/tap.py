@@ -15,7 +15,7 @@ from ..metrics import metrics_listener
 from ..protocol.limits import HELLO_TIMEOUT, MAX_CONNECTIONS_PER_ADDRESS, ConnectionGuard
 from ..systemd import SystemdNotifier, default_listen, plural
 from ..tls import ClientCertListener, TLSFailed, load_ca
-from .access import Access, TokensFileError, load_tokens
+from .access import Access, TokensFileError, load_tokens, shares_of
 from .audit import AuditLog
 from .frontdoor import front_door_factory, parse_networks
 from .history import MemoryHistory
@@ -227,6 +227,7 @@ def make_tracker(options: Options, reactor: Any) -> TrackerService:
         forget_offline=options["forget-offline"],
         max_queued_per_user=options["max-queued-per-user"],
         fair_share_half_life=options["fair-share-half-life"],
+        shares=shares_of(options["access"].tokens),
     )
     return TrackerService(
         reactor=reactor,
