@@ -356,6 +356,7 @@ def test_tvm_clients_of_two_users_take_turns(world: World) -> None:
         peer.send([4, "npu", "", 1])
     order = []
     for i in range(1, 4):
+        world.clock.advance(1.0)  # alice1's lease runs: fair share counts it
         server.call([3, "npu", [9090, f"npu:{i}"], None])
         order += [n for n, p in (("alice1", alice1), ("alice2", alice2), ("bob", bob))
                   if p.proto.new_frames()]
@@ -367,6 +368,7 @@ def test_tvm_and_compassd_requests_share_one_fair_queue_per_key(world: World) ->
     server.register("npu", 9090, "npu:0")
     alice1 = world.tvm(host="10.0.0.1")
     assert alice1.call([4, "npu", "", 1])[0] == 0
+    world.clock.advance(1.0)  # alice1's lease has run a second: bob, who used none, is first
     alice2 = world.tvm(host="10.0.0.1")
     alice2.send([4, "npu", "", 1])
     bob = world.amp(user="bob")
