@@ -146,6 +146,11 @@ class ExecutorServer(CompassPeer):
     @Attach.responder
     def attach(self, workdir: str, arena: str, arena_size: int, session: str) -> dict[str, Any]:
         # A refused attach leaves the earlier session's directory and arena in place.
+        if "\0" in workdir or "\0" in arena:
+            raise BadRequest(
+                f"The session directory {workdir!r} or arena {arena!r} has a NUL character;"
+                " the board server names both, so this executor's server is out of step."
+            )
         real = os.path.realpath(workdir)
         if not os.path.isdir(real):
             raise BadRequest(f"The session directory {workdir} is not a directory.")

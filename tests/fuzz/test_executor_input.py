@@ -119,8 +119,9 @@ def hostile_box(draw: Any) -> bytes:
         kw = {} if manifest is None else {"manifest": manifest}
         return box(Load, ask, path=draw(PATHS), **kw)
     if command == "attach":  # each fails: a failed attach must keep the session's arena
-        return box(Attach, ask, workdir=draw(st.sampled_from(["/nonexistent", "", "/"])),
-                   arena=draw(st.sampled_from(["missing", ""])),
+        return box(Attach, ask, workdir=draw(st.sampled_from(["/nonexistent", "", "/", "/\0",
+                                                              "/tmp\0x"])),
+                   arena=draw(st.sampled_from(["missing", "", "a\0b"])),
                    arena_size=draw(st.sampled_from([0, -1, ARENA]) | BIG), session="s")
     return box(CheckHealth, ask)
 
@@ -187,3 +188,15 @@ def test_mutated_bytes_on_the_channel_never_crash_the_executor(
     one()
     print(f"\nfuzzed the executor's channel with {tried[0]} mutated byte streams")
     assert tried[0] >= 50
+
+
+@pytest.mark.parametrize("workdir, arena", [("/tmp\0x", "arena"), ("/", "a\0b")])
+def test_an_attach_naming_a_nul_path_is_refused_as_a_bad_request(
+    setup: tuple[IdentityBackend, Path, Arena], workdir: str, arena: str
+) -> None:
+    channel = Channel(*setup)
+    reply = channel.send(box(Attach, 7, workdir=workdir, arena=arena, arena_size=ARENA,
+                             session="s"))[b"7"]
+    assert reply[amp.ERROR_CODE] == b"BAD_REQUEST", reply
+    assert b"NUL character" in reply[amp.ERROR_DESCRIPTION]
+    channel.serves()
