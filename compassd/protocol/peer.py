@@ -11,7 +11,10 @@ It adds to Twisted's AMP what compassd promises on every link:
   answer is written, so a pushed notice never overtakes the answer it follows;
 - raw byte runs (L{CompassPeer.expect_raw}): large values (models, tensors) travel as
   plain bytes between two boxes instead of as 64 KiB AMP values, at the speed of the
-  socket, with TCP's own flow control; the boxes around them carry sizes and checksums.
+  socket, with TCP's own flow control; the boxes around them carry sizes and checksums;
+- every box is bounded before it is read (L{BoxLimits}): a peer announcing a value that
+  would take a box past its byte or key limit is hung up on, with one log line, before
+  the value's bytes are read; before hello the limits are those of a hello.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+import attrs
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.protocol import connectionDone
@@ -41,6 +45,30 @@ from ._command import Hello
 from .errors import BadRequest, HelloRequired, InternalError
 
 log = Logger()
+
+
+@attrs.frozen
+class BoxLimits:
+    """How large one box may grow: bytes of its keys and values together, and keys.
+
+    AMP itself bounds a key (255 bytes) and a value (65,535 bytes) but not a box: a peer
+    that streams distinct keys and never ends its box grows the parser's dictionary
+    without end. The largest box compassd sends holds a few full values (a listing's page
+    fits in one), and no command has more than a dozen keys.
+    """
+
+    max_bytes: int = 256 << 10
+    max_keys: int = 64
+
+    def allows(self, keys: int, size: int) -> bool:
+        return keys <= self.max_keys and size <= self.max_bytes
+
+
+BOX_LIMITS = BoxLimits()
+"""The limits on a box from a peer that has said hello."""
+
+HELLO_LIMITS = BoxLimits(max_bytes=16 << 10, max_keys=16)
+"""The limits on a box before hello: a hello (versions, a token, names) fits easily."""
 
 
 class _Schema:
@@ -289,10 +317,64 @@ class CompassPeer(ResponderSerialization):
     alive = False
     """Whether the connection is up (AMP does not keep Protocol.connected)."""
 
+    box_limits: BoxLimits = BOX_LIMITS
+    """The limits on a box once the peer has said hello (an attribute so that a daemon,
+    or a test, can set its own)."""
+
+    hello_limits: BoxLimits = HELLO_LIMITS
+    """The limits on a box before the hello exchange completes."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._dispatching = 0
         self._after: list[Callable[[], object]] = []
+        self._box_keys = 0
+        self._box_bytes = 0
+        self._over_limit = False
+
+    # --- box limits -------------------------------------------------------------------
+
+    def _limits(self) -> BoxLimits:
+        return self.box_limits if self.greeted else self.hello_limits
+
+    def proto_init(self, string: bytes) -> str:
+        self._box_keys = 0
+        self._box_bytes = 0
+        return super().proto_init(string)
+
+    def proto_key(self, string: bytes) -> str:
+        state: str = super().proto_key(string)
+        if state == "value":
+            # The key is in; cap the value to come at what the box has left, so that the
+            # parser refuses an over-long value from its length prefix, unread.
+            self._box_keys += 1
+            self._box_bytes += 2 + len(string)
+            limits = self._limits()
+            if self._box_keys > limits.max_keys:
+                self._box_too_big(f"more than {limits.max_keys} keys")
+                return state
+            self.MAX_LENGTH = max(0, min(self.MAX_LENGTH, limits.max_bytes - self._box_bytes - 2))
+        return state
+
+    def proto_value(self, string: bytes) -> str:
+        self._box_bytes += 2 + len(string)
+        return super().proto_value(string)
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        limits = self._limits()
+        self._box_too_big(
+            f"a value of {length} bytes, past the {limits.max_bytes}-byte limit on a box")
+
+    def _box_too_big(self, what: str) -> None:
+        """Hang up on a peer whose box broke its limit; nothing more of it is read."""
+        if self._over_limit:
+            return
+        self._over_limit = True
+        self.paused = True  # the parser reads no further string of this connection
+        log.warn("{peer} sent a box with {what}{before}; closing the connection",
+                 peer=self.describe(), what=what,
+                 before="" if self.greeted else " before hello")
+        self.drop(abort=True)
 
     # --- raw byte runs ----------------------------------------------------------------
 
@@ -317,6 +399,8 @@ class CompassPeer(ResponderSerialization):
         return run.done
 
     def dataReceived(self, data: bytes) -> None:
+        if self._over_limit:
+            return
         with _BATCHED:
             if self._raw is not None:
                 data = self._feed_raw(data)

@@ -50,7 +50,7 @@ def box(command: type[amp.Command], ask: int | None, **arguments: Any) -> bytes:
 def mutate(draw: Any, st: Any, stream: bytes) -> bytes:
     """Flip, truncate, splice, or replace C{stream}, or give an oversized value."""
     how = draw(st.sampled_from(["keep", "flip", "truncate", "splice", "random",
-                                "oversize", "huge-key"]))
+                                "oversize", "huge-key", "endless"]))
     if how == "flip" and stream:
         for _ in range(draw(st.integers(1, 8))):
             i = draw(st.integers(0, len(stream) - 1))
@@ -67,7 +67,20 @@ def mutate(draw: Any, st: Any, stream: bytes) -> bytes:
                    b"\x00\x05model\xff\xff" + b"A" * 70000 + b"\x00\x00")
     elif how == "huge-key":
         stream += b"\x01\x00" + b"k" * 256 + b"\xff\xff"
+    elif how == "endless":
+        stream += endless_box(draw(st.integers(1, 4000)))
     return stream
+
+
+ENDLESS = b"endless-"
+"""The start of every key of L{endless_box}."""
+
+
+def endless_box(value_size: int, keys: int = 400) -> bytes:
+    """A box of distinct keys that never ends: past every box limit, in bytes or keys."""
+    value = b"v" * value_size
+    return b"".join(len(ENDLESS + b"%d" % i).to_bytes(2, "big") + ENDLESS + b"%d" % i
+                    + len(value).to_bytes(2, "big") + value for i in range(keys))
 
 
 def answers(data: bytes) -> dict[bytes, amp.AmpBox]:

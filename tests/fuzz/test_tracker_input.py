@@ -27,6 +27,7 @@ from compassd.protocol.tvm_tracker import TRACKER_MAGIC
 from compassd.tracker.frontdoor import FrontDoor
 from compassd.tracker.service import TrackerConnection
 from compassd.tracker.tvm import TvmTrackerConnection
+from tests.fuzz._inprocess import ENDLESS, endless_box
 from tests.tracker.test_service import Harness
 
 
@@ -54,7 +55,7 @@ def hostile(draw: Any) -> bytes:
     """A byte stream: valid boxes, then mutated, truncated, padded or replaced."""
     stream = b"".join(draw(st.lists(st.sampled_from(VALID), min_size=1, max_size=4)))
     how = draw(st.sampled_from(["flip", "truncate", "oversize", "splice", "random",
-                                "huge-length", "tvm"]))
+                                "huge-length", "tvm", "endless"]))
     if how == "flip":
         for _ in range(draw(st.integers(1, 8))):
             i = draw(st.integers(0, len(stream) - 1))
@@ -69,6 +70,8 @@ def hostile(draw: Any) -> bytes:
         stream = stream[:i] + draw(st.binary(max_size=64)) + stream[i:]
     elif how == "random":
         stream = draw(st.binary(max_size=512))
+    elif how == "endless":
+        stream += endless_box(draw(st.integers(1, 4000)))
     elif how == "huge-length":
         stream = b"\x01\x00" + b"k" * 256 + b"\xff\xff"
     else:
@@ -96,6 +99,8 @@ class Fuzz:
         except Exception:
             # The reactor logs such an exception and closes the connection.
             transport.loseConnection()
+        if ENDLESS in data and not data.startswith(TRACKER_MAGIC):
+            assert transport.disconnecting, "a box that never ends was not cut off"
         protocol.connectionLost(Failure(ConnectionError("closed by the fuzz test")))
         self.tried += 1
         target(float(len(data)), label="bytes fed")
