@@ -23,6 +23,11 @@ class CompassCommand(amp.Command):
 
     errors = {error: error.code for error in ALL_ERRORS}
 
+    announces_run = False
+    """Whether raw bytes follow this command's box (an upload, a run's inputs): when its
+    arguments cannot be read, the receiver cannot know where the bytes end, so it answers
+    and closes the connection instead of reading them as boxes."""
+
 
 class Hello(CompassCommand):
     """The first command on every connection: pick a version and say who is calling.

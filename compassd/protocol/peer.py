@@ -365,6 +365,18 @@ class CompassPeer(ResponderSerialization):
         self._box_too_big(
             f"a value of {length} bytes, past the {limits.max_bytes}-byte limit on a box")
 
+    def stop_reading(self, why: str) -> None:
+        """Read nothing more from this peer, and close the connection once the answer to
+        the box being handled is written: for a command whose raw bytes will not be read
+        (C{why} says why, in the log)."""
+        if self._over_limit:
+            return
+        self._over_limit = True
+        self.paused = True
+        log.warn("{peer}: closing the connection after this answer: {why}",
+                 peer=self.describe(), why=why)
+        self.after_dispatch(self.drop)
+
     def _box_too_big(self, what: str) -> None:
         """Hang up on a peer whose box broke its limit; nothing more of it is read."""
         if self._over_limit:
@@ -539,7 +551,13 @@ class CompassPeer(ResponderSerialization):
         spec: Any = command
 
         def doit(box: amp.AmpBox) -> Deferred[Any]:
-            kw = arguments.decode(box, self)
+            try:
+                kw = arguments.decode(box, self)
+            except Exception:
+                if getattr(spec, "announces_run", False):
+                    self.stop_reading("its arguments could not be read, so the raw bytes"
+                                      " after it cannot be told from boxes")
+                raise
 
             def known_errors(error: Failure) -> Failure:
                 key = error.trap(*spec.allErrors)

@@ -15,7 +15,10 @@ announces them:
   order of its C{outputs}.
 
 A byte run is always sent whole, even when the command is refused, so the connection
-stays in step and the session stays usable after any refusal.
+stays in step and the session stays usable after a refusal. A board reads the bytes of a
+refused command only when they are within what the session may send (its upload quota,
+half its arena); past that, with no session open, or when the command's arguments cannot
+be read, it answers the refusal and closes the connection without reading them.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class Upload(CompassCommand):
     """Store C{size} bytes (sent raw after this box) as C{path} in the session directory."""
 
     commandName = b"upload"
+    announces_run = True
     arguments = [
         (b"path", amp.Unicode()),
         (b"size", amp.Integer()),
@@ -137,6 +141,7 @@ class Run(CompassCommand):
     answer. C{seconds} is the time the backend took on the board."""
 
     commandName = b"run"
+    announces_run = True
     arguments = [
         (b"model", amp.Unicode()),
         (b"inputs", amp.AmpList(TENSOR)),
@@ -150,6 +155,7 @@ class Benchmark(CompassCommand):
     gives each round's mean seconds per run, measured on the board."""
 
     commandName = b"benchmark"
+    announces_run = True
     arguments = [
         (b"model", amp.Unicode()),
         (b"inputs", amp.AmpList(TENSOR)),

@@ -5,7 +5,9 @@ Large values cross as raw byte runs (see L{compassd.protocol.session}): uploads 
 straight into a partial file of the session directory, input tensors straight into the
 session's shared arena, where the executor reads them; outputs go from the arena to the
 socket right after the answer that announces them. A byte run announced by a refused
-command is still read whole and thrown away, so the connection stays in step.
+command is still read whole and thrown away, so the connection stays in step, when it is
+within what the session may send (its upload quota, half its arena); past that, or with
+no session open, it is not read: the refusal is answered and the connection closed.
 """
 
 from __future__ import annotations
@@ -192,8 +194,17 @@ class SessionConnection(HelloResponder):
             raise session_gone(session)
         return session
 
-    def _refuse_run(self, size: int, error: Exception) -> Deferred[Any]:
-        """Read the C{size} bytes announced by a refused command, then refuse it."""
+    def _refuse_run(self, size: int, error: Exception, limit: int) -> Deferred[Any]:
+        """Refuse a command that announced C{size} raw bytes.
+
+        Within the session's own limit for such a run (C{limit}; none without an open
+        session) the bytes are read and thrown away, so the session stays usable; past
+        it they are not read at all: the refusal is answered and the connection closed."""
+        if self.session is None or size > limit:
+            self.stop_reading(f"it announced {size} raw bytes, more than the {max(limit, 0)}"
+                              " it may send " + ("here" if self.session is not None
+                                                 else "before a session is open"))
+            return fail(error)
         d: Deferred[Any] = self.expect_raw(size, _discard)
         d.addErrback(_connection_gone, "sending the bytes of a refused command")
         return d.addCallback(lambda _: fail(error))
@@ -245,7 +256,8 @@ class SessionConnection(HelloResponder):
             session = self._active()
             sink = UploadSink.start(session.directory, path, size, sha256)
         except Exception as e:
-            return self._refuse_run(size, e)
+            return self._refuse_run(size, e, self.board.max_upload if self.board.max_upload > 0
+                                    else size)
         arrived = self.expect_raw(size, sink)
 
         def stored(_: object) -> dict[str, Any]:
@@ -321,6 +333,11 @@ class SessionConnection(HelloResponder):
 
         return d.addCallback(loaded)
 
+    def _arena_share(self) -> int:
+        """The most input bytes a run may announce: half the session's arena."""
+        session = self.session
+        return session.arena.size // 2 if session is not None and session.ended is None else 0
+
     def _inputs_to_arena(self, session: ActiveSession, inputs: list[dict[str, Any]]
                          ) -> tuple[list[dict[str, Any]], int, int]:
         """Plan where each input goes in the arena: slots, total bytes, end offset."""
@@ -391,7 +408,7 @@ class SessionConnection(HelloResponder):
                 raise BadRequest(f"A run timeout must be positive, not {timeout}.")
             slots, total, end = self._inputs_to_arena(session, inputs)
         except Exception as e:
-            return self._refuse_run(announced, e)
+            return self._refuse_run(announced, e, self._arena_share())
         out_offset = align_up(end)
         arena = session.arena
 
@@ -461,7 +478,7 @@ class SessionConnection(HelloResponder):
                 raise BadRequest(f"warmup must be 0 to 1,000,000, not {warmup}.")
             slots, total, _ = self._inputs_to_arena(session, inputs)
         except Exception as e:
-            return self._refuse_run(announced, e)
+            return self._refuse_run(announced, e, self._arena_share())
 
         def measure(_: object) -> Deferred[list[float]]:
             return session.executor.measure(

@@ -1,0 +1,98 @@
+"""The raw bytes a command announces are checked against what the caller may send before
+any is read: with no session open nothing may follow a box, and in a session no more
+than its upload quota or half its arena. Past that, and when a command that announces
+bytes has arguments that cannot be read, the board answers and closes the connection:
+the bytes after the box are never parsed as boxes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from twisted.protocols import amp
+
+from compassd.protocol import session as ps
+from tests.fuzz.test_server_input import MAX_UPLOAD, Board, Legit, feed, hello
+from tests.fuzz._inprocess import answers, box
+
+
+@pytest.fixture
+def board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Board:
+    monkeypatch.setattr(os, "chdir", lambda path: None)
+    return Board(tmp_path / "work")
+
+
+def upload_box(ask: int, path: bytes, size: int) -> bytes:
+    return amp.AmpBox(_command=b"upload", _ask=b"%d" % ask, path=path, size=b"%d" % size,
+                      sha256=b"0" * 64).serialize()
+
+
+def opened(board: Board) -> bytes:
+    return hello() + box(ps.OpenSession, 2, ticket=board.issue())
+
+
+def test_an_upload_before_a_session_is_refused_and_its_bytes_are_not_read(
+    board: Board
+) -> None:
+    legit = Legit(board)
+    legit.open()
+    hidden = box(ps.RemoveFile, 9, path="m")  # would remove nothing here, but is a box
+    _, transport = feed(board, hello() + upload_box(5, b"m", 1 << 40) + hidden, 1 << 16)
+    assert transport.disconnecting
+    replies = answers(transport.value())
+    assert b"5" in replies and b"9" not in replies
+    legit.run()
+
+
+def test_an_upload_with_a_path_that_is_not_utf8_closes_and_its_body_is_not_parsed(
+    board: Board
+) -> None:
+    payload = box(ps.RemoveFile, 9, path="m")
+    data = opened(board) + upload_box(5, b"\xff\xfe", len(payload)) + payload
+    connection, transport = feed(board, data, len(data))
+    replies = answers(transport.value())
+    assert replies[b"5"][amp.ERROR_CODE] == b"BAD_REQUEST"
+    assert b"9" not in replies, "the upload's body was parsed as a remove-file box"
+    assert transport.disconnecting
+    assert connection.session is not None
+    assert not (connection.session.directory.files / "m").exists()
+
+
+def test_an_upload_past_the_quota_is_refused_unread_and_one_within_it_is_read(
+    board: Board
+) -> None:
+    data = opened(board)
+    connection, transport = feed(board, data, len(data))
+    assert connection.session is not None
+    # within the quota but with a wrong checksum: read, refused, the session serves on
+    body = b"z" * 1000
+    feed(board, upload_box(5, b"f", len(body)) + body, 4096, connection, transport)
+    assert answers(transport.value())[b"5"][amp.ERROR_CODE] != b""
+    assert not transport.disconnecting
+    good = box(ps.Upload, 6, path="g", size=3, sha256=hashlib.sha256(b"abc").hexdigest())
+    feed(board, good + b"abc", 4096, connection, transport)
+    assert amp.ERROR not in answers(transport.value())[b"6"]
+    # past the quota: refused at once, and nothing after it is read
+    feed(board, upload_box(7, b"h", MAX_UPLOAD + 1) + box(ps.RemoveFile, 8, path="g"),
+         4096, connection, transport)
+    replies = answers(transport.value())
+    assert replies[b"7"][amp.ERROR_CODE] == b"LIMIT_EXCEEDED", replies[b"7"]
+    assert b"8" not in replies
+    assert transport.disconnecting
+    assert (connection.session.directory.files / "g").exists()
+
+
+def test_run_inputs_past_half_the_arena_are_refused_unread(board: Board) -> None:
+    data = opened(board)
+    connection, transport = feed(board, data, len(data))
+    size = (1 << 20)  # the whole arena
+    run = box(ps.Run, 5, model="m", inputs=[{"name": "x", "dtype": "int8", "shape": [size],
+                                             "nbytes": size}])
+    feed(board, run + struct.pack("!H", 4) + b"junk", 4096, connection, transport)
+    replies = answers(transport.value())
+    assert replies[b"5"][amp.ERROR_CODE] == b"LIMIT_EXCEEDED"
+    assert transport.disconnecting
