@@ -16,8 +16,8 @@ import pytest
 from twisted.protocols import amp
 
 from compassd.protocol import session as ps
-from tests.fuzz.test_server_input import MAX_UPLOAD, Board, Legit, feed, hello
 from tests.fuzz._inprocess import answers, box
+from tests.fuzz.test_server_input import MAX_UPLOAD, Board, Legit, feed, hello
 
 
 @pytest.fixture
