@@ -112,3 +112,58 @@ def test_server_options_have_lab_defaults_and_can_turn_limits_off():
                           "--hello-timeout", "0"])
     assert options["max-connections-per-address"] is None
     assert options["hello-timeout"] is None
+
+
+def test_connections_that_said_hello_do_not_count_against_the_per_address_cap():
+    clock, guard = guarded(per_address=2, hello_timeout=None)
+    lab = [Line(guard, "10.0.0.1") for _ in range(2)]
+    for line in lab:
+        assert not isinstance(line.hello(), Failure)
+    more = [Line(guard, "10.0.0.1") for _ in range(2)]  # the same NAT address, more users
+    for line in more:
+        assert not isinstance(line.hello(), Failure)
+    assert guard.open == {"10.0.0.1": 4}
+    assert guard.waiting() == 0
+
+
+def test_at_the_global_cap_the_busiest_address_loses_its_oldest_silent_connection():
+    clock, guard = guarded(per_address=10, hello_timeout=None, unauthenticated=6)
+    flood = [Line(guard, f"10.0.1.{i % 3}") for i in range(6)]  # 2 each from 3 addresses
+    flood += [Line(guard, "10.0.1.0")]  # at the cap: the busiest loses one (its own)
+    assert guard.waiting() == 6
+    legit = Line(guard, "10.0.0.9")  # the cap holds, and the newcomer is taken
+    assert guard.waiting() == 6
+    assert not isinstance(legit.hello(), Failure)
+    for line in flood:
+        line.pump.flush()
+    # 10.0.1.0 held the most (3, then 2 tied first): its two oldest went
+    assert [i for i, line in enumerate(flood) if not line.client.alive] == [0, 3]
+    assert legit.client.alive
+
+
+def test_many_addresses_together_hold_no_more_than_the_global_cap():
+    clock, guard = guarded(per_address=2, hello_timeout=None, unauthenticated=20)
+    lines = [Line(guard, f"10.2.{i // 250}.{i % 250}") for i in range(200)]
+    for line in lines:
+        line.pump.flush()
+    assert guard.waiting() == 20
+    assert sum(line.client.alive for line in lines) == 20
+
+
+def test_the_tvm_front_door_closes_a_connection_that_never_says_anything():
+    from functools import partial
+
+    from compassd.tracker.frontdoor import front_door_factory
+    from compassd.tracker.service import TrackerConnection
+    from compassd.tracker.tvm import TvmTrackerConnection
+
+    clock = Clock()
+    tracker = TrackerService(reactor=clock)
+    tracker.startService()
+    door = front_door_factory(partial(TrackerConnection, tracker),
+                              partial(TvmTrackerConnection, tracker))
+    guard = ConnectionGuard(door, clock, what="tracker", hello_timeout=30.0)
+    silent = Line(guard, "127.0.0.1")
+    clock.advance(30)
+    silent.pump.flush()
+    assert not silent.client.alive

@@ -84,7 +84,13 @@ def check_seconds(what: str, value: float | None, *, allow_none: bool = True) ->
 # --- connections ----------------------------------------------------------------------
 
 MAX_CONNECTIONS_PER_ADDRESS = 64
-"""Default cap on connections open at once from one IP address (per daemon)."""
+"""Default cap on connections from one IP address that have not completed hello yet (per
+daemon). Connections that said hello are not counted: a lab behind one NAT address is not
+locked out by one of its users."""
+
+MAX_UNAUTHENTICATED = 256
+"""Default cap on connections, from all addresses together, that have not completed
+hello yet (per daemon). Each holds at most one box of 16 KiB before hello."""
 
 HELLO_TIMEOUT = 30.0
 """Default seconds a new connection has to complete the hello exchange."""
@@ -123,20 +129,32 @@ class _Refusal(amp.AMP):
 
 
 class ConnectionGuard(Factory):
-    """Wrap a factory: cap connections per peer address, and close any connection that
-    has not completed the hello exchange (its protocol's C{greeted}) within
-    C{hello_timeout} seconds. A connection over the cap is answered with
-    L{LimitExceeded} naming the cap on its first command, then closed."""
+    """Wrap a factory: cap the connections that have not completed the hello exchange
+    (their protocol's C{greeted}), per peer address and in all, and close any connection
+    that has not completed it within C{hello_timeout} seconds of connecting.
+
+    A connection over the per-address cap is answered with L{LimitExceeded} naming the
+    cap on its first command, then closed. At the global cap (C{unauthenticated}) a new
+    connection is still taken: the oldest connection not yet greeted from the address
+    that holds the most such connections is closed for it. A peer that says hello stops
+    counting, so one that authenticates is never refused because of others that do not,
+    and many addresses cannot together hold more than the global cap.
+    """
 
     def __init__(self, wrapped: Factory, reactor: Any, *, what: str,
                  per_address: int | None = MAX_CONNECTIONS_PER_ADDRESS,
-                 hello_timeout: float | None = HELLO_TIMEOUT) -> None:
+                 hello_timeout: float | None = HELLO_TIMEOUT,
+                 unauthenticated: int | None = MAX_UNAUTHENTICATED) -> None:
         self.wrapped = wrapped
         self.reactor = reactor
         self.what = what
         self.per_address = per_address
         self.hello_timeout = hello_timeout
+        self.unauthenticated = unauthenticated
         self.open: dict[str, int] = {}
+        """Connections open now, by address."""
+        self.pending: dict[str, list[Any]] = {}
+        """Connections not yet greeted, by address, oldest first (pruned when counted)."""
 
     def doStart(self) -> None:
         self.wrapped.doStart()
@@ -144,20 +162,48 @@ class ConnectionGuard(Factory):
     def doStop(self) -> None:
         self.wrapped.doStop()
 
+    def _waiting(self, host: str) -> list[Any]:
+        """The connections from C{host} that have not said hello yet."""
+        waiting = [p for p in self.pending.get(host, ()) if not getattr(p, "greeted", True)]
+        if waiting:
+            self.pending[host] = waiting
+        else:
+            self.pending.pop(host, None)
+        return waiting
+
+    def waiting(self) -> int:
+        """How many connections have not said hello yet, from all addresses."""
+        return sum(len(self._waiting(host)) for host in list(self.pending))
+
+    def _make_room(self, host: str) -> None:
+        """At the global cap, close the oldest connection not yet greeted from the
+        address holding the most of them."""
+        if self.unauthenticated is None or self.waiting() < self.unauthenticated:
+            return
+        crowded = max(self.pending, key=lambda h: (len(self.pending[h]), h == host))
+        victim = self.pending[crowded].pop(0)
+        log.warn("closed a connection from {host} that had not said hello: {count}"
+                 " connections were waiting for hello, the most this {what} allows",
+                 host=crowded, count=self.unauthenticated, what=self.what)
+        _hang_up(victim)
+
     def buildProtocol(self, addr: Any) -> Any:
         host = str(getattr(addr, "host", addr))
-        count = self.open.get(host, 0)
+        count = len(self._waiting(host))
         if self.per_address is not None and count >= self.per_address:
             log.warn("refused a connection from {host}: it already has {count} open to"
-                     " this {what}", host=host, count=count, what=self.what)
+                     " this {what} that have not said hello", host=host, count=count,
+                     what=self.what)
             return _Refusal(
-                f"{host} already has {count} connections open to this {self.what}, the"
-                f" most it allows from one address; close some, or raise"
-                " --max-connections-per-address.", self.reactor)
+                f"{host} already has {count} connections open to this {self.what} that"
+                " have not said hello, the most it allows from one address; close some,"
+                " or raise --max-connections-per-address.", self.reactor)
+        self._make_room(host)
         protocol = self.wrapped.buildProtocol(addr)
         if protocol is None:
             return None
-        self.open[host] = count + 1
+        self.open[host] = self.open.get(host, 0) + 1
+        self.pending.setdefault(host, []).append(protocol)
         timer = None
         if self.hello_timeout is not None:
             timer = self.reactor.callLater(self.hello_timeout, self._no_hello, protocol,
@@ -170,6 +216,11 @@ class ConnectionGuard(Factory):
                 self.open[host] = left
             else:
                 self.open.pop(host, None)
+            waiting = self.pending.get(host)
+            if waiting is not None and protocol in waiting:
+                waiting.remove(protocol)
+                if not waiting:
+                    del self.pending[host]
             if timer is not None and timer.active():
                 timer.cancel()
             lost(reason)
@@ -182,5 +233,10 @@ class ConnectionGuard(Factory):
             return
         log.warn("closed a connection from {host}: no hello within {timeout:g} s",
                  host=host, timeout=self.hello_timeout)
-        transport: Any = protocol.transport
+        _hang_up(protocol)
+
+
+def _hang_up(protocol: Any) -> None:
+    transport: Any = protocol.transport
+    if transport is not None:
         (getattr(transport, "abortConnection", None) or transport.loseConnection)()

@@ -12,7 +12,12 @@ from twisted.python import usage
 
 from ..daemon_options import check_tracker_and_advertise, endpoint_option, positive
 from ..listening import Listener
-from ..protocol.limits import HELLO_TIMEOUT, MAX_CONNECTIONS_PER_ADDRESS, ConnectionGuard
+from ..protocol.limits import (
+    HELLO_TIMEOUT,
+    MAX_CONNECTIONS_PER_ADDRESS,
+    MAX_UNAUTHENTICATED,
+    ConnectionGuard,
+)
 from ..systemd import SystemdNotifier
 
 BACKENDS = ("aipu", "onnx")
@@ -95,7 +100,11 @@ class Options(usage.Options):
          "Below this much free shared memory (/dev/shm, where tensor arenas live) the"
          " board reports itself unhealthy; 0 turns the check off.", _size_or_zero],
         ["max-connections-per-address", None, str(MAX_CONNECTIONS_PER_ADDRESS),
-         "Client connections one IP address may have open at once ('0' for no limit)."],
+         "Client connections one IP address may have open at once before they say hello"
+         " ('0' for no limit)."],
+        ["max-unauthenticated", None, str(MAX_UNAUTHENTICATED),
+         "Client connections from all addresses together that may wait for hello at once;"
+         " past it the oldest from the busiest address is closed ('0' for no limit)."],
         ["hello-timeout", None, str(HELLO_TIMEOUT),
          "A client connection that has not said hello within this time is closed ('0'"
          " for never)."],
@@ -131,14 +140,17 @@ class Options(usage.Options):
                 f"--backend must be one of {', '.join(BACKENDS)}, not {self['backend']!r}.")
         try:
             count = int(self["max-connections-per-address"])
+            waiting = int(self["max-unauthenticated"])
             hello = float(self["hello-timeout"])
-            if count < 0 or hello < 0:
+            if count < 0 or hello < 0 or waiting < 0:
                 raise ValueError("it is negative")
         except ValueError as e:
             raise usage.UsageError(
-                f"--max-connections-per-address and --hello-timeout take a number: {e}."
+                "--max-connections-per-address, --max-unauthenticated and --hello-timeout"
+                f" take a number: {e}."
             ) from e
         self["max-connections-per-address"] = count or None
+        self["max-unauthenticated"] = waiting or None
         self["hello-timeout"] = hello or None
         if isinstance(self["max-upload"], str):  # a default is not coerced by usage
             self["max-upload"] = _size(self["max-upload"])
@@ -193,7 +205,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     listeners = []
     guarded = ConnectionGuard(board.factory(), reactor, what="board",
                               per_address=options["max-connections-per-address"],
-                              hello_timeout=options["hello-timeout"])
+                              hello_timeout=options["hello-timeout"],
+                              unauthenticated=options["max-unauthenticated"])
     for endpoint in options["listen"]:
         listener = Listener(reactor, "compass-server", endpoint, guarded)
         listener.ready.addCallback(board.listening)

@@ -54,6 +54,12 @@ class FrontDoor(Protocol):
         self.inner: Any = None
         self._buffer = b""
 
+    @property
+    def greeted(self) -> bool:
+        """Whether the peer has said hello (AMP) or TVM's magic: until then the
+        connection counts against the limits on connections that have not."""
+        return self.inner is not None and bool(getattr(self.inner, "greeted", True))
+
     def dataReceived(self, data: bytes) -> None:
         if self.inner is not None:
             self.inner.dataReceived(data)

@@ -12,7 +12,12 @@ from twisted.python import usage
 
 from ..listening import Listener
 from ..metrics import metrics_listener
-from ..protocol.limits import HELLO_TIMEOUT, MAX_CONNECTIONS_PER_ADDRESS, ConnectionGuard
+from ..protocol.limits import (
+    HELLO_TIMEOUT,
+    MAX_CONNECTIONS_PER_ADDRESS,
+    MAX_UNAUTHENTICATED,
+    ConnectionGuard,
+)
 from ..systemd import SystemdNotifier, default_listen, plural
 from ..tls import ClientCertListener, TLSFailed, load_ca
 from .access import Access, TokensFileError, load_tokens, shares_of
@@ -93,7 +98,11 @@ class Options(usage.Options):
          "Append audit events (registrations, grants, releases, expiries, kicks,"
          " refusals) to this file as JSON lines. SIGHUP reopens it."],
         ["max-connections-per-address", None, MAX_CONNECTIONS_PER_ADDRESS,
-         "Connections one IP address may have open at once ('0' for no limit).", _count],
+         "Connections one IP address may have open at once before they say hello ('0'"
+         " for no limit).", _count],
+        ["max-unauthenticated", None, MAX_UNAUTHENTICATED,
+         "Connections from all addresses together that may wait for hello at once; past"
+         " it the oldest from the busiest address is closed ('0' for no limit).", _count],
         ["hello-timeout", None, HELLO_TIMEOUT,
          "A connection that has not said hello within this time is closed ('0' for"
          " never).", _optional_seconds],
@@ -202,6 +211,7 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--board-ca: {e}") from e
         # Defaults are not coerced by usage.
         for name, coerce in (("max-connections-per-address", _count),
+                             ("max-unauthenticated", _count),
                              ("hello-timeout", _optional_seconds)):
             if isinstance(self[name], (int, float)) and not isinstance(self[name], bool):
                 self[name] = coerce(str(self[name]))
@@ -267,7 +277,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         main = tracker.factory()
     main = ConnectionGuard(main, reactor, what="tracker",
                            per_address=options["max-connections-per-address"],
-                           hello_timeout=options["hello-timeout"])
+                           hello_timeout=options["hello-timeout"],
+                           unauthenticated=options["max-unauthenticated"])
     listeners: list[Listener] = []
     for endpoint in options["listen"]:
         if options["board-ca"]:
@@ -288,7 +299,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if tracker.tokens_path or tracker.audit:
         ReloadOnHangup(reactor, tracker).setServiceParent(top)
     for endpoint in options["tvm-listen"]:
-        only_tvm = front_door_factory(lambda: _Refuse(), make_tvm, options["tvm-allow"])
+        only_tvm = ConnectionGuard(
+            front_door_factory(lambda: _Refuse(), make_tvm, options["tvm-allow"]), reactor,
+            what="tracker's TVM port", per_address=options["max-connections-per-address"],
+            hello_timeout=options["hello-timeout"],
+            unauthenticated=options["max-unauthenticated"])
         listeners.append(Listener(reactor, "compass-tracker (TVM protocol)", endpoint,
                                   only_tvm))
     for listener in listeners:
