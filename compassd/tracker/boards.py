@@ -11,6 +11,8 @@ from typing import Any
 
 from ..protocol import (
     BadRequest,
+    DeviceConflict,
+    NotAuthorized,
 )
 from ..protocol import board_tracker as bt
 from ..protocol.limits import check_name, check_seconds, check_tags, check_text
@@ -49,6 +51,17 @@ class BoardResponders(TrackerPeer):
         check_text("address", address)
         if flavor not in (None, "compassd", "tvm"):
             raise BadRequest(f"Unknown device flavor {flavor!r}; say compassd or tvm.")
+        if not identity.may_request(key):
+            raise NotAuthorized(
+                f"{identity.user} may register devices only in the pools"
+                f" {', '.join(identity.keys)} (its token's keys=), not {device} in {key!r};"
+                " use that board's own token, or ask the administrator to widen keys=.")
+        owner = self.tracker.device_owners.get(device)
+        if owner is not None and owner != identity.user:
+            raise DeviceConflict(
+                f"The device name {device} belongs to {owner}, who registered it first;"
+                f" {identity.user} may not take it over. Give this board another --device"
+                " name, or use the token that registered it.")
         existing = self._scheduler.devices.get(device)
         takeover = (
             existing is not None
@@ -76,6 +89,7 @@ class BoardResponders(TrackerPeer):
             assert isinstance(old, TrackerPeer)
             old.drop()
         self._apply(effects)
+        self.tracker.device_owners.setdefault(device, identity.user)
         log.info(
             "{user} registered {device} in {key} at {address}", user=identity.user,
             device=device, key=key, address=address,

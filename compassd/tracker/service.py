@@ -82,6 +82,9 @@ class TrackerService(service.Service):
     refusals: list[Callable[[str], None]] = attrs.Factory(list)
     """Called with the role asked for whenever a hello is refused."""
 
+    device_owners: dict[str, str] = attrs.Factory(dict)
+    """Each device name and the user (token or certificate) that first registered it:
+    no other may register that name while this tracker runs."""
     _connections: set[Any] = attrs.Factory(set)
     _timer: IDelayedCall | None = None
     _timer_at: float | None = None
