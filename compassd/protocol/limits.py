@@ -164,7 +164,7 @@ class ConnectionGuard(Factory):
 
     def _waiting(self, host: str) -> list[Any]:
         """The connections from C{host} that have not said hello yet."""
-        waiting = [p for p in self.pending.get(host, ()) if not getattr(p, "greeted", True)]
+        waiting = [p for p in self.pending.get(host, ()) if not _past_hello(p)]
         if waiting:
             self.pending[host] = waiting
         else:
@@ -229,11 +229,18 @@ class ConnectionGuard(Factory):
         return protocol
 
     def _no_hello(self, protocol: Any, host: str) -> None:
-        if getattr(protocol, "greeted", True) or protocol.transport is None:
+        if _past_hello(protocol) or protocol.transport is None:
             return
         log.warn("closed a connection from {host}: no hello within {timeout:g} s",
                  host=host, timeout=self.hello_timeout)
         _hang_up(protocol)
+
+
+def _past_hello(protocol: Any) -> bool:
+    """Whether C{protocol}'s peer has shown who it is: its C{authenticated} where it has
+    one (a board's client, whose hello needs no token, shows it with a ticket), else
+    its C{greeted}."""
+    return bool(getattr(protocol, "authenticated", getattr(protocol, "greeted", True)))
 
 
 def _hang_up(protocol: Any) -> None:

@@ -134,6 +134,13 @@ class SessionConnection(HelloResponder):
     roles = frozenset({"client"})
     bulk_buffer = 1 << 20
 
+    @property
+    def authenticated(self) -> bool:
+        """Whether a ticket has opened a session here: a board's hello needs no token,
+        so until then the connection counts against the caps on connections not yet
+        past hello, and the hello timeout (from connecting) covers open-session too."""
+        return self.session is not None
+
     def __init__(self, board: BoardService) -> None:
         super().__init__()
         self.board = board
