@@ -106,10 +106,12 @@ class ProxyConnection(HelloResponder):
         self.proxy.connections.add(self)
         self._watch()
 
-    def dataReceived(self, data: bytes) -> None:
+    def ampBoxReceived(self, box: Any) -> None:
+        # Only a whole box counts as a sign of life: a peer trickling bytes (one a
+        # second) does not keep a connection open past its idle timeout.
         if self._idle is not None and self._idle.active():
             self._idle.reset(self._idle_timeout)
-        super().dataReceived(data)
+        super().ampBoxReceived(box)
 
     def _watch(self) -> None:
         """Drop a connection that stays silent: a new one until it says what it is, a

@@ -9,6 +9,12 @@ from twisted.python import usage
 
 from ..daemon_options import check_tracker_and_advertise, positive
 from ..listening import Listener
+from ..protocol.limits import (
+    HELLO_TIMEOUT,
+    MAX_CONNECTIONS_PER_ADDRESS,
+    MAX_UNAUTHENTICATED,
+    ConnectionGuard,
+)
 from ..systemd import SystemdNotifier, plural
 
 
@@ -33,10 +39,20 @@ class Options(usage.Options):
         ["dial-timeout", None, 10.0,
          "How long a client waits for its board to connect back.", positive],
         ["idle-timeout", None, 60.0,
-         "How long a connection may stay silent before it says what it is.", positive],
+         "How long a connection may go without a whole box before it says what it is.",
+         positive],
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics on this Twisted endpoint, e.g."
          " tcp:9292:interface=127.0.0.1 (off unless given; see docs/monitoring.md)."],
+        ["max-connections-per-address", None, str(MAX_CONNECTIONS_PER_ADDRESS),
+         "Connections one IP address may have open at once before they say hello ('0'"
+         " for no limit)."],
+        ["max-unauthenticated", None, str(MAX_UNAUTHENTICATED),
+         "Connections from all addresses together that may wait for hello at once; past"
+         " it the oldest from the busiest address is closed ('0' for no limit)."],
+        ["hello-timeout", None, str(HELLO_TIMEOUT),
+         "A connection that has not said hello within this time of connecting is closed"
+         " ('0' for never)."],
     ]
 
     def __init__(self) -> None:
@@ -52,6 +68,19 @@ class Options(usage.Options):
         if not self["listen"]:
             self["listen"] = ["tcp:9090"]
         check_tracker_and_advertise(self)
+        try:
+            count = int(self["max-connections-per-address"])
+            waiting = int(self["max-unauthenticated"])
+            hello = float(self["hello-timeout"])
+            if count < 0 or waiting < 0 or hello < 0:
+                raise ValueError("it is negative")
+        except ValueError as e:
+            raise usage.UsageError(
+                "--max-connections-per-address, --max-unauthenticated and --hello-timeout"
+                f" take a number: {e}.") from e
+        self["max-connections-per-address"] = count or None
+        self["max-unauthenticated"] = waiting or None
+        self["hello-timeout"] = hello or None
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
@@ -68,7 +97,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     proxy.setServiceParent(top)
     listeners = []
     for endpoint in options["listen"]:
-        listener = Listener(reactor, "compass-proxy", endpoint, proxy.factory())
+        guarded = ConnectionGuard(proxy.factory(), reactor, what="proxy",
+                                  per_address=options["max-connections-per-address"],
+                                  hello_timeout=options["hello-timeout"],
+                                  unauthenticated=options["max-unauthenticated"])
+        listener = Listener(reactor, "compass-proxy", endpoint, guarded)
         listener.ready.addCallback(proxy.listening)
         listener.setServiceParent(top)
         listeners.append(listener)
