@@ -22,7 +22,15 @@ from compassd.client import WaitTimeout, connect_tracker
 from compassd.protocol.errors import SessionEnded
 from tests.fakedriver.build import build_fake_driver
 from tests.fakedriver.graphs import Tensor, write_graph
-from tests.helpers import ROOT, daemon_env, daemon_log, free_port, start_twistd, stop
+from tests.helpers import (
+    ROOT,
+    daemon_env,
+    daemon_log,
+    free_port,
+    start_twistd,
+    stop,
+    wait_logged,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +98,7 @@ def test_the_board_registers_again_with_a_tracker_restarted_on_the_same_port(
     port = free_port()
     listen = ("--listen", f"tcp:{port}:interface=127.0.0.1")
     first, _ = start_twistd("compass-tracker", *listen)
+    wait_logged(first, f"listening on tcp 127.0.0.1:{port}")
     second = None
     workdir = tmp_path / "work"
     server, _ = start_server(f"127.0.0.1:{port}", fake_lib, workdir)
@@ -98,6 +107,7 @@ def test_the_board_registers_again_with_a_tracker_restarted_on_the_same_port(
             until("the board's first registration", state_is(client, "free"))
         stop(first)
         second, _ = start_twistd("compass-tracker", *listen)
+        wait_logged(second, f"listening on tcp 127.0.0.1:{port}")
         with connect_tracker("127.0.0.1", port) as client:
             # the new tracker knows nothing of the board until it registers again
             until("the board's registration with the new tracker",
