@@ -3,12 +3,14 @@
 A tokens file maps bearer tokens (stored only as SHA-256 hashes) to a user, roles and the
 device keys the user may request. One entry per line::
 
-    sha256:<64 hex digits>  user=alice  roles=client,admin  keys=npu-*,cpu
+    sha256:<64 hex digits>  user=alice  roles=client,admin  keys=npu-*,cpu  max-priority=5
 
 ``roles`` are ``client`` (request devices; ``user`` is the same role under the name the
 security docs use), ``board`` (register devices) and ``admin`` (drain, undrain, kick,
 cancel anyone's request; implies ``client``). ``keys`` are shell
-patterns (``*`` for all, the default). Blank lines and lines starting with ``#`` are
+patterns (``*`` for all, the default). ``max-priority`` is the highest priority the user
+may ask for (default: the default priority, 1, for clients; no cap for admins); a request
+above it is refused, never lowered. Blank lines and lines starting with ``#`` are
 ignored. ``compass token`` prints a new token and its line.
 
 Fair share (see docs/tracker.md) reads three more fields, all optional::
@@ -20,9 +22,12 @@ member of that account: the account's ``account-share`` (default 1; give it on a
 member's line, and the same on every line that gives it) is split among its members in
 proportion to their ``share``. Lines of one user must agree on these fields.
 
+Callers without a token (with ``--allow-anonymous``) are clients named
+``anonymous:NAME``: a name of their own, which a tokens file may not use, so they never
+pass for a token holder; they get the default priority only.
+
 Without a tokens file the tracker runs open: any caller gets the roles it asks for,
-under the user name it gives. That suits a tracker bound to loopback and is logged as a
-warning at start.
+under the user name it gives. A tracker without tokens serves loopback only.
 """
 
 from __future__ import annotations
@@ -46,6 +51,13 @@ ROLES = frozenset({"client", "board", "admin"})
 ALIASES = {"user": "client"}
 """Other names for roles, accepted in tokens files and in hello."""
 
+DEFAULT_PRIORITY = 1
+"""The priority of a request that names none, and the most a client may ask for unless
+its tokens file line says otherwise."""
+
+ANONYMOUS = "anonymous:"
+"""The prefix of every caller without a token; no token holder's name has it."""
+
 
 @attrs.frozen
 class Identity:
@@ -57,12 +69,36 @@ class Identity:
     account: str | None = None
     account_share: float | None = None
     """The share of C{account}, when this line gives it."""
+    max_priority: int | None = None
+    """The highest priority this user may ask for; None: the role's default (no cap for
+    admins, L{DEFAULT_PRIORITY} for others)."""
+    anonymous: bool = False
+    """Said who it is without a token: it acts only on what its own connection made."""
 
     def may(self, role: str) -> bool:
         return role in self.roles or (role == "client" and "admin" in self.roles)
 
     def may_request(self, key: str) -> bool:
         return any(fnmatch.fnmatchcase(key, pattern) for pattern in self.keys)
+
+    @property
+    def priority_cap(self) -> int | None:
+        if self.anonymous:
+            return DEFAULT_PRIORITY
+        if self.max_priority is not None:
+            return self.max_priority
+        return None if "admin" in self.roles else DEFAULT_PRIORITY
+
+    def check_priority(self, priority: int) -> None:
+        """Refuse (L{NotAuthorized}) a priority above this user's cap, saying the cap."""
+        cap = self.priority_cap
+        if cap is not None and priority > cap:
+            how = ("callers without a token get the default priority only; use a token"
+                   if self.anonymous else
+                   "an admin can raise it with max-priority= in the tokens file")
+            raise NotAuthorized(
+                f"User {self.user} may request priority {cap} at most, not {priority};"
+                f" {how}.")
 
 
 def hash_token(token: str) -> str:
@@ -101,8 +137,11 @@ class Access:
                     "This tracker needs a token; pass one with --token or COMPASS_TOKEN."
                 )
             name = check_name("user name", user or "anonymous")
-            roles = ROLES if self.tokens is None else frozenset({"client"})
-            identity = Identity(name, frozenset(roles))
+            if self.tokens is None:
+                identity = Identity(name, ROLES)
+            else:
+                identity = Identity(ANONYMOUS + name.removeprefix(ANONYMOUS),
+                                    frozenset({"client"}), anonymous=True)
         else:
             found = None
             digest = hash_token(token)
@@ -145,6 +184,18 @@ def load_tokens(path: str | Path) -> dict[str, Identity]:
             values[name] = value
         if "user" not in values:
             raise TokensFileError(f"{where}: the entry has no user=.")
+        if values["user"].startswith(ANONYMOUS):
+            raise TokensFileError(
+                f"{where}: user names starting with {ANONYMOUS!r} belong to callers"
+                " without a token; choose another name.")
+        max_priority = None
+        if "max-priority" in values:
+            try:
+                max_priority = int(values["max-priority"])
+            except ValueError:
+                raise TokensFileError(
+                    f"{where}: max-priority={values['max-priority']} is not a whole"
+                    " number.") from None
         roles = frozenset(
             ALIASES.get(role, role)
             for role in filter(None, values.get("roles", "client").split(","))
@@ -161,13 +212,14 @@ def load_tokens(path: str | Path) -> dict[str, Identity]:
             account_share = _share(where, "account-share", values["account-share"])
             if account is None:
                 raise TokensFileError(f"{where}: account-share= needs an account=.")
-        identity = Identity(values["user"], roles, keys, share, account, account_share)
+        identity = Identity(values["user"], roles, keys, share=share, account=account,
+                            account_share=account_share, max_priority=max_priority)
         _check_agrees(where, identity, table.values())
         table[digest.lower()] = identity
     return table
 
 
-FIELDS = ("user", "roles", "keys", "share", "account", "account-share")
+FIELDS = ("user", "roles", "keys", "share", "account", "account-share", "max-priority")
 _FIELD_LIST = ", ".join(name + "=" for name in FIELDS)
 
 

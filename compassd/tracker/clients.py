@@ -6,16 +6,19 @@ the effects to the service; none decides anything itself.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..protocol import (
     BadRequest,
     NoSuchKey,
     NotAuthorized,
+    NotYourLease,
 )
 from ..protocol import client_tracker as ct
 from ..protocol.limits import MAX_PAGE, check_name, check_seconds, check_tags
 from . import explain
+from .access import DEFAULT_PRIORITY, Identity
 from .connection import TrackerPeer, log
 from .listing import device_row, queue_row, waiting_row
 
@@ -38,12 +41,14 @@ class ClientResponders(TrackerPeer):
             raise NotAuthorized(f"User {identity.user} may not request devices of {key}.")
         if priority is not None and not -1_000_000 <= priority <= 1_000_000:
             raise BadRequest(f"Priority {priority} is out of range (-1000000 to 1000000).")
+        if priority is not None:
+            identity.check_priority(priority)
         request, effects = self._scheduler.request(
             self._now,
             self,
             identity.user,
             key,
-            priority=1 if priority is None else priority,
+            priority=DEFAULT_PRIORITY if priority is None else priority,
             tags=check_tags("request", tags or ()),
             lease=check_seconds("lease", lease),
             wait=check_seconds("wait", wait),
@@ -75,6 +80,7 @@ class ClientResponders(TrackerPeer):
     @ct.Cancel.responder
     def cancel(self, request: str) -> dict[str, Any]:
         identity = self._require("client")
+        self._only_own(identity, "Request", request, self._scheduler.requests)
         self._apply(
             self._scheduler.cancel(self._now, request, identity.user, admin=identity.may("admin"))
         )
@@ -83,8 +89,20 @@ class ClientResponders(TrackerPeer):
     @ct.Release.responder
     def release(self, lease: str) -> dict[str, Any]:
         identity = self._require("client")
+        self._only_own(identity, "Lease", lease, self._scheduler.leases)
         self._apply(self._scheduler.release(self._now, lease, identity.user))
         return {}
+
+    def _only_own(self, identity: Identity, what: str, ident: str,
+                  existing: Mapping[str, object]) -> None:
+        """A caller without a token is nobody but its connection: it may act only on
+        the requests and leases this connection made (a token holder also on those it
+        made on other connections, which the scheduler checks by user)."""
+        if identity.anonymous and ident in existing \
+                and ident not in self._scheduler.owned_by(self):
+            raise NotYourLease(
+                f"{what} {ident} was not made on this connection; a caller without a token"
+                " may act only on its own connection's requests and leases.")
 
     @ct.ListDevices.responder
     def list_devices(self, after: str | None = None, limit: int | None = None) -> dict[str, Any]:

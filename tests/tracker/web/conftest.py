@@ -116,7 +116,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tokens = work / "tokens"
     tokens.write_text(
         f"{hash_token(TOKENS['admin'])} user=ada roles=admin\n"
-        f"{hash_token(TOKENS['client'])} user=carl roles=client\n"
+        f"{hash_token(TOKENS['client'])} user=carl roles=client max-priority=5\n"
         f"{hash_token(TOKENS['board'])} user=rack roles=board\n")
     board_token = work / "board-token"
     board_token.write_text(TOKENS["board"] + "\n")
