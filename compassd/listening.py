@@ -84,6 +84,42 @@ def endpoint_scope(endpoint: str) -> str:
     return "loopback" if is_loopback(interface) else "network"
 
 
+def cleartext_host(endpoint: str) -> str | None:
+    """The host a client endpoint string (C{tcp:host=H:port=P}, C{tls:...}) would send to
+    in clear text beyond this host, or None (TLS, loopback, a UNIX socket)."""
+    kind, *rest = _fields(endpoint)
+    if kind.lower() not in ("tcp", "tcp6"):
+        return None
+    named = dict(field.split("=", 1) for field in rest if "=" in field)
+    positional = [field for field in rest if "=" not in field]
+    host = named.get("host", positional[0] if positional else "")
+    return None if is_loopback(host) or host == "localhost" else host
+
+
+def server_cleartext(endpoint: str) -> bool:
+    """Whether a server endpoint string takes plain TCP from beyond this host."""
+    kind = _fields(endpoint)[0].lower()
+    return kind in ("tcp", "tcp6") and endpoint_scope(endpoint) == "network"
+
+
+TLS_HOW = "see 'Set up TLS for a lab' in docs/security.md"
+_warned: set[str] = set()
+
+
+def warn_cleartext(what: str, where: str, how: str) -> bool:
+    """Log, once per process for each C{what}, that secrets travel without TLS to or from
+    C{where}, and C{how} to turn TLS on. Returns whether it logged now."""
+    if what in _warned:
+        return False
+    _warned.add(what)
+    log.warn(
+        "{what} travel without TLS {where}: anyone on the network path can read and reuse"
+        " them. Turn TLS on: {how} ({doc}).",
+        what=what, where=where, how=how, doc=TLS_HOW,
+    )
+    return True
+
+
 def bound_scope(address: Any) -> str:
     """L{endpoint_scope}'s answer for an address a port is bound to."""
     host = getattr(address, "host", None)

@@ -43,3 +43,41 @@ def test_endpoint_scope_tells_loopback_from_network_and_unknown() -> None:
     assert {endpoint: endpoint_scope(endpoint) for endpoint in cases} == cases
     assert is_loopback("::ffff:127.0.0.1") and is_loopback("[::1]")
     assert not is_loopback("localhost") and not is_loopback("") and not is_loopback("::")
+
+
+def test_cleartext_is_told_apart_from_tls_and_loopback() -> None:
+    from compassd.listening import cleartext_host, server_cleartext
+
+    assert cleartext_host("tcp:host=10.0.0.5:port=9190") == "10.0.0.5"
+    assert cleartext_host("tcp:tracker.lab:9190") == "tracker.lab"
+    assert cleartext_host("tcp:host=127.0.0.1:port=9190") is None
+    assert cleartext_host("tcp:host=localhost:port=9190") is None
+    assert cleartext_host("tls:host=tracker.lab:port=9190:ca=ca.pem") is None
+    assert cleartext_host("unix:path=/run/t.sock") is None
+    assert server_cleartext("tcp:9190") and server_cleartext("tcp6:9190")
+    assert not server_cleartext("tcp:9190:interface=127.0.0.1")
+    assert not server_cleartext("ssl:9190:privateKey=k:certKey=c")
+    assert not server_cleartext("unix:/run/t.sock")
+
+
+def test_the_cleartext_warning_is_logged_once_and_names_how_to_turn_tls_on() -> None:
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from compassd import listening
+
+    lines: list[str] = []
+    observer = lambda event: lines.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    saved = set(listening._warned)
+    listening._warned.clear()
+    try:
+        assert listening.warn_cleartext("Secrets", "to x", "use ssl:")
+        assert not listening.warn_cleartext("Secrets", "to y", "use ssl:")
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        listening._warned.clear()
+        listening._warned.update(saved)
+    said = [line for line in lines if "without TLS" in line]
+    assert len(said) == 1
+    assert "Secrets travel without TLS to x" in said[0] and "use ssl:" in said[0]
+    assert "Set up TLS for a lab" in said[0]

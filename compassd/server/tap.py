@@ -11,7 +11,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from ..daemon_options import check_tracker_and_advertise, endpoint_option, positive
-from ..listening import Listener
+from ..listening import Listener, cleartext_host, server_cleartext, warn_cleartext
 from ..protocol.limits import (
     HELLO_TIMEOUT,
     MAX_CONNECTIONS_PER_ADDRESS,
@@ -221,6 +221,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             sessions=lambda: 0 if board.session is None else 1)
         metrics_listener(reactor, "compass-server", options["metrics"],
                          board.metrics.registry).setServiceParent(top)
+    warn_server_cleartext(options)
     SystemdNotifier(
         reactor,
         is_ready=lambda: board.link.registered
@@ -228,6 +229,20 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         status=lambda: server_status(board),
     ).setServiceParent(top)
     return top
+
+
+def warn_server_cleartext(options: Options) -> None:
+    """One warning for each kind of secret this board would move without TLS beyond
+    this host: its own token to the tracker (or proxy), clients' tickets to it."""
+    upstream = options["proxy"] or options["tracker-endpoint"]
+    host = cleartext_host(upstream)
+    if options["token"] and host is not None:
+        warn_cleartext("This board's token", f"to {host}",
+                       "give --tracker (or --proxy) as tls:host=HOST:port=PORT:ca=CA.pem")
+    for endpoint in options["listen"]:
+        if server_cleartext(endpoint):
+            warn_cleartext("Clients' tickets", f"to this board on {endpoint}",
+                           "listen with --listen ssl:9191:privateKey=KEY.pem:certKey=CERT.pem")
 
 
 def server_status(board: Any) -> str:

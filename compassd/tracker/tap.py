@@ -10,7 +10,14 @@ from twisted.application import service
 from twisted.internet.protocol import Protocol
 from twisted.python import usage
 
-from ..listening import Listener
+from ..listening import (
+    Listener,
+    bound_scope,
+    describe_address,
+    endpoint_scope,
+    server_cleartext,
+    warn_cleartext,
+)
 from ..metrics import metrics_listener
 from ..protocol.limits import (
     HELLO_TIMEOUT,
@@ -179,8 +186,6 @@ class Options(usage.Options):
             self["listen"] = default_listen(
                 "tcp:9190" if self["tokens"] else "tcp:9190:interface=127.0.0.1")
         if not self["tokens"] and not self["insecure-no-auth"]:
-            from ..listening import endpoint_scope
-
             for endpoint in self["listen"]:
                 # systemd: sockets are checked once bound (makeService)
                 scope = endpoint_scope(endpoint)
@@ -226,6 +231,13 @@ def open_tracker_refused(where: str) -> str:
         " (--tokens FILE; `compass token` makes its lines), listen on 127.0.0.1, or, on a"
         " network you trust completely, pass --insecure-no-auth."
     )
+
+
+def _tokens_in_clear(where: str) -> None:
+    warn_cleartext("Tokens (and the tickets this tracker grants)",
+                   f"to and from this tracker {where}",
+                   "listen with --listen ssl:9190:privateKey=KEY.pem:certKey=CERT.pem and"
+                   " give clients --ca")
 
 
 def make_tracker(options: Options, reactor: Any) -> TrackerService:
@@ -287,8 +299,6 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         else:
             listeners.append(Listener(reactor, "compass-tracker", endpoint, main))
     if options["access"].open and not options["insecure-no-auth"]:
-        from ..listening import bound_scope, describe_address
-
         def loopback_only(address: Any) -> str | None:
             if bound_scope(address) in ("loopback", "local"):
                 return None
@@ -296,6 +306,16 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
         for listener in listeners:
             listener.check = loopback_only
+    elif not options["access"].open:
+        def tokens_in_clear(address: Any) -> None:
+            if bound_scope(address) == "network":
+                _tokens_in_clear(f"on {describe_address(address)}")
+
+        for listener in listeners:
+            if server_cleartext(listener.endpoint):
+                _tokens_in_clear(f"on {listener.endpoint}")
+            elif listener.endpoint.startswith("systemd:"):
+                listener.check = tokens_in_clear
     if tracker.tokens_path or tracker.audit:
         ReloadOnHangup(reactor, tracker).setServiceParent(top)
     for endpoint in options["tvm-listen"]:

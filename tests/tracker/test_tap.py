@@ -391,3 +391,33 @@ def test_an_open_tracker_serves_its_dashboard_on_loopback_or_with_insecure_no_au
     with pytest.raises(usage.UsageError, match="--http tcp:9280 is reachable from the network"):
         parse("--http", "tcp:9280")
     assert parse("--http", "tcp:9280", "--insecure-no-auth")["http"] == "tcp:9280"
+
+
+@pytest.fixture
+def fresh_warnings() -> Any:
+    from compassd import listening
+
+    saved = set(listening._warned)
+    listening._warned.clear()
+    yield
+    listening._warned.clear()
+    listening._warned.update(saved)
+
+
+def test_tokens_over_plain_tcp_beyond_loopback_are_warned_about_once(
+        tokens_file: Path, logged: list[str], fresh_warnings: None) -> None:
+    tap.makeService(parse("--tokens", str(tokens_file), "--listen", "tcp:9190",
+                          "--listen", "tcp:9191"), reactor=MemoryReactorClock())
+    said = [line for line in logged if "without TLS" in line]
+    assert len(said) == 1 and "on tcp:9190" in said[0] and "--listen ssl:" in said[0]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--listen", "tcp:9190:interface=127.0.0.1"],
+    ["--listen", "ssl:9190:privateKey=k.pem:certKey=c.pem"],
+    ["--listen", "unix:/run/t.sock"],
+])
+def test_no_cleartext_warning_on_loopback_tls_or_unix(
+        tokens_file: Path, logged: list[str], fresh_warnings: None, argv: list[str]) -> None:
+    tap.makeService(parse("--tokens", str(tokens_file), *argv), reactor=MemoryReactorClock())
+    assert not [line for line in logged if "without TLS" in line]
