@@ -6,7 +6,7 @@ L{compassd.protocol.peer.CompassPeer.expect_raw} for them::
 
     sink = UploadSink.start(directory, path, size, sha256)  # may refuse: see below
     done = peer.expect_raw(size, sink)                      # sink(bytes) per piece
-    done.addCallbacks(lambda _: sink.finish(), lambda f: (sink.abort(), f)[1])
+    done.addCallbacks(lambda _: sink.finish_in_thread(), lambda f: (sink.abort(), f)[1])
 
 Promises, each checked by the tests:
 
@@ -14,16 +14,20 @@ Promises, each checked by the tests:
   refused by L{UploadSink.start}, before a byte is written; the server must still read
   the C{size} bytes that follow the box (into a sink that drops them, e.g. C{lambda
   data: None}) so the connection stays in step;
-- the bytes go to a file in the session's C{partial/} folder and are hashed as they
-  arrive; calling the sink never raises (an exception there would drop the connection),
-  a write error is kept and reported by L{UploadSink.finish};
+- the bytes go to a file in the session's C{partial/} folder; calling the sink never
+  raises (an exception there would drop the connection), a write error is kept and
+  reported by L{UploadSink.finish};
+- the SHA-256 is computed from the written file once all bytes are in, in a thread
+  (L{UploadSink.finish_in_thread}; hashlib releases the GIL), never on the reactor
+  thread: a 4 GiB upload would otherwise stop heartbeats for seconds;
 - L{UploadSink.finish} stores the file at its path in one atomic rename only when the
   byte count and SHA-256 match; otherwise, and after L{UploadSink.abort} (the peer
   vanished mid-transfer), nothing of the upload is left: no partial file, no reserved
   quota, and any file already at the path is untouched.
 
 L{download_chunks} is the other direction (L{compassd.protocol.session.Download}): it
-opens the file once, answers its size and SHA-256, then yields exactly that many bytes.
+opens the file once, answers its size and SHA-256, then yields exactly that many bytes;
+L{open_download} does the opening and hashing in a thread.
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import attrs
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 
 from ..protocol.errors import BadRequest, ChecksumMismatch, InternalError, LimitExceeded
 from .sessiondir import SessionDirectory
@@ -67,7 +74,6 @@ class UploadSink:
     _partial: Path
     _file: BinaryIO
     _token: object
-    _hash: Any = attrs.field(factory=hashlib.sha256)
     received: int = 0
     """Bytes that have arrived so far (including any beyond C{size})."""
     _error: OSError | None = None
@@ -100,7 +106,6 @@ class UploadSink:
         self.received += len(data)
         if self._error is not None or self.received > self.size:
             return
-        self._hash.update(data)
         try:
             self._file.write(data)
         except OSError as e:
@@ -109,7 +114,47 @@ class UploadSink:
     def finish(self) -> Path:
         """All bytes are in: store the file and return its path, or remove what arrived
         and raise L{ChecksumMismatch}, L{BadRequest} (wrong byte count) or
-        L{LimitExceeded} / L{InternalError} (the board could not write it)."""
+        L{LimitExceeded} / L{InternalError} (the board could not write it).
+
+        This hashes the file on the calling thread; a server calls
+        L{finish_in_thread}."""
+        self._all_in()
+        try:
+            actual = file_sha256(self._partial)
+        except OSError as e:
+            self._discard("refused")
+            raise _write_failed(self.directory.describe(self.relpath), e) from None
+        return self._store(actual)
+
+    def finish_in_thread(self) -> Deferred[Path]:
+        """L{finish}, with the file hashed in a thread: fires with the stored file's
+        path, or fails with the same errors, having removed what arrived."""
+        try:
+            self._all_in()
+        except Exception:
+            return fail()
+        self._state = "verifying"
+
+        def hashed(actual: str) -> Path:
+            if self._state != "verifying":  # aborted meanwhile
+                raise BadRequest(f"The upload of {self.relpath!r} was abandoned.")
+            self._state = "receiving"
+            return self._store(actual)
+
+        def unreadable(failure: Failure) -> Failure:
+            if self._state == "verifying":
+                self._discard("refused")
+            error = failure.value
+            if isinstance(error, OSError):
+                return Failure(_write_failed(self.directory.describe(self.relpath), error))
+            return failure
+
+        hashing: Deferred[str] = deferToThread(file_sha256, self._partial)
+        return hashing.addCallbacks(hashed, unreadable)
+
+    def _all_in(self) -> None:
+        """Close the partial file and check that every announced byte was written; on
+        failure, discard the upload and raise."""
         if self._state != "receiving":
             raise RuntimeError(f"The upload of {self.relpath!r} is already {self._state}.")
         what = self.directory.describe(self.relpath)
@@ -125,7 +170,13 @@ class UploadSink:
                     f"The upload of {what} brought {self.received} bytes, but {self.size}"
                     " were announced; nothing was stored. Send it again."
                 )
-            actual = self._hash.hexdigest()
+        except BaseException:
+            self._discard("refused")
+            raise
+
+    def _store(self, actual: str) -> Path:
+        what = self.directory.describe(self.relpath)
+        try:
             if actual != self.sha256:
                 raise ChecksumMismatch(
                     f"The upload of {what} arrived with SHA-256 {actual}, but {self.sha256}"
@@ -143,7 +194,7 @@ class UploadSink:
     def abort(self) -> None:
         """Give up on the upload (the peer vanished): remove what arrived. Safe to call
         at any time, more than once, and after L{finish}."""
-        if self._state == "receiving":
+        if self._state in ("receiving", "verifying"):
             self._discard("aborted")
 
     def _discard(self, state: str) -> None:
@@ -201,6 +252,22 @@ class FileDownload:
     def close(self) -> None:
         """Close the file (iterating to the end does it too)."""
         self._file.close()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 (hex) of a file, read in chunks (call it in a thread for big files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_download(directory: SessionDirectory, relpath: str,
+                  chunk_size: int = DEFAULT_CHUNK) -> Deferred[FileDownload]:
+    """L{download_chunks} in a thread: hashing a 4 GiB file takes seconds, which the
+    reactor thread (heartbeats, other connections) must not wait for."""
+    return deferToThread(download_chunks, directory, relpath, chunk_size)
 
 
 def download_chunks(

@@ -8,6 +8,7 @@ import itertools
 import os
 
 import pytest
+import pytest_twisted
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
 from twisted.protocols import amp
@@ -292,3 +293,89 @@ def test_download_refuses_missing_files_links_and_escapes(tmp_path, session):
         download_chunks(session, "out")
     with pytest.raises(PathRefused):
         download_chunks(session, "../../secret")
+
+
+# --- hashing happens in a thread, never on the reactor thread ------------------------
+
+
+@pytest.fixture
+def hashing_threads(monkeypatch):
+    """The threads compassd.server.upload hashed files in."""
+    import threading
+
+    from compassd.server import upload
+
+    seen: list[str] = []
+    real = upload.file_sha256
+
+    def recording(path):
+        seen.append(threading.current_thread().name)
+        return real(path)
+
+    monkeypatch.setattr(upload, "file_sha256", recording)
+    return seen
+
+
+@pytest_twisted.inlineCallbacks
+def test_finish_in_thread_verifies_off_the_reactor_thread_and_stores(session,
+                                                                     hashing_threads):
+    import threading
+
+    data = b"weights" * 50
+    sink = UploadSink.start(session, "w.bin", len(data), sha(data))
+    sink(data)
+    stored = yield sink.finish_in_thread()
+    assert stored.read_bytes() == data and leftovers(session) == []
+    assert hashing_threads and threading.main_thread().name not in hashing_threads
+
+
+@pytest_twisted.inlineCallbacks
+def test_finish_in_thread_refuses_a_mismatch_and_leaves_nothing(session, hashing_threads):
+    sink = UploadSink.start(session, "w.bin", 4, sha(b"abcd"))
+    sink(b"abce")
+    with pytest.raises(ChecksumMismatch, match="nothing was stored"):
+        yield sink.finish_in_thread()
+    assert leftovers(session) == [] and session.used() == 0
+    assert not (session.files / "w.bin").exists()
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_upload_aborted_while_it_is_verified_leaves_nothing(session):
+    sink = UploadSink.start(session, "w.bin", 4, sha(b"abcd"))
+    sink(b"abcd")
+    verifying = sink.finish_in_thread()
+    sink.abort()  # the peer went away while the thread hashed
+    with pytest.raises(BadRequest, match="abandoned"):
+        yield verifying
+    assert leftovers(session) == [] and not (session.files / "w.bin").exists()
+    assert session.used() == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_open_download_hashes_in_a_thread_and_gives_what_download_chunks_gives(
+        session, hashing_threads):
+    import threading
+
+    from compassd.server.upload import open_download
+
+    data = bytes(range(256)) * 3
+    sink = UploadSink.start(session, "out.bin", len(data), sha(data))
+    sink(data)
+    sink.finish()
+    hashing_threads.clear()
+    threads: list[str] = []
+    real = download_chunks
+
+    def recording(*args):
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    import compassd.server.upload as upload
+
+    original, upload.download_chunks = upload.download_chunks, recording
+    try:
+        download = yield open_download(session, "out.bin", 100)
+    finally:
+        upload.download_chunks = original
+    assert download.sha256 == sha(data) and b"".join(download) == data
+    assert threads and threading.main_thread().name not in threads
