@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -110,6 +112,9 @@ class BoardService(service.MultiService):
         self.proxy = proxy
         """The compass-proxy endpoint this board reaches its tracker and clients through."""
         self.reactor = reactor
+        self.in_thread: Callable[..., Deferred[Any]] = deferToThread
+        """Runs long CPU or disk work (hashing uploads and downloads) off the reactor
+        thread; tests on a Clock replace it with a synchronous call."""
         self.key = key
         self.device = device
         self.backend = backend

@@ -36,9 +36,9 @@ import errno
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import attrs
 from twisted.internet.defer import Deferred, fail
@@ -47,6 +47,9 @@ from twisted.python.failure import Failure
 
 from ..protocol.errors import BadRequest, ChecksumMismatch, InternalError, LimitExceeded
 from .sessiondir import SessionDirectory
+
+InThread = Callable[..., Deferred[Any]]
+"""How work is sent to a thread: L{deferToThread}'s signature."""
 
 DEFAULT_CHUNK = 256 * 1024
 """Bytes per chunk L{download_chunks} yields unless told otherwise."""
@@ -126,9 +129,10 @@ class UploadSink:
             raise _write_failed(self.directory.describe(self.relpath), e) from None
         return self._store(actual)
 
-    def finish_in_thread(self) -> Deferred[Path]:
-        """L{finish}, with the file hashed in a thread: fires with the stored file's
-        path, or fails with the same errors, having removed what arrived."""
+    def finish_in_thread(self, in_thread: InThread = deferToThread) -> Deferred[Path]:
+        """L{finish}, with the file hashed in a thread (C{in_thread}, L{deferToThread}
+        by default): fires with the stored file's path, or fails with the same errors,
+        having removed what arrived."""
         try:
             self._all_in()
         except Exception:
@@ -142,14 +146,15 @@ class UploadSink:
             return self._store(actual)
 
         def unreadable(failure: Failure) -> Failure:
-            if self._state == "verifying":
-                self._discard("refused")
+            if self._state != "verifying":  # aborted meanwhile: its file went with it
+                return Failure(BadRequest(f"The upload of {self.relpath!r} was abandoned."))
+            self._discard("refused")
             error = failure.value
             if isinstance(error, OSError):
                 return Failure(_write_failed(self.directory.describe(self.relpath), error))
             return failure
 
-        hashing: Deferred[str] = deferToThread(file_sha256, self._partial)
+        hashing: Deferred[str] = in_thread(file_sha256, self._partial)
         return hashing.addCallbacks(hashed, unreadable)
 
     def _all_in(self) -> None:
@@ -264,10 +269,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def open_download(directory: SessionDirectory, relpath: str,
-                  chunk_size: int = DEFAULT_CHUNK) -> Deferred[FileDownload]:
+                  chunk_size: int = DEFAULT_CHUNK,
+                  in_thread: InThread = deferToThread) -> Deferred[FileDownload]:
     """L{download_chunks} in a thread: hashing a 4 GiB file takes seconds, which the
     reactor thread (heartbeats, other connections) must not wait for."""
-    return deferToThread(download_chunks, directory, relpath, chunk_size)
+    return in_thread(download_chunks, directory, relpath, chunk_size)
 
 
 def download_chunks(

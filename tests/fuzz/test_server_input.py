@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import error as ierror
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -77,6 +77,8 @@ class Board:
             lambda lease, detail="": self.ended.append(lease))
         self.board._take_executor = (  # type: ignore[method-assign]
             lambda: succeed(InProcessExecutor(self.clock, self.pumps)))
+        # hashing runs in a thread on a real reactor; here, in step with the Clock
+        self.board.in_thread = maybeDeferred
         self.issued = 0
 
     def _redeem(self, ticket: str) -> Deferred[dict[str, Any]]:
