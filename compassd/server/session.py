@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
@@ -36,7 +37,7 @@ from ..protocol.errors import (
 from ..protocol.hello import Greeting, HelloResponder, software_name
 from .board import ActiveSession, BoardService, session_gone
 from .modelcache import store_cached
-from .upload import UploadSink, check_sha256, download_chunks
+from .upload import FileDownload, UploadSink, check_sha256, open_download
 
 log = Logger(namespace="compass.server")
 
@@ -267,8 +268,10 @@ class SessionConnection(HelloResponder):
                                     else size)
         arrived = self.expect_raw(size, sink)
 
-        def stored(_: object) -> dict[str, Any]:
-            kept = sink.finish()
+        def verify(_: object) -> Any:
+            return sink.finish_in_thread(self.board.in_thread)  # not on the reactor
+
+        def stored(kept: Path) -> dict[str, Any]:
             if self.board.cache is not None:
                 self.board.cache.add(kept, sink.sha256)
             if self.board.metrics is not None:
@@ -281,7 +284,7 @@ class SessionConnection(HelloResponder):
             sink.abort()
             return _connection_gone(failure, f"uploading {path!r}")
 
-        return arrived.addCallbacks(stored, lost)
+        return arrived.addCallbacks(verify, lost).addCallback(stored)
 
     @ps.UseCached.responder
     def use_cached(self, path: str, size: int, sha256: str) -> dict[str, Any]:
@@ -298,13 +301,30 @@ class SessionConnection(HelloResponder):
         return {"stored": True}
 
     @ps.Download.responder
-    def download(self, path: str) -> dict[str, Any]:
+    def download(self, path: str) -> Deferred[dict[str, Any]]:
         session = self._active()
-        source = download_chunks(session.directory, path)
-        if self.board.metrics is not None:
-            self.board.metrics.downloaded.inc(source.size)
-        self._follow_answer(lambda: self._stream(iter(source)))
-        return {"size": source.size, "sha256": source.sha256}
+
+        opened: list[FileDownload] = []
+
+        def answer(source: FileDownload) -> dict[str, Any]:
+            if not self.alive:
+                source.close()
+                return {"size": 0, "sha256": ""}
+            if self.board.metrics is not None:
+                self.board.metrics.downloaded.inc(source.size)
+            opened.append(source)
+            return {"size": source.size, "sha256": source.sha256}
+
+        def stream() -> None:
+            if opened:
+                self._stream(iter(opened.pop()))
+
+        # opening and hashing (up to 4 GiB) happen in a thread; the bytes follow the
+        # answer, which is written when it fires
+        d = open_download(session.directory, path,
+                          in_thread=self.board.in_thread).addCallback(answer)
+        self._follow_answer(stream, d)
+        return d
 
     @ps.ListFiles.responder
     def list_files(self, path: str | None = None) -> dict[str, Any]:

@@ -311,3 +311,37 @@ def test_hostile_commands_in_an_open_session_end_with_it_and_the_next_client_is_
         left = [name for name in os.listdir("/dev/shm")
                 if name.startswith(f"compass-arena-fuzz-1-{os.getpid()}-")]
         assert not left, f"arenas were left behind: {left}"
+
+
+def test_a_byte_run_announced_without_a_session_closes_the_connection_unread(
+    board: Board
+) -> None:
+    """Upload, Run and Benchmark from a peer that said hello but opened no session: the
+    board does no work for it, reads none of the announced bytes and hangs up at once,
+    while the session it serves goes on."""
+    legit = Legit(board)
+    legit.open()
+    tried = [0]
+
+    @SETTINGS
+    @given(which=st.sampled_from(["upload", "run", "bench"]),
+           size=st.integers(1, 1 << 40), chunk=st.integers(1, 4096))
+    def one(which: str, size: int, chunk: int) -> None:
+        tried[0] += 1
+        rows = [{"name": "x", "dtype": "int8", "shape": [4], "nbytes": size}]
+        announce = {
+            "upload": box(ps.Upload, 2, path="m", size=size, sha256="0" * 64),
+            "run": box(ps.Run, 2, model="m", inputs=rows),
+            "bench": box(ps.Benchmark, 2, model="m", inputs=rows, number=1, repeat=1,
+                         warmup=0),
+        }[which]
+        connection, transport = feed(board, hello() + announce + b"\0" * 64, chunk)
+        assert transport.disconnecting, "the connection was left open"
+        assert connection._raw is None, "the board set out to read the announced bytes"
+        assert connection.session is None
+        hang_up(board, connection)
+        legit.run()
+
+    one()
+    legit.close()
+    assert tried[0] >= 50
