@@ -58,8 +58,11 @@ def test_tickets_to_a_board_listening_on_the_network_in_clear_are_warned_about(
 
 def test_tls_and_loopback_are_not_warned_about(tmp_path: Path, warnings: list[str]
                                                ) -> None:
+    from tests.test_tls import CA
+
+    ca = CA(tmp_path, "site")  # --tracker is checked at start: the CA file must be real
     tap.warn_server_cleartext(options(
-        tmp_path, "--tracker", "tls:host=tracker.lab:port=9190:ca=ca.pem",
+        tmp_path, "--tracker", f"tls:host=tracker.lab:port=9190:ca={ca.path}",
         "--listen", "ssl:9191:privateKey=k.pem:certKey=c.pem"))
     tap.warn_server_cleartext(options(tmp_path, "--listen", "tcp:0:interface=127.0.0.1"))
     assert warnings == []
