@@ -51,6 +51,7 @@ LAYERS = {
     "compassd.tracker.fairqueue": CORE,
     "compassd.tracker.usage": CORE,
     "compassd.tracker.explain": CORE,
+    "compassd.tracker.tvmlimits": CORE,
     # shared pieces: the protocol and what every layer may use
     "compassd": SHARED,  # compassd/__init__.py: the version
     "compassd.errors": SHARED,

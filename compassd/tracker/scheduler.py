@@ -294,6 +294,14 @@ class Scheduler:
         device = self._owned_device(owner, name)
         return self._remove_device(now, device, "unregistered by its board")
 
+    def forget(self, now: float, name: str, why: str) -> list[Effect]:
+        """Remove an offline device now, before L{Policy.forget_offline} would (the shell
+        forgets TVM servers sooner); an online or unknown one is left alone."""
+        device = self._devices.get(name)
+        if device is None or device.online:
+            return []
+        return self._remove_device(now, device, why)
+
     def set_health(
         self, now: float, owner: Owner, name: str, healthy: bool, detail: str = ""
     ) -> list[Effect]:

@@ -35,7 +35,10 @@ from .metrics import TrackerMetrics, connection_counts
 from .records import Policy
 from .scheduler import Scheduler
 from .service import TrackerConnection, TrackerService, log
-from .tvm import TvmTrackerConnection
+from .tvm import TvmTrackerConnection, tvm_ledger
+from .tvmlimits import TvmLimits
+
+_TVM = TvmLimits()
 
 
 def _seconds(text: str) -> float:
@@ -120,6 +123,23 @@ class Options(usage.Options):
          "Serve the web dashboard on this Twisted endpoint, e.g."
          " tcp:9280:interface=127.0.0.1 or ssl:9280:privateKey=key.pem:certKey=cert.pem"
          " (off unless given). It takes the same tokens as the compass command."],
+        ["tvm-max-connections-per-address", None, _TVM.connections_per_address,
+         "TVM connections (past TVM's magic) one IP address may have open ('0' for no"
+         " limit).", _count],
+        ["tvm-max-connections", None, _TVM.connections,
+         "TVM connections from all addresses together ('0' for no limit).", _count],
+        ["tvm-max-devices-per-address", None, _TVM.devices_per_address,
+         "TVM devices (PUT) one IP address may register, offline ones included until"
+         " forgotten ('0' for no limit).", _count],
+        ["tvm-max-devices", None, _TVM.devices,
+         "TVM devices from all addresses together ('0' for no limit).", _count],
+        ["tvm-max-requests-per-address", None, _TVM.requests_per_address,
+         "TVM requests one IP address may have waiting ('0' for no limit).", _count],
+        ["tvm-max-requests", None, _TVM.requests,
+         "TVM requests waiting from all addresses together ('0' for no limit).", _count],
+        ["tvm-forget-offline", None, _TVM.forget_offline,
+         "Forget a TVM device this long after its server's connection closed, unless"
+         " it came back ('0' for --forget-offline).", _optional_seconds],
         ["idle-timeout", None, 600.0,
          "A client connection that sends nothing for this long while it has no request"
          " waiting and holds no lease is closed ('0' for never).", _optional_seconds],
@@ -217,7 +237,14 @@ class Options(usage.Options):
         # Defaults are not coerced by usage.
         for name, coerce in (("max-connections-per-address", _count),
                              ("max-unauthenticated", _count),
-                             ("hello-timeout", _optional_seconds)):
+                             ("hello-timeout", _optional_seconds),
+                             ("tvm-max-connections-per-address", _count),
+                             ("tvm-max-connections", _count),
+                             ("tvm-max-devices-per-address", _count),
+                             ("tvm-max-devices", _count),
+                             ("tvm-max-requests-per-address", _count),
+                             ("tvm-max-requests", _count),
+                             ("tvm-forget-offline", _optional_seconds)):
             if isinstance(self[name], (int, float)) and not isinstance(self[name], bool):
                 self[name] = coerce(str(self[name]))
 
@@ -265,6 +292,19 @@ def make_tracker(options: Options, reactor: Any) -> TrackerService:
     )
 
 
+def tvm_limits(options: Options) -> TvmLimits:
+    """What TVM peers may hold, from the --tvm-* options."""
+    return TvmLimits(
+        connections_per_address=options["tvm-max-connections-per-address"],
+        connections=options["tvm-max-connections"],
+        devices_per_address=options["tvm-max-devices-per-address"],
+        devices=options["tvm-max-devices"],
+        requests_per_address=options["tvm-max-requests-per-address"],
+        requests=options["tvm-max-requests"],
+        forget_offline=options["tvm-forget-offline"],
+    )
+
+
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -281,6 +321,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                  " caller may use and administer it")
     tvm = options["tvm"] or bool(options["tvm-listen"])
     if tvm:
+        tvm_ledger(tracker, tvm_limits(options))
         make_tvm = partial(TvmTrackerConnection, tracker)
         main = front_door_factory(partial(TrackerConnection, tracker), make_tvm,
                                   options["tvm-allow"])

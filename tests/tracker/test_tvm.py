@@ -377,7 +377,7 @@ def test_tvm_and_compassd_requests_share_one_fair_queue_per_key(world: World) ->
     carol.send([4, "npu", "carol", 3])
     waiting = bob.call(ct.ListWaiting, key="npu")["waiting"]
     assert [(w["user"], w["priority"], w["position"]) for w in waiting] == [
-        ("carol", 3, 0), ("bob", 1, 1), ("tvm@10.0.0.1", 1, 2),
+        ("tvm:carol", 3, 0), ("bob", 1, 1), ("tvm@10.0.0.1", 1, 2),
     ]
     # A TVM server is only granted to TVM clients, however far ahead bob is.
     server.call([3, "npu", [9090, "npu:1"], None])
