@@ -14,8 +14,13 @@ Promises, each checked by the tests:
   absolute paths, C{..}, NUL bytes, over-long names and symlinks that lead out;
 - files are opened with C{O_NOFOLLOW}, so not even a symlink that stays inside is
   written or read through;
-- the bytes a session stores never exceed its quota (L{SessionDirectory.max_upload}):
-  room is checked, and reserved, before anything is written;
+- the bytes a session stores never exceed its quota (L{SessionDirectory.max_upload}),
+  nor its files and folders L{SessionDirectory.max_entries}, nor a path's depth
+  L{SessionDirectory.max_depth}: room is checked, and reserved, before anything is
+  written;
+- the quota is counted as files are stored and removed, never by walking the tree: an
+  upload's check touches only the inodes along its own path, however many files the
+  session holds (removing a folder walks that folder, which the entry limit bounds);
 - L{SessionDirectory.destroy} and L{clean_stale} delete without following symlinks, and
   L{clean_stale} touches nothing in the work directory but C{session-*} directories.
 
@@ -50,6 +55,12 @@ MAX_NAME_BYTES = 255
 
 MAX_PATH_BYTES = 1024
 """Bytes (UTF-8) in a whole client path."""
+
+MAX_ENTRIES = 10_000
+"""Default files and folders one session may hold (compass-server --max-files)."""
+
+MAX_DEPTH = 32
+"""Folders deep a stored file may be."""
 
 FILES = "files"
 PARTIAL = "partial"
@@ -104,11 +115,23 @@ class SessionDirectory:
     max_upload: int
     """Bytes the session may store in all, files and uploads under way together."""
 
-    _reserved: dict[object, int] = attrs.field(factory=dict)
+    max_entries: int = MAX_ENTRIES
+    """Files and folders the session may hold in all, uploads under way included."""
+
+    max_depth: int = MAX_DEPTH
+    """Folders deep a stored file may be (C{a/b/c.bin} is 3 deep)."""
+
+    _reserved: dict[object, tuple[int, int]] = attrs.field(factory=dict)
+    """Per upload under way: the bytes and the new entries it holds."""
+    _stored: int = 0
+    """Bytes of the regular files stored through L{commit}, less those removed."""
+    _entries: int = 0
+    """Files and folders made through L{commit}, less those removed."""
 
     @classmethod
     def create(
-        cls, root: str | os.PathLike[str], max_upload: int, session: str | None = None
+        cls, root: str | os.PathLike[str], max_upload: int, session: str | None = None,
+        *, max_entries: int = MAX_ENTRIES, max_depth: int = MAX_DEPTH,
     ) -> SessionDirectory:
         """Make a fresh session directory under the work directory C{root} (created, mode
         0700, if missing). C{session} defaults to a random id; an existing directory of
@@ -126,7 +149,8 @@ class SessionDirectory:
         for sub in (FILES, PARTIAL):
             os.mkdir(path / sub, 0o700)
             os.chmod(path / sub, 0o700)
-        return cls(session=session, path=path, max_upload=max_upload)
+        return cls(session=session, path=path, max_upload=max_upload,
+                   max_entries=max_entries, max_depth=max_depth)
 
     @property
     def files(self) -> Path:
@@ -255,12 +279,19 @@ class SessionDirectory:
                 " directory to see what is there."
             ) from None
         if stat.S_ISDIR(info.st_mode):
+            size, entries = _tally(target)
             _rmtree(target)
+            self._forget(size, entries + 1)
         else:
             try:
                 os.unlink(target)
             except FileNotFoundError:
-                pass  # gone already: the outcome the caller asked for
+                return  # gone already: the outcome the caller asked for
+            self._forget(info.st_size if stat.S_ISREG(info.st_mode) else 0, 1)
+
+    def _forget(self, size: int, entries: int) -> None:
+        self._stored = max(0, self._stored - size)
+        self._entries = max(0, self._entries - entries)
 
     # --- reading and writing ------------------------------------------------------------
 
@@ -312,14 +343,16 @@ class SessionDirectory:
                 ) from None
             raise
 
-    def _make_parents(self, target: Path, relpath: str) -> None:
+    def _make_parents(self, target: Path, relpath: str) -> int:
         """Make the folders above C{target} (mode 0700: C{os.makedirs} would give the
-        intermediate ones the umask's mode)."""
+        intermediate ones the umask's mode); return how many it made."""
         folder = self.files
+        made = 0
         for part in target.parent.relative_to(self.files).parts:
             folder = folder / part
             try:
                 os.mkdir(folder, 0o700)
+                made += 1
             except FileExistsError:
                 if not folder.is_dir():
                     raise PathRefused(
@@ -331,6 +364,7 @@ class SessionDirectory:
                     f"The path {relpath!r} goes through a file as if it were a folder;"
                     " remove that file first or choose another path."
                 ) from None
+        return made
 
     def commit(self, partial: Path, relpath: str) -> Path:
         """Move a finished upload from L{partial} to C{relpath} in one step (replacing a
@@ -338,13 +372,23 @@ class SessionDirectory:
         if partial.parent != self.partial:
             raise ValueError(f"{partial} is not an upload of session {self.session}.")
         target = self.resolve(relpath)
-        self._make_parents(target, relpath)
-        if target.is_dir() and not target.is_symlink():
+        self._entries += self._make_parents(target, relpath)
+        try:
+            old = os.lstat(target)
+        except FileNotFoundError:
+            old = None
+        if old is not None and stat.S_ISDIR(old.st_mode):
             raise PathRefused(
                 f"The {self.describe(relpath)} is a folder; remove it or upload to a path"
                 " inside it."
             )
+        size = os.lstat(partial).st_size
         os.replace(partial, target)
+        if old is None:
+            self._entries += 1
+        elif stat.S_ISREG(old.st_mode):
+            self._stored = max(0, self._stored - old.st_size)
+        self._stored += size
         return target
 
     def new_partial(self) -> tuple[Path, BinaryIO]:
@@ -361,36 +405,34 @@ class SessionDirectory:
     # --- quota ---------------------------------------------------------------------
 
     def used(self) -> int:
-        """Bytes the session holds: regular files in its area plus uploads under way
-        (counted at their announced size)."""
-        total = sum(self._reserved.values())
-        for folder, _dirs, names in os.walk(self.files):
-            for name in names:
-                try:
-                    info = os.lstat(os.path.join(folder, name))
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISREG(info.st_mode):
-                    total += info.st_size
-        return total
+        """Bytes the session holds: the files stored through L{commit} (less those
+        removed) plus uploads under way (counted at their announced size). Counted as
+        they come and go: this walks nothing."""
+        return self._stored + sum(size for size, _ in self._reserved.values())
+
+    def entries(self) -> int:
+        """Files and folders the session holds, those uploads under way will make
+        included."""
+        return self._entries + sum(new for _, new in self._reserved.values())
 
     def reserve(self, token: object, size: int, relpath: str) -> None:
-        """Hold C{size} bytes of the quota for an upload to C{relpath} (identified by
-        C{token}), or raise L{LimitExceeded} saying how much room there is. A file already
-        at C{relpath} counts as freed, since the upload replaces it."""
+        """Hold C{size} bytes of the quota, and the files and folders an upload to
+        C{relpath} would make, for that upload (identified by C{token}), or raise
+        L{LimitExceeded} saying how much room there is (L{PathRefused} for a path deeper
+        than L{max_depth}). A file already at C{relpath} counts as freed, since the
+        upload replaces it. Only the inodes along C{relpath} are looked at."""
         if size < 0:
             raise BadRequest(f"The size of {self.describe(relpath)} is negative ({size}).")
         if token in self._reserved:
             raise RuntimeError(f"{token!r} already holds a reservation.")
         target = self.resolve(relpath)
-        replaced = 0
-        try:
-            info = os.lstat(target)
-        except FileNotFoundError:
-            pass
-        else:
-            if stat.S_ISREG(info.st_mode):
-                replaced = info.st_size
+        parts = target.relative_to(self.files).parts
+        if len(parts) - 1 > self.max_depth:
+            raise PathRefused(
+                f"The path {self.describe(relpath)} is {len(parts) - 1} folders deep; a"
+                f" session allows {self.max_depth}. Use a flatter layout."
+            )
+        new, replaced = self._missing(parts)
         room = self.max_upload - (self.used() - replaced)
         if size > room:
             raise LimitExceeded(
@@ -398,7 +440,26 @@ class SessionDirectory:
                 f" session's limit of {self.max_upload} bytes ({max(room, 0)} bytes are"
                 " free); remove files you no longer need or send a smaller file."
             )
-        self._reserved[token] = size
+        held = self.entries()
+        if new and held + new > self.max_entries:
+            raise LimitExceeded(
+                f"Storing {self.describe(relpath)} would make {new} more files and folders"
+                f" in the session, which holds {held} of the {self.max_entries} it may;"
+                " remove files you no longer need, or put fewer files in the model."
+            )
+        self._reserved[token] = (size, new)
+
+    def _missing(self, parts: tuple[str, ...]) -> tuple[int, int]:
+        """How many entries storing a file at C{parts} would make (folders and the file),
+        and the bytes of a regular file it would replace."""
+        path = self.files
+        for depth, part in enumerate(parts):
+            path = path / part
+            try:
+                info = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return len(parts) - depth, 0
+        return 0, info.st_size if stat.S_ISREG(info.st_mode) else 0
 
     def release(self, token: object) -> None:
         """Give back what L{reserve} held for C{token} (nothing if it holds nothing)."""
@@ -412,6 +473,22 @@ class SessionDirectory:
         self._reserved.clear()
         if os.path.lexists(self.path):
             _rmtree(self.path)
+
+
+def _tally(folder: Path) -> tuple[int, int]:
+    """The bytes of the regular files under C{folder} and how many entries it holds
+    (not following symlinks)."""
+    size = entries = 0
+    for parent, dirs, names in os.walk(folder):
+        entries += len(dirs) + len(names)
+        for name in names:
+            try:
+                info = os.lstat(os.path.join(parent, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                size += info.st_size
+    return size, entries
 
 
 def _rmtree(path: Path) -> None:

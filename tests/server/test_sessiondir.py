@@ -281,8 +281,19 @@ def test_clean_stale_removes_only_session_directories(tmp_path):
     assert clean_stale(tmp_path / "missing") == []
 
 
+def _store(directory: SessionDirectory, relpath: str, data: bytes) -> None:
+    """Store a file as an upload does: the quota counts what goes through commit."""
+    token = object()
+    directory.reserve(token, len(data), relpath)
+    partial, file = directory.new_partial()
+    with file:
+        file.write(data)
+    directory.commit(partial, relpath)
+    directory.release(token)
+
+
 def test_quota_counts_stored_files_and_reservations(session):
-    (session.files / "a").write_bytes(b"x" * 600)
+    _store(session, "a", b"x" * 600)
     assert session.used() == 600
     session.reserve("t1", 300, "b")
     assert session.used() == 900
@@ -295,7 +306,7 @@ def test_quota_counts_stored_files_and_reservations(session):
 
 
 def test_quota_counts_a_replaced_file_as_freed(session):
-    (session.files / "a").write_bytes(b"x" * 600)
+    _store(session, "a", b"x" * 600)
     session.reserve("t", 1000, "a")
     session.release("t")
     with pytest.raises(LimitExceeded):

@@ -111,7 +111,9 @@ def test_bad_announcements_are_refused_before_anything_is_written(
 
 
 def test_checksum_mismatch_names_both_hashes_and_leaves_nothing(session):
-    (session.files / "m").write_bytes(b"old")
+    first = UploadSink.start(session, "m", 3, sha(b"old"))  # counted: it went through
+    first(b"old")
+    first.finish()
     announced = sha(b"what was meant")
     sink = UploadSink.start(session, "m", 4, announced)
     sink(b"oops")
