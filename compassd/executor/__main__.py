@@ -13,6 +13,7 @@ import argparse
 import ctypes
 import math
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,14 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.python.failure import Failure
 
 from ..lifeline import ParentWatch, die_with_parent
-from ..protocol.errors import BadRequest, LimitExceeded, ModelRejected, NoSuchFile, PathRefused
+from ..protocol.errors import (
+    BadRequest,
+    LimitExceeded,
+    ModelRejected,
+    NoSuchFile,
+    PathRefused,
+    RunFailed,
+)
 from ..protocol.executor import Attach, CheckHealth, Execute, Load, Measure, Ready
 from ..protocol.peer import CompassPeer
 from ..tensors import parse_dtype
@@ -63,10 +71,13 @@ class ExecutorServer(CompassPeer):
     greeted = True
     _peer = "the board server"
 
-    def __init__(self, backend: Backend, stop: Callable[[int], object]) -> None:
+    def __init__(self, backend: Backend, stop: Callable[[int], object],
+                 memory_limit: int | None = None) -> None:
         super().__init__()
         self.backend = backend
         self._stop = stop
+        self.memory_limit = memory_limit
+        """The address space this process may use (RLIMIT_AS), if limited."""
         self.workdir: str | None = None
         self.arena: Arena | None = None
         self.space: ArenaSpace | None = None
@@ -98,8 +109,25 @@ class ExecutorServer(CompassPeer):
             self.exit_code = EXIT_RECYCLE
             self.after_dispatch(self._recycle)
             raise
+        except MemoryError:
+            raise LimitExceeded(self._out_of_memory()) from None
+        except (ModelRejected, RunFailed) as e:
+            if self.memory_limit is not None and out_of_memory(str(e)):
+                raise LimitExceeded(self._out_of_memory(str(e))) from None
+            raise
         finally:
             flush_c_stdio()
+
+    def _out_of_memory(self, detail: str = "") -> str:
+        if self.memory_limit is None:
+            limit = "the memory this board has left"
+        else:
+            limit = (f"the {_size(self.memory_limit)} of address space a session's executor"
+                     " may use (compass-server --executor-memory, plus the tensor arena)")
+        said = f" ({_clip(detail)})" if detail else ""
+        return (f"The model needed more memory than {limit}{said}; nothing else was"
+                " affected. Use smaller inputs or a smaller model, or ask the board's"
+                " administrator to raise --executor-memory.")
 
     def _recycle(self) -> None:
         print("executor: the backend is poisoned; exiting to be recycled", file=sys.stderr)
@@ -306,7 +334,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="the board server's pid: the executor exits when that process is gone",
     )
+    parser.add_argument(
+        "--memory-limit",
+        type=int,
+        default=0,
+        help="bytes of address space this process may use (RLIMIT_AS; <= 0: no limit)",
+    )
     return parser.parse_args(argv)
+
+
+def limit_memory(limit: int) -> int | None:
+    """Set RLIMIT_AS to C{limit} bytes (never above a hard limit already set); return
+    the limit now in force, or None when there is none."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if limit > 0:
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        return limit
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+_NO_MEMORY = ("failed to allocate memory", "bad_alloc", "bad allocation", "cannot allocate",
+              "out of memory", "unable to allocate")
+
+
+def out_of_memory(message: str) -> bool:
+    """Whether a backend's error message says an allocation failed."""
+    lowered = message.lower()
+    return any(words in lowered for words in _NO_MEMORY)
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.3g} {unit}"
+    return f"{n} bytes"
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -323,6 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"executor: fd {fd} is not open; the board server starts executors", file=sys.stderr
             )
             return 2
+    try:
+        memory_limit = limit_memory(args.memory_limit)
+    except (OSError, ValueError) as e:
+        print(f"executor: could not limit its memory to {args.memory_limit} bytes: {e}",
+              file=sys.stderr)
+        return 2
     backend = make_backend(args.backend, args.driver, args.job_timeout_ms)
     flush_c_stdio()
 
@@ -339,7 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if reactor.running:
             reactor.stop()
 
-    StandardIO(ExecutorServer(backend, stop), stdin=COMMAND_FD, stdout=ANSWER_FD)
+    StandardIO(ExecutorServer(backend, stop, memory_limit), stdin=COMMAND_FD,
+               stdout=ANSWER_FD)
     if args.parent is not None:
         def orphaned() -> None:
             print("executor: the board server that started it is gone; exiting",

@@ -381,6 +381,7 @@ def executor_argv(
     driver: str | None = None,
     job_timeout_ms: int | None = None,
     parent: int | None = None,
+    memory_limit: int | None = None,
 ) -> list[str]:
     """The command line that starts an executor: this Python runs the executor of this
     copy of compassd (C{_start.py} by its path, with C{-P}), never a C{compassd} that
@@ -394,6 +395,8 @@ def executor_argv(
         argv += ["--driver", driver]
     if job_timeout_ms is not None:
         argv += ["--job-timeout-ms", str(job_timeout_ms)]
+    if memory_limit is not None:
+        argv += ["--memory-limit", str(memory_limit)]
     return argv
 
 
@@ -411,17 +414,21 @@ def spawn_executor(
     env: Mapping[str, str] | None = None,
     path: str | None = None,
     ready_timeout: float | None = READY_TIMEOUT,
+    memory_limit: int | None = None,
 ) -> ExecutorHandle:
     """Start an executor process; the handle's C{ready} fires once its backend is loaded.
 
     C{env} defaults to this process's environment; C{path} is its starting directory.
     An executor not ready within C{ready_timeout} seconds (a driver that hangs while it
     opens the device) is killed, and C{ready} fails saying so. The executor dies with
-    this process (C{--parent}, L{compassd.lifeline}).
+    this process (C{--parent}, L{compassd.lifeline}). With C{memory_limit} (bytes of
+    address space, RLIMIT_AS) an allocation past it fails inside the executor, which
+    answers L{LimitExceeded} saying so and keeps serving.
     """
     handle = ExecutorHandle(reactor, backend, tag)
     protocol = _ExecutorProcess(handle)
-    argv = executor_argv(backend, driver, job_timeout_ms, parent=os.getpid())
+    argv = executor_argv(backend, driver, job_timeout_ms, parent=os.getpid(),
+                         memory_limit=memory_limit)
     process = reactor.spawnProcess(
         protocol,
         argv[0],

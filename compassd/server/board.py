@@ -34,7 +34,7 @@ from ..executor.handle import ExecutorHandle, spawn_executor
 from ..protocol.errors import BoardBusy, ExecutorDied, SessionEnded, Unavailable
 from .leftovers import Workdir
 from .modelcache import ModelCache, default_limit
-from .sessiondir import SessionDirectory, clean_stale
+from .sessiondir import MAX_ENTRIES, SessionDirectory, clean_stale
 from .tracker_link import BoardDescription, TrackerLink
 
 if TYPE_CHECKING:
@@ -107,6 +107,8 @@ class BoardService(service.MultiService):
         min_free_disk: int = DEFAULT_MIN_FREE_DISK,
         min_free_shm: int = DEFAULT_MIN_FREE_SHM,
         cache_size: int | None = None,
+        max_files: int = MAX_ENTRIES,
+        executor_memory: int | None = None,
     ) -> None:
         super().__init__()
         self.proxy = proxy
@@ -122,6 +124,11 @@ class BoardService(service.MultiService):
         self.workdir = Path(workdir)
         self.advertise = advertise
         self.max_upload = max_upload
+        self.max_files = max_files
+        """Files and folders one session may hold."""
+        self.executor_memory = executor_memory
+        """Bytes of address space an executor may use besides its tensor arena (None:
+        no limit): its RLIMIT_AS is this plus the arena's size."""
         self.cache_size = cache_size
         """Bytes the model cache may hold; None: a share of the work directory's disk
         (L{modelcache.default_limit}); 0: no cache."""
@@ -163,7 +170,9 @@ class BoardService(service.MultiService):
             health_interval=options["health-interval"], proxy=options.get("proxy"),
             min_free_disk=options.get("min-free-disk", DEFAULT_MIN_FREE_DISK),
             min_free_shm=options.get("min-free-shm", DEFAULT_MIN_FREE_SHM),
-            cache_size=options.get("cache-size"))
+            cache_size=options.get("cache-size"),
+            max_files=options.get("max-files", MAX_ENTRIES),
+            executor_memory=options.get("executor-memory"))
 
     def factory(self) -> Factory:
         from .session import SessionConnection
@@ -229,7 +238,10 @@ class BoardService(service.MultiService):
 
     def _spawn(self, tag: str) -> ExecutorHandle:
         """Start an executor, recorded in the work directory while it lives."""
-        handle = spawn_executor(self.reactor, self.backend, driver=self.driver, tag=tag)
+        limit = (None if self.executor_memory is None
+                 else self.executor_memory + self.arena_size)
+        handle = spawn_executor(self.reactor, self.backend, driver=self.driver, tag=tag,
+                                memory_limit=limit)
         if self.metrics is not None:
             self.metrics.executor_starts.inc()
         pid = handle.pid
@@ -367,7 +379,8 @@ class BoardService(service.MultiService):
         ident = secrets.token_hex(8)
         directory: SessionDirectory | None = None
         try:
-            directory = SessionDirectory.create(self.workdir, self.max_upload, ident)
+            directory = SessionDirectory.create(self.workdir, self.max_upload, ident,
+                                                max_entries=self.max_files)
             arena_path = (_arena_dir(directory.path)
                           / f"compass-arena-{self.device}-{os.getpid()}-{ident}")
             arena = Arena.create(arena_path, self.arena_size)

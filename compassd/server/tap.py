@@ -19,6 +19,7 @@ from ..protocol.limits import (
     ConnectionGuard,
 )
 from ..systemd import SystemdNotifier
+from .sessiondir import MAX_ENTRIES
 
 BACKENDS = ("aipu", "onnx")
 
@@ -37,6 +38,34 @@ def _size(text: str) -> int:
 def _size_or_zero(text: str) -> int:
     """Like L{_size}, but 0 is allowed (it turns a check off)."""
     return 0 if text.strip() in ("0", "0K", "0M", "0G") else _size(text)
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text} is not a positive count")
+    return value
+
+
+MIN_EXECUTOR_MEMORY = 2 << 30
+"""The least default --executor-memory: an executor with its backend loaded needs a
+few hundred MiB of address space before any model."""
+
+
+def default_executor_memory() -> int:
+    """Half of this machine's memory (MemTotal), and at least L{MIN_EXECUTOR_MEMORY}."""
+    total = 0
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    total = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if not total:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(MIN_EXECUTOR_MEMORY, total // 2)
 
 
 class Options(usage.Options):
@@ -80,6 +109,14 @@ class Options(usage.Options):
          " else none. Never pass a token on the command line: ps shows it."],
         ["max-upload", None, "4G",
          "Most bytes a session may store (K, M, G suffixes).", _size],
+        ["max-files", None, str(MAX_ENTRIES),
+         "Most files and folders a session may hold (uploads, and the folders their"
+         " paths make).", _count],
+        ["executor-memory", None, None,
+         "Most memory (address space, K, M, G suffixes) a session's executor may use"
+         " besides its tensor arena; a model that needs more fails with a sentence and"
+         " the board keeps serving (0: no limit). Default: half of this machine's"
+         " memory, at least 2G.", _size_or_zero],
         ["cache-size", None, None,
          "Most bytes the model cache keeps (K, M, G suffixes; 0: no cache). Default: a"
          " quarter of the work directory's file system. Uploads are kept by SHA-256 and"
@@ -154,6 +191,12 @@ class Options(usage.Options):
         self["hello-timeout"] = hello or None
         if isinstance(self["max-upload"], str):  # a default is not coerced by usage
             self["max-upload"] = _size(self["max-upload"])
+        if isinstance(self["max-files"], str):
+            self["max-files"] = _count(self["max-files"])
+        if self["executor-memory"] is None:
+            self["executor-memory"] = default_executor_memory()
+        elif self["executor-memory"] == 0:
+            self["executor-memory"] = None
         for name in ("min-free-disk", "min-free-shm"):
             if isinstance(self[name], str):
                 self[name] = _size_or_zero(self[name])
