@@ -12,15 +12,16 @@ NO_STORE = ("none", "memory")
 
 
 def default_sqlite_path(environ: dict[str, str] | None = None) -> str:
-    """The default store file: in systemd's C{StateDirectory=} (C{$STATE_DIRECTORY},
-    /var/lib/compassd for the packaged unit); otherwise /var/lib/compassd for root and
-    C{$XDG_STATE_HOME/compassd} (~/.local/state/compassd) for anyone else."""
+    """The default store file, C{tracker.sqlite} in: systemd's C{StateDirectory=}
+    (C{$STATE_DIRECTORY}: /var/lib/compass-tracker for the packaged unit); otherwise
+    /var/lib/compass-tracker for root, and C{$XDG_STATE_HOME/compassd}
+    (~/.local/state/compassd) for anyone else."""
     env = os.environ if environ is None else environ
     state = env.get("STATE_DIRECTORY", "").split(":")[0]
     if state:
         return os.path.join(state, STORE_FILE)
     if os.geteuid() == 0:
-        return os.path.join("/var/lib/compassd", STORE_FILE)
+        return os.path.join("/var/lib/compass-tracker", STORE_FILE)
     home = env.get("XDG_STATE_HOME") or os.path.join(
         env.get("HOME") or os.path.expanduser("~"), ".local", "state")
     return os.path.join(home, "compassd", STORE_FILE)

@@ -12,13 +12,13 @@ from compassd.tracker.store.sqlite import SqliteStore
 
 
 def test_systemd_state_directory_is_the_default_home():
-    env = {"STATE_DIRECTORY": "/var/lib/compassd:/var/lib/other", "HOME": "/home/x"}
-    assert default_sqlite_path(env) == "/var/lib/compassd/tracker.sqlite"
+    env = {"STATE_DIRECTORY": "/var/lib/compass-tracker:/var/lib/other", "HOME": "/home/x"}
+    assert default_sqlite_path(env) == "/var/lib/compass-tracker/tracker.sqlite"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the default for root")
-def test_root_without_systemd_uses_var_lib_compassd():
-    assert default_sqlite_path({"HOME": "/root"}) == "/var/lib/compassd/tracker.sqlite"
+def test_root_without_systemd_uses_the_packaged_state_directory():
+    assert default_sqlite_path({"HOME": "/root"}) == "/var/lib/compass-tracker/tracker.sqlite"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="the default for other users")
