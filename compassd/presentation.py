@@ -227,7 +227,8 @@ def leased_model(tracker: Tracker, key: str, model_path: str, steps: Steps, *,
             key, priority=priority, lease=lease, wait=wait,
             on_queued=lambda r, p, n: steps.queued(key, r, p, n),
             on_position=lambda p: steps.position(key, p),
-            on_why=lambda why: steps.why(key, why))
+            on_why=lambda why: steps.why(key, why),
+            on_notice=steps.say)
     finally:
         steps.stop_waiting()
     with held:

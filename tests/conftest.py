@@ -22,6 +22,13 @@ import pytest  # noqa: E402
 from tests.helpers import daemon_log, start_twistd, stop  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _state_directory(tmp_path_factory, monkeypatch):
+    """A tracker made in a test keeps its default store in a directory of the test's
+    own, never the machine's /var/lib/compass-tracker."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def tracker_args():
     """Extra ``compass-tracker`` options for the C{tracker} fixture; a module overrides

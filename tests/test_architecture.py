@@ -52,6 +52,7 @@ LAYERS = {
     "compassd.tracker.usage": CORE,
     "compassd.tracker.explain": CORE,
     "compassd.tracker.tvmlimits": CORE,
+    "compassd.tracker.restart": CORE,
     # shared pieces: the protocol and what every layer may use
     "compassd": SHARED,  # compassd/__init__.py: the version
     "compassd.errors": SHARED,

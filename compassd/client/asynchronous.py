@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from ..addresses import DEFAULT_PORT
 from ..protocol import client_tracker as ct
-from ..protocol.errors import NoSuchLease
+from ..protocol.errors import NoSuchLease, NoSuchRequest, NotYourLease
 from ..protocol.peer import CompassPeer
 from ..tls import ClientTLS
 from ._connect import Daemon, connect, info_dict
@@ -77,6 +77,8 @@ class AsyncLease:
     ended: Deferred[LeaseLost | None] = attrs.Factory(Deferred)
     end_reason: LeaseLost | None = None
     released: bool = False
+    secret: str | None = None
+    """What re-attaches this lease after a restart of the tracker (from its request)."""
     _session: AsyncSession | None = attrs.field(default=None, init=False, repr=False)
     _session_waiters: list[Deferred[AsyncSession]] | None = attrs.field(
         default=None, init=False, repr=False
@@ -191,6 +193,15 @@ class _Pending:
     on_why: Callable[[str], object] | None = None
     why: str = ""
     """Why the request is where it is ("behind bob: priority 5 > 1")."""
+    secret: str | None = None
+    deadline: float | None = None
+    """When (time.monotonic) the request's own wait ends."""
+    on_notice: Callable[[str], object] | None = None
+
+
+REATTACH_FOR = 120.0
+"""Seconds a client keeps trying to reach a tracker that went away, for a request
+without a wait of its own or a lease (the tracker keeps them 60 s by default)."""
 
 
 class _TrackerProtocol(CompassPeer):
@@ -245,6 +256,12 @@ class AsyncTracker:
         """The TLS settings it connected with; sessions on its leases use them too."""
         self._pending: dict[str, _Pending] = {}
         self.leases: dict[str, AsyncLease] = {}
+        self._redial: Callable[[], Deferred[_TrackerProtocol]] | None = None
+        self._closing = False
+        self._away_since: float | None = None
+        self.on_notice: Callable[[str], object] | None = None
+        """Told, in one line, what happened to the connection (the tracker restarted
+        and a request or lease was taken back)."""
         protocol.owner = self
         protocol.lost.addCallback(self._lost)
 
@@ -274,6 +291,10 @@ class AsyncTracker:
             tracker.tls = tls
             tracker.roles = answer["roles"]
             tracker.server_software = answer["software"]
+            tracker._redial = lambda: connect(
+                reactor, TRACKER, _TrackerProtocol, f"{host}:{port}", host=host, port=port,
+                endpoint=endpoint, tls=tls, timeout=timeout, role=role, token=token,
+                user=user, then=lambda peer, where, answer: peer)
             return tracker
 
         return connect(reactor, TRACKER, _TrackerProtocol, f"{host}:{port}", host=host,
@@ -297,21 +318,107 @@ class AsyncTracker:
     def close(self) -> Deferred[None]:
         """Close the connection; the tracker withdraws what is still waiting and ends
         the leases still held."""
+        self._closing = True
         if self.connected:
             self._protocol.drop()
         return self._protocol.lost
 
     def _lost(self, _: object) -> None:
+        """The connection went: requests and leases with a secret (a tracker with a
+        store gave one) wait for the tracker to come back and are re-attached; the rest
+        end now."""
+        keep = not self._closing and self._redial is not None and self.reactor is not None
         gone = f"The connection to the tracker at {self.address} was lost"
         for request_id, pending in list(self._pending.items()):
-            del self._pending[request_id]
-            pending.granted.errback(
-                TrackerUnreachable(f"{gone} while request {request_id} was waiting.")
-            )
+            if not (keep and pending.secret):
+                del self._pending[request_id]
+                pending.granted.errback(
+                    TrackerUnreachable(f"{gone} while request {request_id} was waiting.")
+                )
         for lease in list(self.leases.values()):
-            lease._end(LeaseLost(f"{gone}; lease {lease.id} ended with it.", lease=lease.id,
-                                 reason="client-lost"))
-        self.leases.clear()
+            if not (keep and lease.secret):
+                del self.leases[lease.id]
+                lease._end(LeaseLost(f"{gone}; lease {lease.id} ended with it.",
+                                     lease=lease.id, reason="client-lost"))
+        if self._pending or self.leases:
+            self._away_since = time.monotonic()
+            self._try_again(0.25)
+
+    # --- after the tracker restarted --------------------------------------------------
+
+    def _try_again(self, delay: float) -> None:
+        """Dial the tracker again (backoff up to 5 s), until each request's wait or
+        lease's deadline (or L{REATTACH_FOR}) is over."""
+        now = time.monotonic()
+        away = now - (self._away_since or now)
+        gone = (f"The tracker at {self.address} went away and did not come back within"
+                f" {away:.0f} s")
+        for request_id, pending in list(self._pending.items()):
+            if (pending.deadline is not None and now >= pending.deadline) or \
+                    away >= REATTACH_FOR:
+                del self._pending[request_id]
+                pending.granted.errback(TrackerUnreachable(
+                    f"{gone} while request {request_id} was waiting."))
+        for lease in list(self.leases.values()):
+            if lease.deadline <= now or away >= REATTACH_FOR:
+                del self.leases[lease.id]
+                lease._end(LeaseLost(f"{gone}; lease {lease.id} ended with it.",
+                                     lease=lease.id, reason="client-lost"))
+        if not (self._pending or self.leases) or self._closing:
+            return
+        assert self._redial is not None
+        d = self._redial()
+
+        def failed(_: Failure) -> None:
+            self.reactor.callLater(delay, self._try_again, min(delay * 2, 5.0))
+
+        d.addCallbacks(self._reattach, failed)
+
+    def _reattach(self, protocol: _TrackerProtocol) -> None:
+        if self._closing:
+            protocol.drop()
+            return
+        self._protocol = protocol
+        protocol.owner = self
+        protocol.lost.addCallback(self._lost)
+        for request_id, pending in list(self._pending.items()):
+            d = self.call(ct.Reattach, id=request_id, secret=pending.secret or "")
+            d.addCallbacks(self._waiting_again, self._not_taken_back,
+                           callbackArgs=(request_id,), errbackArgs=(request_id,))
+        for lease in list(self.leases.values()):
+            d = self.call(ct.Reattach, id=lease.id, secret=lease.secret or "")
+            d.addCallbacks(self._leased_again, self._not_taken_back,
+                           callbackArgs=(lease.id,), errbackArgs=(lease.id,))
+
+    def _waiting_again(self, answer: dict[str, Any], request_id: str) -> None:
+        pending = self._pending.get(request_id)
+        if pending is None or answer["state"] != "waiting":
+            return
+        position = answer.get("position") or 0
+        pending.position = position
+        self._notice(pending.on_notice,
+                     f"tracker restarted; still waiting at position {position}")
+        if pending.on_position is not None:
+            pending.on_position(position)
+
+    def _leased_again(self, answer: dict[str, Any], lease_id: str) -> None:
+        self._notice(None, f"tracker restarted; lease {lease_id} goes on")
+
+    def _not_taken_back(self, failure: Failure, ident: str) -> None:
+        failure.trap(NoSuchRequest, NotYourLease, TrackerUnreachable)
+        why = (f"The tracker at {self.address} restarted and could not take back {ident}:"
+               f" {failure.getErrorMessage()}")
+        pending = self._pending.pop(ident, None)
+        if pending is not None:
+            pending.granted.errback(RequestWithdrawn(why, request=ident, key=pending.key))
+        lease = self.leases.pop(ident, None)
+        if lease is not None:
+            lease._end(LeaseLost(why, lease=ident, reason="client-lost"))
+
+    def _notice(self, told: Callable[[str], object] | None, line: str) -> None:
+        for listener in (told, self.on_notice):
+            if listener is not None:
+                listener(line)
 
     # --- requests ---------------------------------------------------------------------
 
@@ -325,6 +432,7 @@ class AsyncTracker:
         on_position: Callable[[int], object] | None = None,
         on_queued: Callable[[str, int, int], object] | None = None,
         on_why: Callable[[str], object] | None = None,
+        on_notice: Callable[[str], object] | None = None,
     ) -> Deferred[AsyncLease]:
         """Ask for a device of C{key}; the result fires with an L{AsyncLease} when granted.
 
@@ -332,6 +440,10 @@ class AsyncTracker:
         queued the request; C{on_position(position)} whenever its place changes;
         C{on_why(sentence)} when the tracker says why the request is where it is
         ("behind carol: they used 0.2 board-hours lately, you used 3.1").
+        C{on_notice(line)} when the tracker restarted and the request was taken back
+        (C{"tracker restarted; still waiting at position 3"}): a tracker with a store
+        keeps waiting requests across a restart, and the client reconnects (with
+        backoff, within C{wait}) and re-attaches without failing the request.
         Cancelling the returned Deferred cancels the request at the tracker.
         """
         request_id: list[str] = []
@@ -357,7 +469,10 @@ class AsyncTracker:
                 self.call(ct.Cancel, request=answer["request"]).addErrback(lambda _: None)
                 return
             self._pending[answer["request"]] = _Pending(
-                key, granted, on_position, answer["position"], on_why, answer.get("why") or ""
+                key, granted, on_position, answer["position"], on_why,
+                answer.get("why") or "", secret=answer.get("secret"),
+                deadline=None if wait is None else time.monotonic() + float(wait),
+                on_notice=on_notice,
             )
             if on_queued is not None:
                 on_queued(answer["request"], answer["position"], answer["devices"])
@@ -395,6 +510,7 @@ class AsyncTracker:
             ticket=ticket,
             deadline=time.monotonic() + expires_in,
             info=info_dict(info),
+            secret=pending.secret if pending else None,
         )
         self.leases[lease] = held
         if pending is None:  # we cancelled it meanwhile: give the device back

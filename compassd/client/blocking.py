@@ -271,18 +271,22 @@ class Tracker:
         on_position: Callable[[int], object] | None = None,
         on_queued: Callable[[str, int, int], object] | None = None,
         on_why: Callable[[str], object] | None = None,
+        on_notice: Callable[[str], object] | None = None,
     ) -> Lease:
         """Wait for a device of C{key} and return its L{Lease}.
 
         C{priority}: higher first. C{lease}: seconds wanted (capped by the tracker).
         C{wait}: seconds to wait in the queue before L{WaitTimeout}; None waits as long
         as it takes (Ctrl-C cancels the request). C{tags}: the device must have them all.
+        If the tracker restarts meanwhile, the request is taken back (see
+        L{AsyncTracker.request}) and C{on_notice} hears one line about it.
         The callbacks run on the client's background thread.
         """
         return Lease(
             _reactor.call(
                 self._tracker.request, key, priority=priority, lease=lease, wait=wait,
                 tags=tags, on_position=on_position, on_queued=on_queued, on_why=on_why,
+                on_notice=on_notice,
             )
         )
 

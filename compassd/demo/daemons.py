@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -44,6 +46,9 @@ def child_environment() -> dict[str, str]:
 class Daemon:
     """One running ``twistd PLUGIN``: its C{process}, C{pid} and the C{port} it bound."""
 
+    state_dir: str | None = None
+    """A tracker started without --store keeps its state here; removed at L{stop}."""
+
     def __init__(self, plugin: str, process: subprocess.Popen[bytes], port: int,
                  log: list[bytes], reader: threading.Thread) -> None:
         self.plugin = plugin
@@ -63,7 +68,13 @@ class Daemon:
               cwd: str | None = None) -> Daemon:
         """Start ``twistd -n PLUGIN --listen tcp:0:interface=127.0.0.1 ARGS`` and return
         once it logs its port. L{DaemonError} (with its log) if it exits or stays silent
-        for C{deadline} seconds; it is stopped in that case."""
+        for C{deadline} seconds; it is stopped in that case. A compass-tracker started
+        without --store gets a store of its own in a temporary directory (never the
+        machine's state directory)."""
+        state_dir = None
+        if plugin == "compass-tracker" and not any(a.startswith("--store") for a in args):
+            state_dir = tempfile.mkdtemp(prefix="compass-tracker-state-")
+            args = (*args, "--store", os.path.join(state_dir, "tracker.sqlite"))
         command = [sys.executable, "-c", _TWISTD, "-n", "--pidfile=", "--logfile=-", plugin,
                    "--listen", "tcp:0:interface=127.0.0.1", *args]
         try:
@@ -99,6 +110,8 @@ class Daemon:
                 chunks.append(chunk)
         except BaseException:
             _terminate(process, 5.0)
+            if state_dir is not None:
+                shutil.rmtree(state_dir, ignore_errors=True)
             raise
         stream: Any = process.stdout  # a BufferedReader: read1 returns what is there
 
@@ -108,7 +121,9 @@ class Daemon:
 
         reader = threading.Thread(target=read, name=f"log of twistd {plugin}", daemon=True)
         reader.start()
-        return cls(plugin, process, int(found.group(1)), chunks, reader)
+        daemon = cls(plugin, process, int(found.group(1)), chunks, reader)
+        daemon.state_dir = state_dir
+        return daemon
 
     @property
     def running(self) -> bool:
@@ -118,10 +133,18 @@ class Daemon:
         """Stop it by its PID: SIGTERM, then SIGKILL after C{timeout} seconds. Returns its
         exit status (negative: the signal that ended it)."""
         status = _terminate(self.process, timeout)
+        self.remove_state()
         self._reader.join(timeout)
         if not self._reader.is_alive() and self.process.stdout is not None:
             self.process.stdout.close()
         return status
+
+
+    def remove_state(self) -> None:
+        """Remove the temporary store of a stopped tracker started without --store."""
+        if self.state_dir is not None and self.process.poll() is not None:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            self.state_dir = None
 
 
 def _terminate(process: subprocess.Popen[bytes], timeout: float) -> int:

@@ -40,6 +40,30 @@ class Request(CompassCommand):
         (b"position", amp.Integer()),
         (b"devices", amp.Integer()),
         (b"why", amp.Unicode(optional=True)),
+        (b"secret", amp.Unicode(optional=True)),
+    ]
+    """C{secret}: what the client presents to L{Reattach} this request (or its lease)
+    after losing the tracker; a tracker without a store sends none."""
+
+
+class Reattach(CompassCommand):
+    """Take back a waiting request or a held lease after the tracker restarted: C{id}
+    is the request's or lease's id, C{secret} the one the request's answer gave.
+
+    The answer's C{state} is C{waiting} (with the request's C{position}) or C{leased}
+    (with C{expires_in}). A request or lease that ended meanwhile (its grace period
+    passed, or its wait timed out) is refused with C{NoSuchRequest}.
+    """
+
+    commandName = b"reattach"
+    arguments = [
+        (b"id", amp.Unicode()),
+        (b"secret", amp.Unicode()),
+    ]
+    response = [
+        (b"state", amp.Unicode()),
+        (b"position", amp.Integer(optional=True)),
+        (b"expires_in", amp.Float(optional=True)),
     ]
 
 

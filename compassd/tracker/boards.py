@@ -126,6 +126,7 @@ class BoardResponders(TrackerPeer):
         except Exception as e:
             log.warn("{device} refused a ticket: {why}", device=device, why=str(e))
             raise
+        self.tracker.journal_lease(lease)
         log.info("{lease} on {device} claimed by {user}", lease=lease.id, device=device,
                  user=lease.user)
         self.tracker.record("claim", user=lease.user, device=device, lease=lease.id,

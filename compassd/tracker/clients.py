@@ -6,6 +6,8 @@ the effects to the service; none decides anything itself.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +45,9 @@ class ClientResponders(TrackerPeer):
             raise BadRequest(f"Priority {priority} is out of range (-1000000 to 1000000).")
         if priority is not None:
             identity.check_priority(priority)
+        # With a store, the client may take the request back after a restart of the
+        # tracker: it gets a secret, the store keeps its hash.
+        secret = secrets.token_urlsafe(24) if self.tracker.journal is not None else None
         request, effects = self._scheduler.request(
             self._now,
             self,
@@ -52,7 +57,9 @@ class ClientResponders(TrackerPeer):
             tags=check_tags("request", tags or ()),
             lease=check_seconds("lease", lease),
             wait=check_seconds("wait", wait),
+            secret=_hash(secret) if secret else "",
         )
+        self.tracker.journal_request(request)
         position = 0
         why = explain.NEXT
         if request.id in self._scheduler.requests:
@@ -75,7 +82,26 @@ class ClientResponders(TrackerPeer):
             "position": position,
             "devices": self._scheduler.online_count(key),
             "why": why,
+            "secret": secret,
         }
+
+    @ct.Reattach.responder
+    def reattach(self, id: str, secret: str) -> dict[str, Any]:
+        identity = self._require("client")
+        check_name("request or lease id", id)
+        taken, effects = self._scheduler.reattach(
+            self._now, self, id, identity.user, _hash(secret))
+        self._apply(effects)
+        log.info("{ident} re-attached by {user} after the tracker restarted", ident=id,
+                 user=identity.user)
+        if id in self._scheduler.requests:
+            position = self._scheduler.position(id)
+            self.tracker._sent_positions[id] = position
+            return {"state": "waiting", "position": position}
+        lease = self._scheduler.leases.get(id)
+        if lease is None:  # granted while answering: the Granted notice went first
+            return {"state": "granted"}
+        return {"state": "leased", "expires_in": max(0.0, lease.deadline - self._now)}
 
     @ct.Cancel.responder
     def cancel(self, request: str) -> dict[str, Any]:
@@ -143,3 +169,7 @@ def _page_limit(limit: int | None) -> int:
     if not 1 <= limit <= MAX_PAGE:
         raise BadRequest(f"A page holds 1 to {MAX_PAGE} entries, not {limit}.")
     return limit
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()

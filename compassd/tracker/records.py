@@ -102,6 +102,11 @@ class Request:
     arrival: int
     enqueued_at: float
     deadline: float | None
+    secret: str = ""
+    """The SHA-256 (hex) of the secret its client re-attaches with after a restart."""
+    detached_until: float | None = None
+    """Set on a request (or the request of a lease) brought back from the store after a
+    restart, until its client re-attaches: it ends at this time if nobody does."""
 
     @property
     def needs(self) -> tuple[str, frozenset[str]]:

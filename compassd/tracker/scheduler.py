@@ -24,10 +24,12 @@ Owners are opaque identifiers of connections: the core only compares them.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -41,7 +43,7 @@ from ..errors import (
     NotYourLease,
     TicketRejected,
 )
-from . import explain
+from . import explain, restart
 from .fairqueue import FairQueue
 from .records import (
     COMPASSD,
@@ -84,16 +86,20 @@ class Scheduler:
     """Device pools by key, a fair queue per key, and leases.
 
     C{new_ticket} makes tickets; the default is 256 bits from the OS's random source.
+    C{id_prefix} goes into every request and lease id (the shell gives each start of the
+    tracker its own, so ids never repeat across restarts).
     """
 
     policy: Policy = attrs.Factory(Policy)
     new_ticket: Callable[[], str] = _new_ticket
+    id_prefix: str = ""
 
     _pools: dict[str, _Pool] = attrs.Factory(dict)
     _devices: dict[str, Device] = attrs.Factory(dict)
     _requests: dict[str, Request] = attrs.Factory(dict)
     _leases: dict[str, Lease] = attrs.Factory(dict)
     _tickets: dict[str, Lease] = attrs.Factory(dict)
+    _restored_tickets: dict[str, Lease] = attrs.Factory(dict)  # by SHA-256, after a restart
     _by_owner: dict[Owner, set[str]] = attrs.Factory(dict)  # request and lease ids
     _boards: dict[Owner, set[str]] = attrs.Factory(dict)  # device names
     _timers: list[tuple[float, int, str, str]] = attrs.Factory(list)
@@ -103,6 +109,8 @@ class Scheduler:
     _ledgers: dict[str, UsageLedger] = attrs.Factory(dict)
     _now: float = 0.0
     """The latest time the scheduler was told: what views without a time use."""
+    _detached: set[str] = attrs.Factory(set)  # restored ids whose clients have not re-attached
+    _grace: float = 0.0
 
     # --- views ----------------------------------------------------------------------
 
@@ -229,6 +237,11 @@ class Scheduler:
         for pool in self._pools.values():
             pool.queue.rekey(self._when(now))
 
+    def recency(self, key: str) -> dict[str, int]:
+        """The fair-share memory of C{key}: each user's last grant number."""
+        pool = self._pools.get(key)
+        return dict(pool.queue.recency) if pool else {}
+
     def owned_by(self, owner: Owner) -> set[str]:
         return set(self._by_owner.get(owner, ()))
 
@@ -248,11 +261,20 @@ class Scheduler:
         healthy: bool = True,
         flavor: str = COMPASSD,
         takeover: bool = False,
+        serving: Iterable[str] | None = None,
     ) -> list[Effect]:
         """Add or update a device. A name held by another live owner is refused unless
-        C{takeover} (the shell allows it for the same board identity)."""
+        C{takeover} (the shell allows it for the same board identity).
+
+        An offline device that comes back under its key keeps what an admin set on it
+        (draining) and a lease brought back from the store after a restart. C{serving}:
+        the lease ids the board says it is serving; a brought-back lease not among them
+        ends. None (a board that does not say) keeps it: it ends with the board's
+        session, at its deadline, or when its holder releases it."""
         effects: list[Effect] = []
         existing = self._devices.get(name)
+        draining = False
+        kept: Lease | None = None
         if existing is not None:
             if existing.online and existing.owner != owner and not takeover:
                 raise DeviceConflict(
@@ -260,6 +282,9 @@ class Scheduler:
                     " pick another name or stop the other server."
                 )
             if existing.key != key or existing.owner != owner or not existing.online:
+                if existing.key == key and not existing.online:
+                    draining = existing.draining
+                    kept, existing.lease = existing.lease, None
                 effects += self._remove_device(now, existing, "re-registered")
                 existing = None
         if existing is None:
@@ -274,10 +299,19 @@ class Scheduler:
                 flavor=flavor,
                 registered_at=now,
                 healthy=healthy,
+                draining=draining,
             )
             self._devices[name] = device
             self._pool(key).devices[name] = device
             self._boards.setdefault(owner, set()).add(name)
+            if kept is not None:
+                kept.device = device
+                device.lease = kept
+                if serving is not None and kept.id not in set(serving):
+                    effects += self._end_lease(
+                        now, kept, LeaseOutcome.DEVICE_LOST,
+                        f"Lease {kept.id} ended: device {name} came back without it after"
+                        " the tracker restarted.", revoke=False)
             effects.append(DeviceChanged(device, device.state, "registered"))
         else:
             device = existing
@@ -374,8 +408,10 @@ class Scheduler:
         lease: float | None = None,
         wait: float | None = None,
         flavor: str = COMPASSD,
+        secret: str = "",
     ) -> tuple[Request, list[Effect]]:
-        """Queue a request; it may be granted at once (a L{Granted} effect)."""
+        """Queue a request; it may be granted at once (a L{Granted} effect). C{secret}:
+        the SHA-256 of the secret its client re-attaches with after a restart."""
         limit = self.policy.max_queued_per_user
         if limit is not None:
             queued = self._queued.get(user, 0)
@@ -388,7 +424,7 @@ class Scheduler:
             raise BadRequest(f"A lease of {lease} seconds is not possible.")
         self._counter += 1
         request = Request(
-            id=f"req-{self._counter}",
+            id=f"req-{self.id_prefix}{self._counter}",
             key=key,
             user=user,
             owner=owner,
@@ -400,6 +436,7 @@ class Scheduler:
             arrival=self._counter,
             enqueued_at=now,
             deadline=None if wait is None else now + wait,
+            secret=secret,
         )
         self._now = max(self._now, now)
         pool = self._pool(key)
@@ -408,9 +445,15 @@ class Scheduler:
         device = next((d for d in pool.free.values() if d.can_serve(request.needs)), None)
         if device is not None:
             # A free device has no eligible waiting request (we match eagerly), so this
-            # request is the best one it can serve.
-            effects += self._grant(now, device, request)
-            return request, effects
+            # request is the best one it can serve, unless a request from before a
+            # restart whose client has not re-attached yet keeps the device for itself.
+            best = request
+            if self._detached:
+                best = pool.queue.best_for(device.can_serve, now) or request
+            if best.detached_until is None:
+                effects += self._grant(now, device, best)
+                if best is request:
+                    return request, effects
         if request.deadline is not None:
             self._timer(request.deadline, "wait", request.id)
         effects.append(QueueChanged(key))
@@ -481,6 +524,11 @@ class Scheduler:
         """Check a ticket a client presented to a board, and use it up."""
         device = self._owned_device(owner, device_name)
         lease = self._tickets.get(ticket)
+        if lease is None and self._restored_tickets:
+            hashed = hashlib.sha256(ticket.encode("utf-8")).hexdigest()
+            lease = self._restored_tickets.pop(hashed, None)
+            if lease is not None:
+                self._tickets[ticket] = lease
         if lease is None:
             raise TicketRejected(
                 "The ticket is not valid: it was never issued, already used, or its lease"
@@ -511,6 +559,18 @@ class Scheduler:
             f"Lease {lease_id} ended with its session on {device_name}{why}.",
             revoke=False,
         )
+
+    # --- restarts (compassd.tracker.restart) ----------------------------------------
+
+    def restore(self, now: float, **state: Any) -> list[Effect]:
+        """Bring back state from before a restart: see L{restart.restore}."""
+        return restart.restore(self, now, **state)
+
+    def reattach(
+        self, now: float, owner: Owner, ident: str, user: str, secret: str
+    ) -> tuple[Request | Lease, list[Effect]]:
+        """A client takes back its request or lease: see L{restart.reattach}."""
+        return restart.reattach(self, now, owner, ident, user, secret)
 
     # --- time -------------------------------------------------------------------------
 
@@ -557,6 +617,8 @@ class Scheduler:
             elif kind == "forget":
                 device = self._devices[ident]
                 effects += self._remove_device(now, device, "offline too long")
+            elif kind == "grace":
+                effects += restart.grace_over(self, now, ident)
         return effects
 
     # --- internals --------------------------------------------------------------------
@@ -628,6 +690,8 @@ class Scheduler:
         if kind == "claim":
             lease = self._leases.get(ident)
             return lease is not None and lease.claim_deadline == when
+        if kind == "grace":
+            return restart.detached_until(self, ident) == when
         device = self._devices.get(ident)
         return (
             device is not None
@@ -665,7 +729,7 @@ class Scheduler:
         if ledger is not None and ledger.rebase(now):
             pool.queue.rekey(now)
         request = pool.queue.best_for(device.can_serve, now)
-        if request is None:
+        if request is None or request.detached_until is not None:
             pool.free.setdefault(device.name, device)
         else:
             self._unfree(device)
@@ -685,7 +749,7 @@ class Scheduler:
         if device.flavor != COMPASSD:
             device.armed = False
         lease = Lease(
-            id=f"lease-{self._counter}",
+            id=f"lease-{self.id_prefix}{self._counter}",
             ticket=self.new_ticket(),
             device=device,
             request=request,
@@ -714,10 +778,15 @@ class Scheduler:
         self._now = max(self._now, now)
         position = pool.queue.position_of(request.id, now)
         self._dequeue(request, now)
-        return [
+        effects: list[Effect] = [
             RequestEnded(request, outcome, message, position, now - request.enqueued_at),
             QueueChanged(request.key),
         ]
+        if request.id in self._detached:
+            # It may have kept a free device waiting for it: offer the device again.
+            self._detached.discard(request.id)
+            restart.wake(self, now, pool, effects)
+        return effects
 
     def _end_lease(
         self,
@@ -735,6 +804,9 @@ class Scheduler:
             ledger.ended(lease.user, lease.granted_at, now)
         del self._leases[lease.id]
         self._tickets.pop(lease.ticket, None)
+        if self._detached or self._restored_tickets:
+            self._detached.discard(lease.id)
+            self._restored_tickets.pop(lease.ticket.removeprefix("sha256:"), None)
         self._disown(lease.owner, lease.id)
         device.lease = None
         effects: list[Effect] = [

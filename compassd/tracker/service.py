@@ -16,12 +16,14 @@ from typing import Any
 
 import attrs
 from twisted.application import service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 
 from ..protocol import board_tracker as bt
 from ..protocol import client_tracker as ct
+from . import persist
 from .access import Access, TokensFileError, load_tokens, shares_of
 from .admin import AdminResponders
 from .audit import AuditLog
@@ -38,6 +40,7 @@ from .records import (
     RequestEnded,
 )
 from .scheduler import Scheduler
+from .store import Journal, Snapshot
 
 _ROUTINE_STATES = (DeviceState.BUSY, DeviceState.FREE)
 
@@ -81,6 +84,9 @@ class TrackerService(service.Service):
     the dashboard's history and live pages); they only watch."""
     refusals: list[Callable[[str], None]] = attrs.Factory(list)
     """Called with the role asked for whenever a hello is refused."""
+    journal: Journal | None = None
+    """Where the scheduler's effects are journaled (L{compassd.tracker.store}); None
+    keeps the state in memory only."""
 
     device_owners: dict[str, str] = attrs.Factory(dict)
     """Each device name and the user (token or certificate) that first registered it:
@@ -130,6 +136,12 @@ class TrackerService(service.Service):
         self.record("tokens-reloaded", reason=f"{len(tokens)} tokens from {self.tokens_path}")
         return True
 
+    def startService(self) -> None:
+        if self.journal is not None:
+            self.journal.start()
+        service.Service.startService(self)
+        self._arm()
+
     def stopService(self) -> Any:
         for call in (self._timer, self._positions_call):
             if call is not None and call.active():
@@ -137,7 +149,65 @@ class TrackerService(service.Service):
         self._timer = self._positions_call = None
         for connection in list(self._connections):
             connection.drop()
-        return service.Service.stopService(self)
+        stopped = [maybeDeferred(service.Service.stopService, self)]
+        if self.journal is not None:
+            stopped.append(self.journal.stop())
+        done: Deferred[Any] = gatherResults(stopped, consumeErrors=True)
+        return done
+
+    # --- the store --------------------------------------------------------------------
+
+    def restore(self, snapshot: Snapshot, grace: float) -> None:
+        """Bring back what the store kept (before the service starts): ids of this
+        start carry the store's epoch, so they never repeat earlier ones."""
+        self.scheduler.id_prefix = f"{snapshot.epoch}."
+        now = self.now()
+        effects = persist.restore(self.scheduler, snapshot, now, grace)
+        live = snapshot.live
+        if live.devices or live.leases or live.requests:
+            log.info(
+                "brought back {devices} devices, {leases} leases and {requests} waiting"
+                " requests; their clients have {grace:g} s to re-attach",
+                devices=len(live.devices), leases=len(live.leases),
+                requests=len(live.requests), grace=grace)
+        self.apply(effects + self.scheduler.advance(now))
+
+    def journal_request(self, request: Any) -> None:
+        """A request was queued: keep it (the core's queueing has no effect of its own)."""
+        if self.journal is not None and request.id in self.scheduler.requests:
+            self.journal.put_request(persist.request_record(request))
+
+    def journal_lease(self, lease: Any) -> None:
+        """A lease changed without an effect (its ticket was claimed)."""
+        if self.journal is not None and lease.id in self.scheduler.leases:
+            self.journal.put_lease(persist.lease_record(lease))
+
+    def _journal(self, effects: list[Effect]) -> None:
+        journal = self.journal
+        assert journal is not None
+        now = self.now()
+        devices = self.scheduler.devices
+        granted_keys = set()
+        for effect in effects:
+            if isinstance(effect, Granted):
+                lease = effect.lease
+                journal.drop_request(lease.request.id)
+                journal.put_lease(persist.lease_record(lease))
+                granted_keys.add(lease.request.key)
+            elif isinstance(effect, RequestEnded):
+                journal.drop_request(effect.request.id)
+                journal.add_history(persist.request_history(effect, now))
+            elif isinstance(effect, LeaseEnded):
+                journal.drop_lease(effect.lease.id)
+                journal.add_history(persist.lease_history(effect, now))
+            elif isinstance(effect, DeviceChanged):
+                device = effect.device
+                if devices.get(device.name) is device:
+                    journal.put_device(persist.device_record(device))
+                else:
+                    journal.drop_device(device.name)
+        for name, value in persist.recency_meta(self.scheduler, granted_keys).items():
+            journal.set_meta(name, value)
 
     def factory(self) -> Factory:
         return Factory.forProtocol(lambda: TrackerConnection(self))
@@ -146,6 +216,8 @@ class TrackerService(service.Service):
 
     def apply(self, effects: list[Effect]) -> None:
         """Carry out what the scheduler decided, then re-arm the deadline timer."""
+        if self.journal is not None:
+            self._journal(effects)
         if self.observers and effects:
             now = self.now()
             for observer in self.observers:

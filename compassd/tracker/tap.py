@@ -27,6 +27,7 @@ from ..protocol.limits import (
 )
 from ..systemd import SystemdNotifier, default_listen, plural
 from ..tls import ClientCertListener, TLSFailed, load_ca
+from . import persist
 from .access import Access, TokensFileError, load_tokens, shares_of
 from .audit import AuditLog
 from .frontdoor import front_door_factory, parse_networks
@@ -35,6 +36,8 @@ from .metrics import TrackerMetrics, connection_counts
 from .records import Policy
 from .scheduler import Scheduler
 from .service import TrackerConnection, TrackerService, log
+from .store import Journal, StoreError, store_for
+from .store.journal import DAY
 from .tvm import TvmTrackerConnection, tvm_ledger
 from .tvmlimits import TvmLimits
 
@@ -140,6 +143,18 @@ class Options(usage.Options):
         ["tvm-forget-offline", None, _TVM.forget_offline,
          "Forget a TVM device this long after its server's connection closed, unless"
          " it came back ('0' for --forget-offline).", _optional_seconds],
+        ["store", None, None,
+         "Where the tracker keeps its state (devices and admin state, leases, waiting"
+         " requests, history) so that a restart loses nothing: a SQLite file path (or"
+         " sqlite:PATH), postgresql://USER@HOST/DATABASE, or 'none' for memory only."
+         " Default: tracker.sqlite in $STATE_DIRECTORY (/var/lib/compass-tracker under"
+         " systemd; the same for root otherwise, else ~/.local/state/compassd)."],
+        ["history-days", None, 90.0,
+         "Keep a history row of every lease and unserved request this many days ('0'"
+         " for ever).", float],
+        ["reattach-grace", None, 60.0,
+         "After a restart, a waiting request or a lease whose client has not re-attached"
+         " within this time ends (withdrawn, or client lost).", _seconds],
         ["idle-timeout", None, 600.0,
          "A client connection that sends nothing for this long while it has no request"
          " waiting and holds no lease is closed ('0' for never).", _optional_seconds],
@@ -234,6 +249,8 @@ class Options(usage.Options):
                 load_ca(self["board-ca"])
             except TLSFailed as e:
                 raise usage.UsageError(f"--board-ca: {e}") from e
+        if self["history-days"] < 0:
+            raise usage.UsageError("--history-days must be 0 (for ever) or more.")
         # Defaults are not coerced by usage.
         for name, coerce in (("max-connections-per-address", _count),
                              ("max-unauthenticated", _count),
@@ -312,6 +329,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         reactor = default_reactor
     top = service.MultiService()
     tracker = make_tracker(options, reactor)
+    open_store(tracker, options, reactor)
     tracker.setServiceParent(top)
     if options["access"].open and options["insecure-no-auth"]:
         log.warn("--insecure-no-auth: no --tokens file, and this tracker may listen beyond"
@@ -384,6 +402,29 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         status=lambda: tracker_status(tracker),
     ).setServiceParent(top)
     return top
+
+
+def open_store(tracker: TrackerService, options: Options, reactor: Any) -> None:
+    """Open the tracker's store and bring back its state; a store that cannot be opened
+    stops the tracker from starting (with the store's sentence)."""
+    store = store_for(options["store"])
+    if store is None:
+        log.warn("--store none: the tracker's state is in memory only; a restart loses"
+                 " every waiting request, lease, drain and history row")
+        return
+    try:
+        store.open()
+        snapshot = store.load()
+    except StoreError as e:
+        store.close()
+        raise SystemExit(f"compass-tracker: {e} The tracker did not start.") from None
+    days = options["history-days"]
+    tracker.journal = Journal(
+        store, reactor, lambda: persist.live_state(tracker.scheduler),
+        retention=days * DAY if days else None)
+    log.info("state store: {store} (start {epoch})", store=store.description,
+             epoch=snapshot.epoch)
+    tracker.restore(snapshot, options["reattach-grace"])
 
 
 def tracker_status(tracker: TrackerService) -> str:

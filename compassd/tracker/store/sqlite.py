@@ -2,7 +2,8 @@
 
 WAL with C{synchronous=NORMAL}: a committed batch survives the tracker being killed
 (kill -9, a crash); only a power loss may take the last batches with it. The file is
-locked for one tracker at a time (a second tracker on the same file refuses to start),
+locked for one tracker process at a time (a second tracker on the same file refuses to
+start),
 and its integrity is checked when it is opened.
 """
 
@@ -60,7 +61,7 @@ class SqliteStore(SqlStore):
                 f" cannot be opened ({e.strerror})."
             ) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             raise StoreError(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
+from compassd.demo.daemons import child_environment
 from compassd.tracker.store import Batch, StoreError
 from compassd.tracker.store.sqlite import SqliteStore
 
@@ -31,15 +34,21 @@ def test_the_file_and_its_directory_are_made_in_wal_mode(path):
 def test_a_second_tracker_on_the_same_file_is_refused_until_the_first_stops(path):
     first = SqliteStore(path)
     first.open()
-    second = SqliteStore(path)
-    with pytest.raises(StoreError) as raised:
-        second.open()
-    assert str(raised.value) == (
+    second = [sys.executable, "-c",
+              "import sys\nfrom compassd.tracker.store.sqlite import SqliteStore\n"
+              "from compassd.tracker.store import StoreError\n"
+              "try:\n    SqliteStore(sys.argv[1]).open()\n"
+              "except StoreError as e:\n    print(e)\n    sys.exit(3)\n", path]
+    refused = subprocess.run(second, capture_output=True, text=True, timeout=60,
+                             env=child_environment())
+    assert refused.returncode == 3, refused.stderr
+    assert refused.stdout.strip() == (
         f"The tracker's store {path} is in use by another compass-tracker; stop it, or"
         " give this one its own --store.")
     first.release_lock()
-    second.open()
-    second.release_lock()
+    allowed = subprocess.run(second, capture_output=True, text=True, timeout=60,
+                             env=child_environment())
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
 
 
 def test_a_file_that_is_not_a_database_is_refused_at_open(tmp_path):
