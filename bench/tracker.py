@@ -11,7 +11,9 @@ Two parts, one table:
   127.0.0.1 with one board holding one device per client. Client processes (one
   connection each, the real L{compassd.client.AsyncTracker}) repeat request -> grant ->
   release for C{--seconds}. Baseline: the same number of processes doing raw TCP
-  ping-pong against a single-threaded echo server with plain sockets.
+  ping-pong against a single-threaded echo server with plain sockets. The tracker runs
+  without a store (``--store none``), then once more with its default SQLite store (in
+  a temporary directory): the store's rows compare the two in the same run.
 - **Scale.** A child process holds the scheduling core (L{Scheduler} in a
   L{TrackerService}) with C{--devices} devices, all leased, and C{--queued} waiting
   requests: its RSS (baseline: the same process before building), the cost of one
@@ -223,17 +225,18 @@ def baseline(ctx: Any, clients: int, seconds: float) -> dict[str, Any]:
 
 
 def start_tracker(workdir: str, deadline_s: float = 30.0,
-                  extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], int]:
+                  extra: tuple[str, ...] = (), store: str = "none",
+                  ) -> tuple[subprocess.Popen[bytes], int]:
     """Start ``twistd -n compass-tracker`` on 127.0.0.1 (any free port) logging to a file
-    in C{workdir}, with the options C{extra}; return the process and its port once it
-    says it listens."""
+    in C{workdir}, with C{--store STORE} and the options C{extra}; return the process and
+    its port once it says it listens."""
     log_path = Path(workdir, "tracker.log")
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=path)
     command = [
         sys.executable, "-c", _TWISTD, "-n", "--pidfile=", f"--logfile={log_path}",
         "compass-tracker", "--listen", "tcp:0:interface=127.0.0.1",
-        "--max-queued-per-user", "0", *extra,
+        "--max-queued-per-user", "0", "--store", store, *extra,
     ]
     proc = subprocess.Popen(command, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -393,11 +396,14 @@ def _watch_events(port: int, stop: threading.Event, seen: list[int]) -> None:
 
 
 def tracker_loopback(ctx: Any, clients: int, seconds: float,
-                     observed: bool = False) -> dict[str, Any]:
+                     observed: bool = False, sqlite: bool = False) -> dict[str, Any]:
     """Request-grant-release cycles against a real tracker; C{observed}: with --metrics
-    and --http on, and one dashboard page holding the live event stream."""
+    and --http on, and one dashboard page holding the live event stream; C{sqlite}: with
+    the SQLite store on (else --store none)."""
     with tempfile.TemporaryDirectory(prefix="bench-tracker-") as workdir:
-        proc, port = start_tracker(workdir, extra=_OBSERVED if observed else ())
+        store = os.path.join(workdir, "tracker.sqlite") if sqlite else "none"
+        proc, port = start_tracker(workdir, extra=_OBSERVED if observed else (),
+                                   store=store)
         watcher_stop = threading.Event()
         events = [0]
         if observed:
@@ -559,7 +565,7 @@ def scale(ctx: Any, devices: int, queued: int, users: int, cycles: int) -> dict[
 
 def build_rows(options: argparse.Namespace, one: dict[str, Any], many: dict[str, Any],
                base_one: dict[str, Any], base_many: dict[str, Any],
-               big: dict[str, Any], observed: dict[str, Any],
+               big: dict[str, Any], observed: dict[str, Any], stored: dict[str, Any],
                ) -> list[tuple[str, str, str, str, str, str]]:
     n = options.clients
     rows = [
@@ -583,6 +589,13 @@ def build_rows(options: argparse.Namespace, one: dict[str, Any], many: dict[str,
         (f"server CPU per cycle, {n} clients, --metrics --http, a page open",
          _us(observed["cpu"]), _us(many["cpu"]), _ratio(observed["cpu"], many["cpu"]),
          "-", "-"),
+        # The same run with the SQLite store on; the baseline is the run without it.
+        (f"cycles/s, {n} clients, SQLite store", f"{stored['rate']:.0f}/s",
+         f"{many['rate']:.0f}/s", _ratio(stored["rate"], many["rate"]), ">= 2000/s",
+         _verdict(stored["rate"] >= 2000)),
+        (f"grant latency p50, {n} clients, SQLite store", _ms(stored["p50"]),
+         _ms(many["p50"]), _ratio(stored["p50"], many["p50"]), "< 2 ms",
+         _verdict(stored["p50"] < 0.002)),
     ]
     costs = big["costs"]
     sizes = sorted(costs)
@@ -647,11 +660,12 @@ def main(argv: list[str] | None = None) -> int:
     one = tracker_loopback(ctx, 1, options.seconds)
     many = tracker_loopback(ctx, options.clients, options.seconds)
     observed = tracker_loopback(ctx, options.clients, options.seconds, observed=True)
+    stored = tracker_loopback(ctx, options.clients, options.seconds, sqlite=True)
     big = scale(ctx, options.devices, options.queued, options.users, options.cycles)
     print(f"compass-tracker bench: {options.clients} clients x {options.seconds:g} s on"
           f" loopback; {options.devices} devices, {options.queued} queued,"
           f" {options.users} users; {os.cpu_count()} CPUs; {time.monotonic() - started:.0f} s")
-    print_table(build_rows(options, one, many, base_one, base_many, big, observed))
+    print_table(build_rows(options, one, many, base_one, base_many, big, observed, stored))
     return 0
 
 

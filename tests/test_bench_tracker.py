@@ -22,6 +22,8 @@ EXPECTED_ROWS = [
     "tracker RSS after 2-client run",
     "cycles/s, 2 clients, --metrics --http, a page open",
     "server CPU per cycle, 2 clients, --metrics --http, a page open",
+    "cycles/s, 2 clients, SQLite store",
+    "grant latency p50, 2 clients, SQLite store",
     "per-grant core cost, 10 queued",
     "per-grant core cost, 100 queued",
     "per-grant core cost, 1000 queued",

@@ -30,7 +30,7 @@ ALL_OPTIONS = [
     "listen", "tokens", "allow-anonymous", "default-lease", "max-lease", "key-max-lease",
     "claim-timeout", "heartbeat-timeout", "forget-offline", "max-queued-per-user",
     "position-interval", "tvm", "tvm-listen", "tvm-allow", "insecure-no-auth", "metrics",
-    "http",
+    "http", "store", "history-days", "reattach-grace",
 ]
 
 
@@ -421,3 +421,35 @@ def test_no_cleartext_warning_on_loopback_tls_or_unix(
         tokens_file: Path, logged: list[str], fresh_warnings: None, argv: list[str]) -> None:
     tap.makeService(parse("--tokens", str(tokens_file), *argv), reactor=MemoryReactorClock())
     assert not [line for line in logged if "without TLS" in line]
+
+
+# --- the store --------------------------------------------------------------------------
+
+
+def test_a_store_that_cannot_be_opened_stops_the_tracker_with_its_sentence(tmp_path: Path):
+    damaged = tmp_path / "tracker.sqlite"
+    damaged.write_bytes(b"not a database" * 500)
+    with pytest.raises(SystemExit) as stopped:
+        tap.makeService(parse("--store", str(damaged)), reactor=MemoryReactorClock())
+    text = str(stopped.value)
+    assert text.startswith(f"compass-tracker: The tracker's store {damaged} is damaged")
+    assert text.endswith("The tracker did not start.")
+
+
+def test_the_default_store_is_in_the_state_directory_and_survives_a_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
+    first = tap.makeService(parse(), reactor=MemoryReactorClock())
+    tracker = next(s for s in first if isinstance(s, TrackerService))
+    assert tracker.journal is not None
+    assert tracker.journal.store.description == str(tmp_path / "tracker.sqlite")
+    assert tracker.scheduler.id_prefix == "1."
+    tracker.journal.store.close()
+    again = tap.makeService(parse(), reactor=MemoryReactorClock())
+    assert next(s for s in again if isinstance(s, TrackerService)).scheduler.id_prefix == "2."
+
+
+def test_store_none_keeps_the_state_in_memory_and_says_so(logged: list[str]):
+    top = tap.makeService(parse("--store", "none"), reactor=MemoryReactorClock())
+    assert next(s for s in top if isinstance(s, TrackerService)).journal is None
+    assert any("a restart loses every waiting request" in line for line in logged)
