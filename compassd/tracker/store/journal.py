@@ -184,7 +184,9 @@ class Journal:
     def _in_thread(self, call: Callable[[], T]) -> Deferred[T]:
         if self.run is not None:
             return self.run(call)
-        assert self._pool is not None, "the journal was not started"
+        if self._pool is None:  # a change recorded before the service started
+            self._pool = ThreadPool(minthreads=1, maxthreads=1, name="compass-store")
+            self._pool.start()
         return deferToThreadPool(self.reactor, self._pool, call)
 
     def _soon(self) -> None:
