@@ -139,10 +139,7 @@ class Journal:
     # --- service ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the store's thread and the history pruning."""
-        if self.run is None and self._pool is None:
-            self._pool = ThreadPool(minthreads=1, maxthreads=1, name="compass-store")
-            self._pool.start()
+        """Start the history pruning (the store's thread starts with the first write)."""
         if self.retention is not None:
             self._prune_call = self.reactor.callLater(0, self._prune)
 
