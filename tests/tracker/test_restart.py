@@ -32,8 +32,9 @@ def h(secret: str) -> str:
 
 def before_restart() -> tuple[Scheduler, list[str]]:
     """One board, holder's lease active, three requests waiting (two users, two
-    priorities); also a history of grants so fair share has something to remember."""
-    s = Scheduler(policy=Policy(claim_timeout=None), id_prefix="1.")
+    priorities); also a history of grants so fair share has something to remember.
+    Users take turns (no usage ledger): the recency of their grants is what is kept."""
+    s = Scheduler(policy=Policy(claim_timeout=None, fair_share_half_life=0), id_prefix="1.")
     s.register(0, "board", "npu-1", "x2", "10.0.0.5:9091", tags=["fast"])
     # Bob was granted recently, alice long ago: at one priority alice goes first.
     for i, user in enumerate(["alice", "bob"]):
