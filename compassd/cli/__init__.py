@@ -9,9 +9,9 @@ Data goes to stdout (tables, or JSON with ``--json``); what happens along the wa
 
 This module holds the root group, its global options and the entry point; each group of
 commands has a module of its own: L{status} (status, devices), L{admin} (drain, undrain,
-cancel, kick, token), L{models} (run, bench, with the files they read in L{arrays}) and
-L{misc} (version, completion, demo). How results are shown is shared with the demo in
-L{compassd.presentation}.
+cancel, kick, token), L{accounting} (usage, history), L{models} (run, bench, with the
+files they read in L{arrays}) and L{misc} (version, completion, demo). How results are
+shown is shared with the demo in L{compassd.presentation}.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from . import admin, misc, models, status
+from . import accounting, admin, misc, models, status
 from ._tracker import (
     EXIT_CHECK_FAILED,
     EXIT_CODES,
@@ -121,7 +121,8 @@ def main(ctx: click.Context, tracker: str | None, token: str | None, user: str |
     Try everything on this machine with `compass demo`. Run a model on a board of a
     pool with `compass run --key KEY MODEL -i INPUT.npy`, time it with `compass bench`.
     Look at who holds which board with `compass status`; admins drain boards for
-    maintenance with `compass drain DEVICE`. Shell completion: `compass completion`.
+    maintenance with `compass drain DEVICE`. Where the board time went: `compass usage`
+    and `compass history`. Shell completion: `compass completion`.
     """
     if cert_key is not None and cert is None:
         raise click.BadParameter("--cert-key needs --cert, the certificate it belongs to.",
@@ -131,8 +132,8 @@ def main(ctx: click.Context, tracker: str | None, token: str | None, user: str |
 
 
 for _command in (status.status, status.devices, admin.drain, admin.undrain, admin.cancel,
-                 admin.kick, admin.token, models.run_command, models.bench, misc.version,
-                 misc.completion, misc.demo):
+                 admin.kick, admin.token, accounting.usage, accounting.history,
+                 models.run_command, models.bench, misc.version, misc.completion, misc.demo):
     main.add_command(_command)
 
 

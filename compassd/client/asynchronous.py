@@ -21,8 +21,9 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from ..addresses import DEFAULT_PORT
+from ..protocol import accounting as pa
 from ..protocol import client_tracker as ct
-from ..protocol.errors import NoSuchLease, NoSuchRequest, NotYourLease
+from ..protocol.errors import NoSuchLease, NoSuchRequest, NotYourLease, UnsupportedVersion
 from ..protocol.peer import CompassPeer
 from ..tls import ClientTLS
 from ._connect import Daemon, connect, info_dict
@@ -252,6 +253,8 @@ class AsyncTracker:
         self.reactor: Any = None
         """The reactor it was connected with (sessions on its leases use it too)."""
         self.server_software = ""
+        self.features: frozenset[str] = frozenset()
+        """What the tracker answers beyond the first protocol (its hello's C{features})."""
         self.tls: ClientTLS | None = None
         """The TLS settings it connected with; sessions on its leases use them too."""
         self._pending: dict[str, _Pending] = {}
@@ -295,6 +298,7 @@ class AsyncTracker:
                 reactor, TRACKER, _TrackerProtocol, f"{host}:{port}", host=host, port=port,
                 endpoint=endpoint, tls=tls, timeout=timeout, role=role, token=token,
                 user=user, then=lambda peer, where, answer: peer)
+            tracker.features = frozenset(answer.get("features") or ())
             return tracker
 
         return connect(reactor, TRACKER, _TrackerProtocol, f"{host}:{port}", host=host,
@@ -616,6 +620,82 @@ class AsyncTracker:
         d.addCallback(lambda queues: result.__setitem__("queues", queues))
         return d.addCallback(lambda _: result)
 
+    # --- accounting -------------------------------------------------------------------
+
+    def _reports(self, what: str) -> Deferred[Any] | None:
+        """A failure if the tracker is too old to answer C{what}, else None."""
+        if pa.FEATURE_REPORTS in self.features:
+            return None
+        return fail(UnsupportedVersion(
+            f"The tracker at {self.address} ({self.server_software or 'unknown software'})"
+            f" does not answer {what}: it is older than this client. Upgrade"
+            " compass-tracker."))
+
+    def usage(self, key: str | None = None, user: str | None = None, by: str = "user",
+              since: float | None = None) -> Deferred[dict[str, Any]]:
+        """A usage report of the last C{since} seconds (the tracker's default: a week):
+        C{{"rows": [...], "half_life": s, "since": s, "history": where from}}; rows as
+        L{compassd.protocol.accounting.USAGE_ROW}. A user who is not an admin gets only
+        their own rows."""
+        refused = self._reports("usage reports")
+        if refused is not None:
+            return refused
+        result: dict[str, Any] = {"rows": []}
+        arguments = {"key": key, "user": user, "by": by,
+                     "since": None if since is None else float(since)}
+
+        def page(start: int) -> Deferred[dict[str, Any]]:
+            def got(answer: dict[str, Any]) -> Any:
+                result["rows"] += answer["rows"]
+                for field in ("half_life", "since", "history"):
+                    result[field] = answer[field]
+                if answer["more"] and answer["rows"]:
+                    return page(start + len(answer["rows"]))
+                return result
+
+            return self.call(pa.Usage, start=start, **arguments).addCallback(got)
+
+        return page(0)
+
+    def reset_usage(self, user: str | None = None) -> Deferred[list[str]]:
+        """Admin: forget C{user}'s decayed usage (everyone's with None); the keys where
+        there was some."""
+        refused = self._reports("usage resets")
+        if refused is not None:
+            return refused
+        return self.call(pa.ResetUsage, user=user).addCallback(lambda a: list(a["keys"]))
+
+    def history(self, user: str | None = None, device: str | None = None,
+                key: str | None = None, since: float | None = None, limit: int = 100,
+                ) -> Deferred[dict[str, Any]]:
+        """The newest C{limit} history rows (ended leases and unserved requests), newest
+        first: C{{"rows": [...], "more": bool, "now": the tracker's clock, "history":
+        where from}}. A user who is not an admin sees only their own."""
+        refused = self._reports("history")
+        if refused is not None:
+            return refused
+        result: dict[str, Any] = {"rows": [], "more": False}
+        arguments = {"user": user, "device": device, "key": key,
+                     "since": None if since is None else float(since)}
+
+        def page(before: tuple[float, str] | None) -> Deferred[dict[str, Any]]:
+            want = min(pa.HISTORY_PAGE, limit - len(result["rows"]))
+
+            def got(answer: dict[str, Any]) -> Any:
+                rows = answer["rows"]
+                result["rows"] += rows
+                result["more"] = answer["more"]
+                result["now"], result["history"] = answer["now"], answer["history"]
+                if answer["more"] and rows and len(result["rows"]) < limit:
+                    return page((rows[-1]["ended_at"], rows[-1]["id"]))
+                return result
+
+            cursor = {} if before is None else {"before_at": before[0],
+                                                "before_id": before[1]}
+            return self.call(pa.History, limit=want, **arguments, **cursor).addCallback(got)
+
+        return page(None)
+
     def _pages(
         self, command: type[ct.CompassCommand], field: str,
         after: Callable[[dict[str, Any]], dict[str, Any]],
@@ -632,4 +712,3 @@ class AsyncTracker:
             return self.call(command, **arguments).addCallback(got)
 
         return page({})
-

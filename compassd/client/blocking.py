@@ -317,6 +317,21 @@ class Tracker:
         """C{{"devices": [...], "queues": [...]}}, as ``compass status --json`` prints."""
         return _reactor.call(self._tracker.summary, waiting_limit)
 
+    def usage(self, key: str | None = None, user: str | None = None, by: str = "user",
+              since: float | None = None) -> dict[str, Any]:
+        """A usage report (see L{AsyncTracker.usage}), as ``compass usage --json``."""
+        return _reactor.call(self._tracker.usage, key, user, by, since)
+
+    def reset_usage(self, user: str | None = None) -> list[str]:
+        """Admin: forget C{user}'s decayed usage (everyone's with None)."""
+        return _reactor.call(self._tracker.reset_usage, user)
+
+    def history(self, user: str | None = None, device: str | None = None,
+                key: str | None = None, since: float | None = None,
+                limit: int = 100) -> dict[str, Any]:
+        """The newest history rows (see L{AsyncTracker.history})."""
+        return _reactor.call(self._tracker.history, user, device, key, since, limit)
+
     def close(self) -> None:
         """Disconnect; the tracker withdraws waiting requests and ends held leases."""
         self._closed = True

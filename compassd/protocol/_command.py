@@ -51,6 +51,7 @@ class Hello(CompassCommand):
         (b"user", amp.Unicode()),
         (b"roles", amp.ListOf(amp.Unicode())),
         (b"software", amp.Unicode()),
+        (b"features", amp.ListOf(amp.Unicode(), optional=True)),
     ]
 
 

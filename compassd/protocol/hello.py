@@ -71,6 +71,9 @@ class HelloResponder(CompassPeer):
     roles: ClassVar[frozenset[str] | None] = None
     """The roles this daemon serves; None leaves the role to L{welcome}."""
 
+    features: ClassVar[tuple[str, ...]] = ()
+    """What this daemon answers beyond the first protocol (the answer's C{features})."""
+
     def said_hello(self) -> bool:
         """Whether this connection already said hello (a second one is refused)."""
         return self.greeted
@@ -106,5 +109,8 @@ class HelloResponder(CompassPeer):
                  ) -> dict[str, Any]:
         """Mark the hello exchange complete; the answer that says so."""
         self.greeted = True
-        return {"version": greeting.version, "user": user, "roles": sorted(roles),
-                "software": self.software}
+        answer: dict[str, Any] = {"version": greeting.version, "user": user,
+                                  "roles": sorted(roles), "software": self.software}
+        if self.features:
+            answer["features"] = list(self.features)
+        return answer

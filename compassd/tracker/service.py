@@ -11,20 +11,22 @@ themselves.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import attrs
 from twisted.application import service
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 
 from ..protocol import board_tracker as bt
 from ..protocol import client_tracker as ct
+from ..protocol.accounting import FEATURE_REPORTS
 from . import persist
 from .access import Access, TokensFileError, load_tokens, shares_of
+from .accounting import RecentHistory
 from .admin import AdminResponders
 from .audit import AuditLog
 from .boards import BoardResponders
@@ -39,8 +41,10 @@ from .records import (
     QueueChanged,
     RequestEnded,
 )
+from .reports import ReportResponders, memory_note
 from .scheduler import Scheduler
 from .store import Journal, Snapshot
+from .store.records import HistoryQuery, HistoryRow
 
 _ROUTINE_STATES = (DeviceState.BUSY, DeviceState.FREE)
 
@@ -87,6 +91,12 @@ class TrackerService(service.Service):
     journal: Journal | None = None
     """Where the scheduler's effects are journaled (L{compassd.tracker.store}); None
     keeps the state in memory only."""
+    recent: RecentHistory = attrs.Factory(RecentHistory)
+    """The history rows of the leases and unserved requests that ended since the
+    tracker started (bounded): what C{compass history} reads without a store."""
+    history_reader: Callable[[HistoryQuery], Deferred[list[HistoryRow]]] | None = None
+    """Reads a page of history from the durable store, off the reactor; None: the
+    reports read L{recent}."""
 
     device_owners: dict[str, str] = attrs.Factory(dict)
     """Each device name and the user (token or certificate) that first registered it:
@@ -100,6 +110,8 @@ class TrackerService(service.Service):
 
     def __attrs_post_init__(self) -> None:
         service.Service.__init__(self)
+        self.recent.started_at = self.now()
+        self.observers.append(self.recent.observe)
 
     @property
     def heartbeat_interval(self) -> float:
@@ -141,6 +153,30 @@ class TrackerService(service.Service):
             self.journal.start()
         service.Service.startService(self)
         self._arm()
+    @inlineCallbacks
+    def history_rows(self, query: HistoryQuery, most: int
+                     ) -> Generator[Deferred[Any], Any, tuple[list[HistoryRow], str]]:
+        """The rows C{query} asks for, newest first, at most C{most} of them, read page
+        by page from the store (or memory); and a note of where they came from."""
+        read = self.history_reader
+        if read is None:
+            source = memory_note(self.recent.started_at)
+            read = lambda q: succeed(self.recent.history(q))  # noqa: E731
+        else:
+            source = "store"
+        rows: list[HistoryRow] = []
+        before = query.before
+        while len(rows) < most:
+            want = min(10_000, most - len(rows))
+            page = yield read(attrs.evolve(query, before=before, limit=want))
+            rows += page
+            if len(page) < want:
+                break
+            before = (page[-1].ended_at, page[-1].id)
+        else:
+            if most > query.limit:
+                source += f"; cut at the newest {most} rows"
+        return rows, source
 
     def stopService(self) -> Any:
         for call in (self._timer, self._positions_call):
@@ -422,9 +458,12 @@ class TrackerService(service.Service):
         self.apply(effects)
 
 
-class TrackerConnection(ClientResponders, BoardResponders, AdminResponders):
+class TrackerConnection(ClientResponders, BoardResponders, AdminResponders,
+                        ReportResponders):
     """One connection to the tracker, answering every role's commands (the hello says
     which role it has, and each responder checks it)."""
+
+    features = (FEATURE_REPORTS,)
 
 
 __all__ = ["TrackerService", "TrackerConnection"]

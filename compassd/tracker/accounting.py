@@ -1,0 +1,244 @@
+"""Where the board time went: the rows of ``compass history`` and ``compass usage``.
+
+L{RecentHistory} keeps, in memory and bounded, a L{HistoryRow} for every lease that ended
+and every request that ended without a grant, made from the scheduler's effects, and
+answers a L{HistoryQuery} exactly as the durable store does (newest first, paged by the
+last row's ``(ended_at, id)``). A tracker with a store answers from the store instead.
+
+L{usage_report} turns history rows, the leases held now and fair share's ledger into the
+rows of a usage report: board-hours, leases, waits, share, decayed usage and the order
+that results, by user, account, key or device.
+
+Plain functions and data, time passed in; no Twisted, no I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from .history import percentile
+from .records import Effect, LeaseEnded, LeaseOutcome, RequestEnded, RequestOutcome
+from .store.records import HistoryQuery, HistoryRow
+
+HELD = "held"
+"""The outcome of a lease still held, in a usage report's input."""
+
+
+def lease_row(effect: LeaseEnded, now: float) -> HistoryRow:
+    """The history row of a lease that ended at C{now}."""
+    lease = effect.lease
+    request = lease.request
+    return HistoryRow(
+        id=lease.id, user=request.user, key=request.key, requested_at=request.enqueued_at,
+        ended_at=now, outcome=effect.outcome.value, granted_at=lease.granted_at,
+        device=lease.device.name, request_id=request.id, priority=request.priority,
+        detail=effect.message)
+
+
+def request_row(effect: RequestEnded, now: float) -> HistoryRow:
+    """The history row of a request that ended at C{now} without a grant."""
+    request = effect.request
+    return HistoryRow(
+        id=request.id, user=request.user, key=request.key,
+        requested_at=request.enqueued_at, ended_at=now, outcome=effect.outcome.value,
+        request_id=request.id, priority=request.priority, detail=effect.message)
+
+
+def matches(row: HistoryRow, query: HistoryQuery) -> bool:
+    """Whether C{row} is one C{query} asks for (its filters, window and cursor)."""
+    if query.user is not None and row.user != query.user:
+        return False
+    if query.device is not None and row.device != query.device:
+        return False
+    if query.key is not None and row.key != query.key:
+        return False
+    if query.since is not None and row.ended_at < query.since:
+        return False
+    if query.until is not None and row.ended_at >= query.until:
+        return False
+    return query.before is None or (row.ended_at, row.id) < query.before
+
+
+@attrs.define
+class RecentHistory:
+    """The last C{limit} history rows, from the scheduler's effects (the oldest go
+    first), ordered by C{(ended_at, id)} as the store orders them."""
+
+    limit: int = 200_000
+    started_at: float | None = None
+    """When the first effect was seen: what memory covers."""
+    _rows: deque[HistoryRow] = attrs.Factory(deque)
+    _order: deque[tuple[float, str]] = attrs.Factory(deque)
+
+    def observe(self, effects: Iterable[Effect], now: float) -> None:
+        if self.started_at is None:
+            self.started_at = now
+        for effect in effects:
+            if isinstance(effect, LeaseEnded):
+                self.add(lease_row(effect, now))
+            elif isinstance(effect, RequestEnded) and \
+                    effect.outcome is not RequestOutcome.GRANTED:
+                self.add(request_row(effect, now))
+
+    def add(self, row: HistoryRow) -> None:
+        place = (row.ended_at, row.id)
+        if self._order and place < self._order[-1]:
+            at = bisect.bisect(self._order, place)  # rare: rows come in time order
+            self._order.insert(at, place)
+            self._rows.insert(at, row)
+        else:
+            self._order.append(place)
+            self._rows.append(row)
+        while len(self._rows) > self.limit:
+            self._rows.popleft()
+            self._order.popleft()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def history(self, query: HistoryQuery) -> list[HistoryRow]:
+        """A page of rows, newest first, as L{compassd.tracker.store.IStore.history}."""
+        end = len(self._order)
+        if query.before is not None:
+            end = bisect.bisect_left(self._order, query.before)
+        if query.until is not None:
+            end = min(end, bisect.bisect_left(self._order, (query.until, "")))
+        page: list[HistoryRow] = []
+        limit = max(1, min(query.limit, 10000))
+        for i in range(end - 1, -1, -1):
+            row = self._rows[i]
+            if query.since is not None and row.ended_at < query.since:
+                break
+            if matches(row, query):
+                page.append(row)
+                if len(page) >= limit:
+                    break
+        return page
+
+
+def held_row(lease: Any, now: float) -> HistoryRow:
+    """A lease held now, as a row that ends now (for a usage report)."""
+    request = lease.request
+    return HistoryRow(
+        id=lease.id, user=request.user, key=request.key, requested_at=request.enqueued_at,
+        ended_at=now, outcome=HELD, granted_at=lease.granted_at, device=lease.device.name,
+        request_id=request.id, priority=request.priority)
+
+
+@attrs.frozen
+class Standing:
+    """Fair share's view of one user of one key: their share and decayed board-seconds."""
+
+    share: float
+    decayed: float
+
+
+@attrs.define
+class _Tally:
+    leases: int = 0
+    seconds: float = 0.0
+    unserved: int = 0
+    waits: list[float] = attrs.Factory(list)
+    share: float | None = None
+    decayed: float | None = None
+    order: int | None = None
+    of: int | None = None
+
+
+def _group_name(by: str, row: HistoryRow, account: Callable[[str], str]) -> str | None:
+    if by == "user":
+        return row.user
+    if by == "account":
+        return account(row.user)
+    if by == "key":
+        return row.key
+    return row.device
+
+
+def usage_report(
+    rows: Iterable[HistoryRow],
+    since: float,
+    until: float,
+    by: str = "user",
+    standings: Mapping[str, Mapping[str, Standing]] | None = None,
+    accounts: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of a usage report of [C{since}, C{until}), sorted by key then name.
+
+    C{rows}: history rows (ended leases, unserved requests, and leases held now as rows
+    that end at C{until}); each lease counts the board-time inside the window and its
+    wait if it was granted there. C{standings}: per key, each user's L{Standing} (None
+    without fair share). C{accounts}: each user's account; a user in none stands as an
+    account of their own name. Users and accounts are ranked within each key by decayed
+    usage per share (1 goes first; ties by name).
+    """
+    accounts = accounts or {}
+
+    def account(user: str) -> str:
+        return accounts.get(user, user)
+
+    tallies: dict[tuple[str, str], _Tally] = {}
+    for row in rows:
+        name = _group_name(by, row, account)
+        if name is None:
+            continue
+        if row.granted_at is None:
+            if since <= row.ended_at < until:
+                tallies.setdefault((row.key, name), _Tally()).unserved += 1
+            continue
+        start, end = max(row.granted_at, since), min(row.ended_at, until)
+        if end < start or (end == start and row.granted_at < since):
+            continue
+        tally = tallies.setdefault((row.key, name), _Tally())
+        tally.leases += 1
+        tally.seconds += end - start
+        if since <= row.granted_at <= until:  # a lease granted this instant counts
+            tally.waits.append(row.waited)
+    if standings is not None and by in ("user", "account"):
+        for key, users in standings.items():
+            ranked: dict[str, Standing] = {}
+            for user, standing in users.items():
+                name = user if by == "user" else account(user)
+                before = ranked.get(name, Standing(0.0, 0.0))
+                ranked[name] = Standing(before.share + standing.share,
+                                        before.decayed + standing.decayed)
+            order = sorted(ranked, key=lambda n: (ranked[n].decayed / ranked[n].share, n))
+            for place, name in enumerate(order, 1):
+                tally = tallies.setdefault((key, name), _Tally())
+                tally.share = ranked[name].share
+                tally.decayed = ranked[name].decayed
+                tally.order, tally.of = place, len(order)
+    result = []
+    for (key, name), tally in sorted(tallies.items()):
+        row_out: dict[str, Any] = {
+            "name": name, "key": key, "leases": tally.leases,
+            "hours": tally.seconds / 3600, "unserved": tally.unserved,
+            "wait_p50": percentile(tally.waits, 50) if tally.waits else None,
+            "wait_p95": percentile(tally.waits, 95) if tally.waits else None,
+            "share": tally.share,
+            "decayed": None if tally.decayed is None else tally.decayed / 3600,
+            "order": tally.order, "of": tally.of,
+        }
+        result.append(row_out)
+    return result
+
+
+def history_wire(row: HistoryRow) -> dict[str, Any]:
+    """A history row as L{compassd.protocol.accounting.HISTORY_ROW} carries it."""
+    return {"id": row.id, "kind": row.kind, "user": row.user, "key": row.key,
+            "device": row.device, "request": row.request_id, "priority": row.priority,
+            "requested_at": row.requested_at, "granted_at": row.granted_at,
+            "ended_at": row.ended_at, "outcome": row.outcome, "detail": row.detail}
+
+
+OUTCOMES = tuple(o.value for o in LeaseOutcome) + tuple(
+    o.value for o in RequestOutcome if o is not RequestOutcome.GRANTED)
+"""Every way a history row can end."""
+
+__all__ = ["HELD", "OUTCOMES", "RecentHistory", "Standing", "held_row", "history_wire",
+           "lease_row", "matches", "request_row", "usage_report"]
