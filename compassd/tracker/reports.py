@@ -24,9 +24,11 @@ from .history import WEEK
 from .records import QueueChanged
 from .store.records import HistoryQuery
 
-MAX_REPORT_ROWS = 1_000_000
-"""History rows one usage report reads at most (a long window on a busy tracker is cut
-here, and the answer's C{history} says so)."""
+MAX_REPORT_ROWS = 200_000
+"""History rows one usage report reads at most, as many as the tracker's memory keeps:
+the report is added up on the reactor thread, so a long window on a busy tracker is cut
+at the newest rows here (the answer's C{history} says so) rather than stall everyone.
+C{bench/accounting.py} times it."""
 
 
 class ReportResponders(TrackerPeer):

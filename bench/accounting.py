@@ -1,0 +1,204 @@
+"""How fast the tracker answers ``compass history`` and ``compass usage`` from a year of
+history in its SQLite store.
+
+Run from the repository root::
+
+    .venv/bin/python bench/accounting.py            # a year: 100 users, 50 boards
+    .venv/bin/python bench/accounting.py --quick    # two weeks, for a smoke run
+
+It fills a fresh SQLite store (the tracker's own L{SqliteStore}, its schema and indexes)
+with C{--days} of history: C{--boards} boards busy back to back with leases of about
+C{--lease-minutes} (exponential), each for one of C{--users} users, and one request in
+twenty ending unserved. Then it times what the tracker does for each command, through
+the tracker's own code (L{TrackerService.history_rows} reading the store page by page,
+L{usage_report}): a history page (50 rows) for an admin, for one user over the whole
+year, for one device six months back (a cursor deep in the table), and usage reports of
+a week, a month and the whole window.
+
+The same commands are timed against the tracker's memory (L{RecentHistory}: the newest
+200,000 rows, what a tracker without a store answers from).
+
+Baseline, in the same run: one full scan of the history table in SQLite
+(``SELECT sum(ended_at - requested_at)``), what any unbounded query costs at the least.
+Targets come from issue 17 (under a second for a year of history) and are reported,
+never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _table import ms as _ms
+from _table import print_table
+from _table import ratio as _ratio
+from _table import verdict as _verdict
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from twisted.internet.defer import succeed  # noqa: E402
+from twisted.internet.task import Clock  # noqa: E402
+
+from compassd.tracker.accounting import usage_report  # noqa: E402
+from compassd.tracker.reports import MAX_REPORT_ROWS  # noqa: E402
+from compassd.tracker.service import TrackerService  # noqa: E402
+from compassd.tracker.store import Batch, HistoryQuery, HistoryRow  # noqa: E402
+from compassd.tracker.store.sqlite import SqliteStore  # noqa: E402
+
+DAY = 86400.0
+KEY = "bench-npu"
+
+
+def history(days: float, users: int, boards: int, lease_minutes: float, now: float,
+            seed: int = 17) -> list[HistoryRow]:
+    """C{days} of leases back to back on each board, and unserved requests."""
+    rng = random.Random(seed)
+    rows: list[HistoryRow] = []
+    start = now - days * DAY
+    n = 0
+    for board in range(boards):
+        t = start + rng.uniform(0, 60)
+        while True:
+            held = rng.expovariate(1 / (lease_minutes * 60))
+            waited = rng.expovariate(1 / 120)
+            if t + held >= now:
+                break
+            user = f"user{rng.randrange(users):03d}"
+            n += 1
+            if rng.random() < 0.05:
+                rows.append(HistoryRow(
+                    id=f"req-{n}", user=user, key=KEY, requested_at=t,
+                    ended_at=t + waited, outcome="timed-out", request_id=f"req-{n}",
+                    detail="Request timed out."))
+            rows.append(HistoryRow(
+                id=f"lease-{n}", user=user, key=KEY, requested_at=t - waited,
+                ended_at=t + held, outcome="released", granted_at=t,
+                device=f"npu-{board:02d}", request_id=f"req-{n}.g",
+                detail="Lease was released by its holder."))
+            t += held + rng.uniform(0, 30)
+    return rows
+
+
+def fill(path: str, rows: list[HistoryRow]) -> SqliteStore:
+    store = SqliteStore(path)
+    store.open()
+    store.load()
+    for i in range(0, len(rows), 50_000):
+        store.write(Batch(history=rows[i:i + 50_000]))
+    return store
+
+
+def timed(repeat: int, once: Any) -> float:
+    """The median of C{repeat} timings of C{once()}, after one warm-up."""
+    once()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def read(tracker: TrackerService, query: HistoryQuery, most: int) -> list[HistoryRow]:
+    """What the tracker's responders do: page through the store (already fired here, as
+    the store is read in this thread)."""
+    got: list[Any] = []
+    tracker.history_rows(query, most).addCallback(got.append)
+    assert got, "the history read did not finish"
+    return list(got[0][0])
+
+
+def measure(options: argparse.Namespace) -> tuple[list[tuple[str, ...]], int]:
+    now = time.time()
+    rows = history(options.days, options.users, options.boards, options.lease_minutes, now)
+    with tempfile.TemporaryDirectory(prefix="compass-bench-") as where:
+        path = str(Path(where) / "tracker.sqlite")
+        store = fill(path, rows)
+        try:
+            tracker = TrackerService(reactor=Clock(),
+                                     history_reader=lambda q: succeed(store.history(q)))
+            raw = sqlite3.connect(path)
+            scan = timed(max(1, options.repeat // 4), lambda: raw.execute(
+                "SELECT sum(ended_at - requested_at) FROM compass_history").fetchone())
+            raw.close()
+            user = "user007"
+            device = f"npu-{options.boards // 2:02d}"
+            deep = (now - options.days * DAY / 2, "~")
+            pages = [
+                ("history page (50), admin, newest", HistoryQuery(limit=51)),
+                (f"history page (50), one user, {options.days:g} days",
+                 HistoryQuery(user=user, since=now - options.days * DAY, limit=51)),
+                (f"history page (50), one device, {options.days / 2:g} days back",
+                 HistoryQuery(device=device, before=deep, limit=51)),
+            ]
+            table: list[tuple[str, ...]] = []
+            for name, query in pages:
+                cost = timed(options.repeat, lambda q=query: read(tracker, q, 51))
+                table.append((name, _ms(cost), _ms(scan), _ratio(cost, scan), "< 1 s",
+                              _verdict(cost < 1.0)))
+            memory = TrackerService(reactor=Clock())
+            for row in sorted(rows, key=lambda r: (r.ended_at, r.id))[-memory.recent.limit:]:
+                memory.recent.add(row)
+            for source, service in (("store", tracker), ("memory", memory)):
+                if source == "memory":
+                    cost = timed(options.repeat, lambda: read(memory, HistoryQuery(
+                        user=user, limit=51), 51))
+                    table.append(("history page (50), one user, memory", _ms(cost),
+                                  _ms(scan), _ratio(cost, scan), "< 1 s",
+                                  _verdict(cost < 1.0)))
+                for days in sorted({7.0, 30.0, options.days}):
+                    if days > options.days:
+                        continue
+
+                    def report(days: float = days, service: Any = service) -> int:
+                        found = read(service, HistoryQuery(since=now - days * DAY,
+                                                           until=now), MAX_REPORT_ROWS)
+                        return len(usage_report(found, now - days * DAY, now, "user"))
+
+                    cost = timed(max(1, options.repeat // 4), report)
+                    table.append((f"usage report by user, {days:g} days, {source}",
+                                  _ms(cost), _ms(scan), _ratio(cost, scan), "< 1 s",
+                                  _verdict(cost < 1.0)))
+        finally:
+            store.close()
+            store.release_lock()
+    return table, len(rows)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=float, default=365.0)
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--boards", type=int, default=50)
+    parser.add_argument("--lease-minutes", type=float, default=30.0)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--quick", action="store_true",
+                        help="Two weeks of history and fewer repeats: a smoke run.")
+    options = parser.parse_args(argv)
+    if options.quick:
+        options.days, options.repeat = 14.0, 4
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse(argv)
+    t0 = time.perf_counter()
+    table, count = measure(options)
+    print(f"{count} history rows: {options.days:g} days, {options.users} users,"
+          f" {options.boards} boards, leases of about {options.lease_minutes:g} min"
+          f" (built and measured in {time.perf_counter() - t0:.0f} s)")
+    print_table(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
