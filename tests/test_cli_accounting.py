@@ -43,11 +43,12 @@ class Lab:
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     """A tracker with a tokens file and an audit log; a board of KEY; ann and bob each
-    held it once (ann longer: she waits for a board-side event before releasing)."""
+    held it once. Bob's share is 1000 to ann's 1, so ann has used more per share
+    (she comes second) however long each lease took on a loaded machine."""
     tokens = tmp_path / "tokens"
     tokens.write_text("".join(
         f"{hash_token(f't-{user}')} user={user} roles={role}"
-        + (" share=2 account=lab account-share=2" if user == "bob" else "") + "\n"
+        + (" share=2 account=lab account-share=1000" if user == "bob" else "") + "\n"
         for user, role in TOKENS.items()))
     audit = tmp_path / "audit.jsonl"
     proc, port = start_twistd("compass-tracker", "--tokens", str(tokens), "--audit-log",
@@ -116,8 +117,8 @@ def test_an_admin_sees_everyone_by_user_account_and_device_and_resets_one_user(
 ) -> None:
     everyone = json.loads(lab.compass("root", "usage", "--json").stdout)
     users = {row["name"]: row for row in everyone["rows"]}
-    assert set(users) == {"ann", "bob"} and users["bob"]["share"] == 2.0
-    assert {users["ann"]["order"], users["bob"]["order"]} == {1, 2}
+    assert set(users) == {"ann", "bob"} and users["bob"]["share"] == 1000.0
+    assert (users["bob"]["order"], users["ann"]["order"]) == (1, 2)
     accounts = json.loads(lab.compass("root", "usage", "--by", "account", "--json").stdout)
     assert {row["name"] for row in accounts["rows"]} == {"ann", "lab"}
     devices = lab.compass("root", "usage", "--by", "device", "--csv")
