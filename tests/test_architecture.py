@@ -56,6 +56,7 @@ LAYERS = {
     # shared pieces: the protocol and what every layer may use
     "compassd": SHARED,  # compassd/__init__.py: the version
     "compassd.errors": SHARED,
+    "compassd.access": SHARED,
     "compassd.protocol": SHARED,
     "compassd.addresses": SHARED,
     "compassd.tensors": SHARED,

@@ -22,6 +22,7 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from .. import __version__
+from ..listening import cleartext_host, is_loopback, warn_cleartext
 from ..protocol import SUPPORTED_VERSIONS, Hello
 from ..protocol.errors import CompassError
 from ..protocol.peer import CompassPeer
@@ -51,6 +52,26 @@ class Daemon:
         )
 
 
+def _warn_if_cleartext(daemon: Daemon, host: str,
+                       endpoint: str | IStreamClientEndpoint | None,
+                       tls: ClientTLS | None, token: str | None) -> None:
+    """One warning per process when a token, or a board's ticket, would go in clear
+    text beyond this host."""
+    if tls is not None or not (token or "board" in daemon.what):
+        return
+    if endpoint is None:
+        far = None if is_loopback(host) or host == "localhost" else host
+    elif isinstance(endpoint, str):
+        far = cleartext_host(endpoint)
+    else:
+        return
+    if far is not None:
+        what = "Tickets" if "board" in daemon.what and not token else "Tokens"
+        warn_cleartext(f"{what} sent by this client", f"to {daemon.what} at {far}",
+                       "connect with --ca CA.pem (COMPASS_CA), or tls=True, ca= in the"
+                       " client library")
+
+
 def connect(
     reactor: Any,
     daemon: Daemon,
@@ -75,6 +96,7 @@ def connect(
     a connection closed during the exchange becomes the daemon's unreachable error."""
     target: IStreamClientEndpoint
     creator: VerifyingCreator | None = None
+    _warn_if_cleartext(daemon, host, endpoint, tls, token)
     try:
         if endpoint is None and tls is not None:
             target, creator = tls.endpoint(reactor, host, port, timeout)

@@ -31,10 +31,11 @@ from collections.abc import Callable
 from typing import IO, Any, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
+from twisted.internet.defer import Deferred, DeferredLock, fail, maybeDeferred, succeed
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
+from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from ..addresses import parse_address
@@ -306,11 +307,12 @@ class AsyncSession:
             if isinstance(source, bytes | bytearray | memoryview):
                 return fail(ValueError("Uploading bytes needs a remote_name for them."))
             remote_name = os.path.basename(os.fspath(source))
-        try:
-            if size is None or sha256 is None:
-                size, sha256 = digest(source)
-        except OSError as e:
-            return fail(e)
+        if size is None or sha256 is None:
+            # hashing a file of up to 4 GiB must not stop this reactor: in a thread
+            hashing: Deferred[tuple[int, str]] = _digest_off_the_reactor(source)
+            return hashing.addCallback(
+                lambda known: self.upload(source, remote_name, progress=progress,
+                                          size=known[0], sha256=known[1]))
         if 0 < self.max_upload < size:
             return fail(
                 LimitExceeded(
@@ -489,3 +491,24 @@ def _remove_quietly(path: str) -> None:
         os.remove(path)
     except OSError:
         pass
+
+
+HASH_INLINE = 8 << 20
+"""Sources up to this many bytes are hashed at once (a few milliseconds); bigger ones
+in a thread."""
+
+
+def _digest_off_the_reactor(source: Source) -> Deferred[tuple[int, str]]:
+    """L{digest}, in a thread for a big source when the global reactor runs (it does
+    under the blocking client and in daemons), else here."""
+    from twisted.internet import reactor as global_reactor
+
+    try:
+        size = (len(memoryview(source).cast("B"))
+                if isinstance(source, bytes | bytearray | memoryview)
+                else os.stat(source).st_size)
+    except OSError:
+        size = 0  # digest says what is wrong
+    if size > HASH_INLINE and getattr(global_reactor, "running", False):
+        return deferToThread(digest, source)
+    return maybeDeferred(digest, source)

@@ -158,7 +158,20 @@ class ProxyConnection(HelloResponder):
             f" nothing to do here: connect to the tracker at {self.proxy.tracker} instead.")
 
     def welcome(self, greeting: Greeting) -> dict[str, Any] | Deferred[dict[str, Any]]:
-        """A client is answered here; a board's hello is the tracker's to answer."""
+        """A client is answered here; a board's hello is the tracker's to answer. With a
+        tokens file, a board's token (and a client's, if it gives one) is checked here
+        first: nothing is done, and no tracker connection opened, for a caller it does
+        not list. A client without a token is let through to open-session, where its
+        ticket is its credential."""
+        access = self.proxy.access
+        if access is not None and (greeting.role != "client" or greeting.token):
+            try:
+                access.identify(greeting.token, greeting.user, greeting.role)
+            except NotAuthorized as e:
+                log.warn("refused hello as {role} from {peer}: {why}", role=greeting.role,
+                         peer=super().describe(), why=str(e))
+                self.proxy.reactor.callLater(0, self.drop)
+                raise
         if greeting.role == "board":
             return self._board_hello(greeting)
         self.mode = "client"

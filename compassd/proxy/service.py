@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from ..access import Access
 from ..addresses import advertised_address
 from .connection import ProxyConnection
 from .pairing import Channel, Pairing, too_late
@@ -32,9 +33,13 @@ class ProxyService(service.MultiService):
 
     def __init__(self, reactor: Any, tracker: Any, advertise: str | None = None, *,
                  dial_timeout: float = 10.0, idle_timeout: float = 60.0,
-                 max_pending: int = 64) -> None:
+                 max_pending: int = 64, access: Access | None = None) -> None:
         super().__init__()
         self.reactor = reactor
+        self.access = access
+        """The tokens every hello must carry (L{Access.identify}); None: the proxy takes
+        any hello and leaves checking to the tracker (loopback only, or
+        --insecure-no-auth)."""
         self.tracker = tracker
         self.advertise = advertise
         self.dial_timeout = dial_timeout

@@ -7,8 +7,17 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
+from ..access import Access, TokensFileError, load_tokens
 from ..daemon_options import check_tracker_and_advertise, positive
-from ..listening import Listener
+from ..listening import (
+    Listener,
+    bound_scope,
+    cleartext_host,
+    describe_address,
+    endpoint_scope,
+    server_cleartext,
+    warn_cleartext,
+)
 from ..protocol.limits import (
     HELLO_TIMEOUT,
     MAX_CONNECTIONS_PER_ADDRESS,
@@ -53,6 +62,17 @@ class Options(usage.Options):
         ["hello-timeout", None, str(HELLO_TIMEOUT),
          "A connection that has not said hello within this time of connecting is closed"
          " ('0' for never)."],
+        ["tokens", None, None,
+         "Tokens file (the tracker's format; a copy of the tracker's file will do): every"
+         " board must say hello with a board token it lists before the proxy does"
+         " anything for it (a client's credential is its ticket). Without it the proxy"
+         " listens on loopback only (see --insecure-no-auth)."],
+    ]
+    optFlags = [
+        ["insecure-no-auth", None,
+         "Listen beyond loopback without --tokens: anyone who can connect may then ask"
+         " the tracker behind this proxy to register boards through it. Only for a"
+         " network you trust completely."],
     ]
 
     def __init__(self) -> None:
@@ -61,12 +81,29 @@ class Options(usage.Options):
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen for boards and clients on this Twisted endpoint (repeatable; default
-        tcp:9090), e.g. tcp:9090:interface=192.0.2.7, ssl:9090:..., systemd:...."""
+        tcp:9090 with --tokens, else tcp:9090:interface=127.0.0.1), e.g.
+        tcp:9090:interface=192.0.2.7, ssl:9090:..., systemd:...."""
         self["listen"].append(endpoint)
 
     def postOptions(self) -> None:
+        if self["tokens"] and self["insecure-no-auth"]:
+            raise usage.UsageError(
+                "--insecure-no-auth runs the proxy without a tokens file; it makes no"
+                " sense with --tokens: leave one of them out.")
         if not self["listen"]:
-            self["listen"] = ["tcp:9090"]
+            self["listen"] = ["tcp:9090" if self["tokens"] else "tcp:9090:interface=127.0.0.1"]
+        if not self["tokens"] and not self["insecure-no-auth"]:
+            for endpoint in self["listen"]:
+                scope = endpoint_scope(endpoint)
+                if scope == "network" or (scope == "unknown"
+                                          and not endpoint.startswith("systemd:")):
+                    raise usage.UsageError(open_proxy_refused(f"--listen {endpoint}"))
+        self["access"] = None
+        if self["tokens"]:
+            try:
+                self["access"] = Access(load_tokens(self["tokens"]), allow_anonymous=True)
+            except TokensFileError as e:
+                raise usage.UsageError(str(e)) from e
         check_tracker_and_advertise(self)
         try:
             count = int(self["max-connections-per-address"])
@@ -83,6 +120,17 @@ class Options(usage.Options):
         self["hello-timeout"] = hello or None
 
 
+def open_proxy_refused(where: str) -> str:
+    """The sentence a proxy without a tokens file says when asked to serve a network."""
+    return (
+        f"compass-proxy has no --tokens file, so it serves loopback only, but {where} is"
+        " reachable from the network: anyone there could register boards through it"
+        " and take clients' models. Give it the tracker's tokens file (--tokens FILE),"
+        " listen on 127.0.0.1, or, on a network you trust completely, pass"
+        " --insecure-no-auth."
+    )
+
+
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -93,7 +141,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     top = service.MultiService()
     proxy = ProxyService(reactor, options["tracker-endpoint"], options["advertise"],
                          dial_timeout=float(options["dial-timeout"]),
-                         idle_timeout=float(options["idle-timeout"]))
+                         idle_timeout=float(options["idle-timeout"]),
+                         access=options.get("access"))
     proxy.setServiceParent(top)
     listeners = []
     for endpoint in options["listen"]:
@@ -105,6 +154,23 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         listener.ready.addCallback(proxy.listening)
         listener.setServiceParent(top)
         listeners.append(listener)
+    if options.get("access") is None and not options["insecure-no-auth"]:
+        def loopback_only(address: Any) -> str | None:
+            if bound_scope(address) in ("loopback", "local"):
+                return None
+            return open_proxy_refused(f"the socket {describe_address(address)}")
+
+        for listener in listeners:
+            listener.check = loopback_only
+    for endpoint in options["listen"]:
+        if server_cleartext(endpoint):
+            warn_cleartext("Tokens and tickets relayed by this proxy",
+                           f"to it on {endpoint}",
+                           "listen with --listen ssl:9090:privateKey=KEY.pem:certKey=CERT.pem")
+    host = cleartext_host(options["tracker-endpoint"])
+    if host is not None:
+        warn_cleartext("Tokens and tickets relayed to the tracker", f"to {host}",
+                       "give --tracker as tls:host=HOST:port=PORT:ca=CA.pem")
     if options["metrics"]:
         from ..metrics import metrics_listener
         from .metrics import ProxyMetrics

@@ -166,8 +166,8 @@ def test_a_board_that_reaches_only_the_proxy_serves_a_client_that_never_reaches_
     namespaces: dict[str, str], tmp_path: Path
 ) -> None:
     fake_lib = build_fake_driver()
-    # the tracker listens beyond loopback, so it needs tokens: one for the board, one
-    # for the client
+    # the tracker and the proxy listen beyond loopback, so they need tokens: one for the
+    # board, one for the client (the proxy checks the same file)
     tokens, board_token = tmp_path / "tokens", tmp_path / "board.token"
     tokens.write_text(f"{hash_token('board-secret')} user=rack roles=board\n"
                       f"{hash_token('client-secret')} user=ann roles=client\n")
@@ -180,6 +180,7 @@ def test_a_board_that_reaches_only_the_proxy_serves_a_client_that_never_reaches_
             "--listen", f"tcp:{TRACKER_PORT}:interface=127.0.0.1"))
         procs.append(_start_in(
             namespaces["hub"], "compass-proxy", "--tracker", f"127.0.0.1:{TRACKER_PORT}",
+            "--tokens", str(tokens),
             "--listen", f"tcp:{PROXY_PORT}:interface=10.77.1.1",
             "--listen", f"tcp:{PROXY_PORT}:interface=10.77.2.1",
             "--advertise", f"10.77.2.1:{PROXY_PORT}"))
