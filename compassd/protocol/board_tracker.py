@@ -86,6 +86,24 @@ class Redeem(CompassCommand):
     ]
 
 
+class CheckTicket(CompassCommand):
+    """compass-proxy asks, before it asks C{device}'s board to connect back for a client:
+    would C{ticket} open a session on C{device} now?
+
+    Sent on the connection that registered C{device}. The answer is L{Redeem}'s, but the
+    ticket is not used up: the board redeems it when the session opens. A bad ticket
+    gets L{TicketRejected} with the reason, and the proxy does nothing for its client.
+    """
+
+    commandName = b"check-ticket"
+    arguments = [(b"device", amp.Unicode()), (b"ticket", amp.Unicode())]
+    response = [
+        (b"lease", amp.Unicode()),
+        (b"user", amp.Unicode()),
+        (b"expires_in", amp.Float()),
+    ]
+
+
 class SessionEnded(CompassCommand):
     """The board ended the session of C{lease} (the client closed it, or it failed)."""
 

@@ -9,9 +9,12 @@ One listening port serves three kinds of connection, told apart by their first b
   drops is offline at the tracker, and a tracker that drops makes the board reconnect
   and register again.
 - a **client** says hello as a client (the proxy answers it) and sends open-session with
-  its ticket and device. The proxy asks that device's board (L{px.Dial}) to connect
-  back, opens the session there with the client's own hello and ticket, answers the
-  client with the board's answer, and from then on relays bytes.
+  its ticket and device. The proxy checks the ticket with the tracker on the board's own
+  tracker link (L{bt.CheckTicket}, which does not use it up): a ticket the tracker does
+  not vouch for ends there, and the board never hears of it. Then the proxy asks that
+  device's board (L{px.Dial}) to connect back, opens the session there with the
+  client's own hello and ticket, answers the client with the board's answer, and from
+  then on relays bytes.
 - a board's **data connection** starts with L{px.Attach} naming the channel it was
   asked to open.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, connectionDone
@@ -89,6 +92,8 @@ class ProxyConnection(HelloResponder):
         self._idle: IDelayedCall | None = None
         self._idle_timeout = proxy.idle_timeout
         # client
+        self.ticket_checked = False
+        """Whether the tracker vouched for this client's ticket (its only credential)."""
         self.client_hello: dict[str, Any] = {}
         self.channel: Channel[ProxyConnection, ProxyConnection] | None = None
         self._answer: Deferred[dict[str, Any]] | None = None
@@ -98,6 +103,16 @@ class ProxyConnection(HelloResponder):
 
     def describe(self) -> str:
         return f"{self.mode or 'new'} connection from {super().describe()}"
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the peer has shown who it is (L{ConnectionGuard}'s caps and hello
+        deadline count the others): a board once the tracker answered its hello, a
+        board's data connection once it named its channel, a client (whose hello needs
+        no token here) once the tracker vouched for its ticket."""
+        if self.mode == "client":
+            return self.ticket_checked
+        return self.mode is not None and self.greeted
 
     # --- life ------------------------------------------------------------------------
 
@@ -289,6 +304,11 @@ class ProxyConnection(HelloResponder):
     def redeem(self, device: str, ticket: str) -> Deferred[dict[str, Any]]:
         return self._to_tracker(bt.Redeem, device=device, ticket=ticket)
 
+    def check_ticket(self, device: str, ticket: str) -> Deferred[dict[str, Any]]:
+        """Ask the tracker, on this board's link, whether C{ticket} is good for
+        C{device}, without using it up."""
+        return self._to_tracker(bt.CheckTicket, device=device, ticket=ticket)
+
     @bt.SessionEnded.responder
     def session_ended(self, device: str, lease: str, detail: str | None = None
                       ) -> Deferred[dict[str, Any]]:
@@ -325,9 +345,35 @@ class ProxyConnection(HelloResponder):
         # Everything after this box belongs to the board: stop reading AMP here.
         self.relay = Relay(self, metrics=self.proxy.metrics)
         self.relay.capture(self)
+        checking: Deferred[Any] = maybeDeferred(channel.board.check_ticket,
+                                                channel.device, ticket)
+        checking.addCallbacks(self._ticket_good, self._ticket_refused,
+                              callbackArgs=(channel,), errbackArgs=(channel,))
+        return self._answer
+
+    def _ticket_good(self, answer: dict[str, Any], channel: Channel[Any, Any]) -> None:
+        if self._answer is None or not self.alive:
+            return  # gave up meanwhile (went away, or its board did)
+        self.ticket_checked = True
+        log.info("the tracker vouched for the ticket of {user} ({lease}); asking board"
+                 " {device} to connect back for {client}", user=answer["user"],
+                 lease=answer["lease"], device=channel.device,
+                 client=super().describe())
         dial = channel.board.callRemote(px.Dial, channel=channel.ident)
         dial.addErrback(self._dial_failed, channel)
-        return self._answer
+
+    def _ticket_refused(self, failure: Failure, channel: Channel[Any, Any]) -> None:
+        error = failure.value
+        if not isinstance(error, CompassError):
+            error = Unavailable(
+                f"The proxy could not check the ticket for board {channel.device} with the"
+                f" tracker: {failure.getErrorMessage().rstrip('.')}. If the tracker is older"
+                " than this proxy (it must know check-ticket), upgrade it; else try again.")
+        log.warn("refused a session on board {device} to {client}: {why}; the board was"
+                 " not asked to connect back", device=channel.device,
+                 client=super().describe(), why=str(error))
+        if self.proxy.pairing.cancel(channel.ident) is not None:
+            self.board_failed(error)
 
     def _dial_failed(self, failure: Failure, channel: Channel[Any, Any]) -> None:
         if self.proxy.pairing.cancel(channel.ident) is not None:

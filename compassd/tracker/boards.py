@@ -137,6 +137,21 @@ class BoardResponders(TrackerPeer):
             "expires_in": lease.deadline - self._now,
         }
 
+    @bt.CheckTicket.responder
+    def check_ticket(self, device: str, ticket: str) -> dict[str, Any]:
+        self._require("board")
+        try:
+            lease = self._scheduler.check_ticket(self, device, ticket)
+        except Exception as e:
+            log.warn("a proxy asked about a ticket for {device}; refused: {why}",
+                     device=device, why=str(e))
+            raise
+        return {
+            "lease": lease.id,
+            "user": lease.user,
+            "expires_in": lease.deadline - self._now,
+        }
+
     @bt.SessionEnded.responder
     def session_ended(self, device: str, lease: str, detail: str | None = None) -> dict[str, Any]:
         self._require("board")

@@ -522,6 +522,16 @@ class Scheduler:
 
     def redeem(self, now: float, owner: Owner, device_name: str, ticket: str) -> Lease:
         """Check a ticket a client presented to a board, and use it up."""
+        lease = self.check_ticket(owner, device_name, ticket)
+        del self._tickets[ticket]
+        lease.redeemed = True
+        lease.claim_deadline = None
+        return lease
+
+    def check_ticket(self, owner: Owner, device_name: str, ticket: str) -> Lease:
+        """The lease C{ticket} would open a session of on C{device_name} (a device
+        C{owner} registered), without using it up: a proxy asks before it has the board
+        connect back; L{TicketRejected} or L{NoSuchDevice} otherwise."""
         device = self._owned_device(owner, device_name)
         lease = self._tickets.get(ticket)
         if lease is None and self._restored_tickets:
@@ -538,9 +548,6 @@ class Scheduler:
             raise TicketRejected(
                 f"The ticket is for device {lease.device.name}, not {device_name}."
             )
-        del self._tickets[ticket]
-        lease.redeemed = True
-        lease.claim_deadline = None
         return lease
 
     def session_ended(

@@ -154,3 +154,33 @@ def test_the_board_dropping_mid_session_ends_the_session_and_the_lease_and_it_se
     finally:
         stop(proc)
         print(daemon_log(proc))
+
+
+def test_the_proxy_checks_a_ticket_with_the_tracker_before_the_board_hears_of_it(
+    tracker: tuple[str, int], fake_lib: Path, tmp_path: Path
+) -> None:
+    """A caller without a good ticket cannot make the proxy relay to a board: the tracker
+    refuses the ticket and the proxy never asks the board to connect back; a granted
+    ticket still opens its session through the proxy."""
+    proxy_proc, port = start_twistd("compass-proxy", "--tracker", f"{tracker[0]}:{tracker[1]}")
+    proxy = f"127.0.0.1:{port}"
+    proc, _ = start_board(tracker, proxy, fake_lib, tmp_path / "work")
+    try:
+        client = connect_tracker(*tracker)
+        _wait_for(lambda: _device(client).get("state") == "free", "registration")
+        for forged in ("forged-ticket", "x" * 43):
+            with pytest.raises(TicketRejected, match="not valid"):
+                connect_session(proxy, forged, device="board-1")
+        _wait_for(lambda: daemon_log(proxy_proc).count("was not asked to connect back") >= 2,
+                  "the proxy's refusals")
+        assert "asking board board-1 to connect back" not in daemon_log(proxy_proc)
+        with client.request("demo", wait=WAIT) as lease:
+            session = lease.open_session()
+            assert session.listdir() == []
+            session.close()
+        assert "asking board board-1 to connect back" in daemon_log(proxy_proc)
+    finally:
+        assert stop(proc) in (0, -15)
+        print(daemon_log(proc))
+        assert stop(proxy_proc) in (0, -15)
+        print(daemon_log(proxy_proc))

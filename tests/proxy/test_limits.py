@@ -59,3 +59,25 @@ def test_proxy_options_have_the_connection_limits() -> None:
     options.parseOptions(["--max-connections-per-address", "0", "--hello-timeout", "0"])
     assert options["max-connections-per-address"] is None
     assert options["hello-timeout"] is None
+
+
+def test_a_client_that_says_hello_but_presents_no_ticket_is_closed_at_the_hello_deadline(
+) -> None:
+    """A client's hello needs no token at the proxy, so until the tracker vouches for its
+    ticket it counts as not past hello: one that says hello and sits is closed at the
+    deadline, like a silent one."""
+    clock = Clock()
+    proxy = ProxyService(clock, "tcp:127.0.0.1:9", "proxy.lab:9090", idle_timeout=600.0)
+    guard = ConnectionGuard(proxy.factory(), clock, what="proxy", hello_timeout=30.0)
+    address = IPv4Address("TCP", "10.0.0.1", 40000)
+    protocol = guard.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(box(Hello, 1, versions=[PROTOCOL_VERSION], role="client",
+                              user="ann"))
+    assert b"_answer" in transport.value(), "the hello was not answered"
+    assert guard.waiting() == 1, "a client without a checked ticket counts as waiting"
+    clock.advance(29)
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting

@@ -737,3 +737,23 @@ def test_ended_request_reports_the_position_it_had() -> None:
     s.request(0.0, ALICE, "alice", "npu")
     bob, _ = s.request(0.0, BOB, "bob", "npu")
     assert only(s.cancel(1.0, bob.id, "bob"), RequestEnded).position == 1
+
+
+def test_a_proxy_may_check_a_ticket_without_using_it_up() -> None:
+    s = Scheduler()
+    board(s, "npu-1", "npu-2")
+    lease = grant(s)
+    other = "npu-2" if lease.device.name == "npu-1" else "npu-1"
+    assert s.check_ticket(BOARD, lease.device.name, lease.ticket) is lease
+    assert s.check_ticket(BOARD, lease.device.name, lease.ticket) is lease
+    assert not lease.redeemed
+    with pytest.raises(TicketRejected, match=f"not {other}"):
+        s.check_ticket(BOARD, other, lease.ticket)
+    with pytest.raises(TicketRejected, match="not valid"):
+        s.check_ticket(BOARD, lease.device.name, "guess")
+    with pytest.raises(NoSuchDevice):
+        s.check_ticket("impostor", lease.device.name, lease.ticket)
+    # the board then redeems it, once; checked again, it is used up
+    assert s.redeem(1.0, BOARD, lease.device.name, lease.ticket) is lease
+    with pytest.raises(TicketRejected, match="not valid"):
+        s.check_ticket(BOARD, lease.device.name, lease.ticket)
