@@ -343,3 +343,37 @@ def test_demo_refuses_more_samples_than_it_ships_naming_the_limit() -> None:
     assert result.exit_code == 2
     assert "--samples" in result.stderr
     assert "compassd ships 200 held-out samples for the demo, not 500" in result.stderr
+
+
+def test_token_max_priority_goes_in_the_line_and_the_tracker_holds_the_user_to_it(
+    tmp_path: Path,
+) -> None:
+    from compassd.protocol.errors import NotAuthorized
+    from compassd.tracker.access import load_tokens
+
+    made = compass("token", "ci", "--keys", "npu-*", "--max-priority", "10", "--json")
+    assert made.exit_code == 0, made.stderr
+    answer = json.loads(made.stdout)
+    assert answer["line"].endswith(" max-priority=10")
+    plain = json.loads(compass("token", "ann", "--json").stdout)
+    assert "max-priority" not in plain["line"]
+    path = tmp_path / "tokens"
+    path.write_text(answer["line"] + "\n" + plain["line"] + "\n")
+    proc, port = start_twistd("compass-tracker", "--tokens", str(path),
+                              "--heartbeat-timeout", "600")
+    try:
+        ci = connect_tracker("127.0.0.1", port, token=answer["token"])
+        ann = connect_tracker("127.0.0.1", port, token=plain["token"])
+        try:
+            with pytest.raises(NotAuthorized, match="priority 10 at most, not 11"):
+                ci.request("npu-x", priority=11, wait=0.1)
+            with pytest.raises(NotAuthorized, match="priority 1 at most, not 2"):
+                ann.request("npu-x", priority=2, wait=0.1)
+        finally:
+            ci.close()
+            ann.close()
+    finally:
+        stop(proc)
+    assert load_tokens(path)  # the tracker's own parser takes both lines
+    refused = compass("token", "ci", "--max-priority", "lots")
+    assert refused.exit_code != 0 and "--max-priority" in refused.stderr

@@ -42,15 +42,21 @@ kick = _admin("kick", lambda t, lease: t.kick(lease), "Lease {} is ended.",
               help="Comma-separated roles: client, board, admin.")
 @click.option("--keys", default="*", show_default=True,
               help="Comma-separated patterns of the device keys USER may request.")
+@click.option("--max-priority", type=click.IntRange(-1_000_000, 1_000_000), default=None,
+              help="The highest priority USER may request (default: 1 for clients, no"
+              " cap for admins); above it a request is refused, naming the cap.")
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"token": ..., "line": ...} for scripts.')
-def token(user: str, roles: str, keys: str, as_json: bool) -> None:
+def token(user: str, roles: str, keys: str, max_priority: int | None,
+          as_json: bool) -> None:
     """Make a new token for USER: prints the token (give it to the user) and the line to
     add to the tracker's tokens file (only its hash is stored there)."""
     from ..tracker.access import hash_token, new_token
 
     secret = new_token()
     line = f"{hash_token(secret)} user={user} roles={roles} keys={keys}"
+    if max_priority is not None:
+        line += f" max-priority={max_priority}"
     if as_json:
         click.echo(json.dumps({"token": secret, "line": line}))
         return
