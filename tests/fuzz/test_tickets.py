@@ -66,3 +66,31 @@ def test_forged_tickets_are_refused_and_the_real_one_still_works() -> None:
     forged()
     print(f"\ntried {tried} forged tickets")
     assert board.ok(bt.Redeem, device="npu-1", ticket=grant["ticket"])["lease"] == grant["lease"]
+
+
+def test_a_proxy_checking_tickets_uses_none_up_and_forged_ones_are_refused() -> None:
+    """check-ticket (what compass-proxy asks before it has a board connect back) gives
+    the same verdict as redeem without using the ticket up; only the device's own board
+    link may ask."""
+    h = Harness()
+    board = h.board("npu-1")
+    grant = granted(h)
+    tried = 0
+
+    @given(st.text(min_size=1, max_size=200).filter(lambda t: t != grant["ticket"])
+           | st.just(grant["ticket"][:-1] + ("A" if grant["ticket"][-1] != "A" else "B")))
+    def forged(ticket: str) -> None:
+        nonlocal tried
+        tried += 1
+        board.refused(TicketRejected, bt.CheckTicket, device="npu-1", ticket=ticket)
+        assert board.ok(bt.CheckTicket, device="npu-1", ticket=grant["ticket"])["user"] \
+            == "ann"
+
+    forged()
+    assert tried >= 10
+    thief = h.connect(user="mallory")
+    result = thief.call(bt.CheckTicket, device="npu-1", ticket=grant["ticket"])
+    assert isinstance(result, Failure) and result.check(NotAuthorized, NoSuchDevice)
+    assert board.ok(bt.Redeem, device="npu-1", ticket=grant["ticket"])["lease"] == grant["lease"]
+    why = board.refused(TicketRejected, bt.CheckTicket, device="npu-1", ticket=grant["ticket"])
+    assert "already used" in why
