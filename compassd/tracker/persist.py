@@ -29,7 +29,10 @@ from .store import (
 )
 
 RECENCY = "recency:"
-"""Meta names: C{recency:KEY} holds that key's fair-share memory as JSON."""
+"""Meta names: C{recency:KEY} holds that key's turn-taking memory as JSON."""
+USAGE = "usage:"
+"""Meta names: C{usage:["KEY", "USER"]} holds that user's fair-share usage of the key,
+C{{"at": TIME, "seconds": DECAYED}} (ended leases only)."""
 
 
 def ticket_hash(ticket: str) -> str:
@@ -97,6 +100,36 @@ def recency_meta(scheduler: Scheduler, keys: Iterable[str]) -> dict[str, str]:
             for key in keys}
 
 
+def usage_meta(
+    scheduler: Scheduler, pairs: Iterable[tuple[str, str]], now: float
+) -> dict[str, str]:
+    """The stored usage of each (key, user) in C{pairs} as it is at C{now}."""
+    return {
+        USAGE + json.dumps([key, user]): json.dumps(
+            {"at": now, "seconds": scheduler.settled_usage(key, user, now)})
+        for key, user in pairs
+    }
+
+
+def stored_usage(
+    meta: dict[str, str], now: float, half_life: float
+) -> dict[str, dict[str, float]]:
+    """Each key's users and their usage at C{now}, decayed since it was stored."""
+    usage: dict[str, dict[str, float]] = {}
+    if not half_life > 0:
+        return usage
+    for name, value in meta.items():
+        if not name.startswith(USAGE):
+            continue
+        key, user = json.loads(name[len(USAGE):])
+        stored = json.loads(value)
+        seconds = float(stored["seconds"])
+        if seconds > 0:
+            age = max(0.0, now - float(stored["at"]))
+            usage.setdefault(str(key), {})[str(user)] = seconds * 2.0 ** (-age / half_life)
+    return usage
+
+
 def _request(record: RequestRecord | LeaseRecord, arrival: int) -> Request:
     if isinstance(record, RequestRecord):
         return Request(
@@ -139,4 +172,5 @@ def restore(scheduler: Scheduler, snapshot: Snapshot, now: float, grace: float) 
     return scheduler.restore(
         now, devices=list(devices.values()),
         requests=[_request(r, r.arrival) for r in live.requests],
-        leases=leases, recency=recency, grace=grace)
+        leases=leases, recency=recency, grace=grace,
+        usage=stored_usage(snapshot.meta, now, scheduler.policy.fair_share_half_life))

@@ -106,7 +106,10 @@ class ReportResponders(TrackerPeer):
                if (scheduler.usage_users(k) if user is None else
                    user in scheduler.usage_users(k))]
         now = self._now
+        forgotten = [(k, name) for k in had
+                     for name in ([user] if user is not None else scheduler.usage_users(k))]
         changed = scheduler.reset_usage(now, user)
+        self.tracker.journal_usage(forgotten)
         who = user if user is not None else "everyone"
         log.info("admin {admin} reset the fair-share usage of {who} ({keys})",
                  admin=identity.user, who=who, keys=", ".join(had) or "none on record")

@@ -13,7 +13,7 @@ without the restart.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -49,6 +49,7 @@ def restore(
     requests: Iterable[Request] = (),
     leases: Iterable[Lease] = (),
     recency: dict[str, dict[str, int]] | None = None,
+    usage: Mapping[str, Mapping[str, float]] | None = None,
     grace: float = 60.0,
 ) -> list[Effect]:
     """Bring back state from before a restart; call before anything else happens.
@@ -56,9 +57,12 @@ def restore(
     C{devices} come back offline (each keeps its draining flag) until their boards
     register; C{requests} (waiting) and C{leases} (whose C{device} is one of
     C{devices} and whose C{ticket} is C{"sha256:HASH"}) come back detached for
-    C{grace} seconds. C{recency}: each key's fair-share memory (user: grant number).
+    C{grace} seconds. C{recency}: each key's turn-taking memory (user: grant number);
+    C{usage}: fair share's, each key's users and their decayed board-seconds of ended
+    leases at C{now} (a brought-back lease counts again from its grant as it runs).
     """
     self._grace = grace
+    self._now = max(self._now, now)
     effects: list[Effect] = []
     for device in devices:
         device.online = False
@@ -74,6 +78,12 @@ def restore(
     for key, users in (recency or {}).items():
         self._pool(key).queue.recency.update(users)
         self._grants = max([self._grants, *users.values()])
+    if self.fair_share:
+        for key, seconds_of in (usage or {}).items():
+            self._pool(key)
+            ledger = self._ledger(key)
+            for user, seconds in seconds_of.items():
+                ledger.set_usage(user, seconds, now)
     for request in sorted(requests, key=lambda r: r.arrival):
         self._counter = max(self._counter, request.arrival)
         detach(self, now, request, request.id)
@@ -91,6 +101,8 @@ def restore(
         detach(self, now, lease.request, lease.id)
         self._leases[lease.id] = lease
         self._own(lease.owner, lease.id)
+        if self.fair_share:
+            self._ledger(lease.request.key).started(lease.request.user, lease.granted_at)
         self._timer(lease.deadline, "lease", lease.id)
         if not lease.redeemed:
             self._restored_tickets[lease.ticket.removeprefix("sha256:")] = lease
@@ -99,6 +111,8 @@ def restore(
                                                                   lease.deadline)
             if lease.claim_deadline is not None and lease.claim_deadline < lease.deadline:
                 self._timer(lease.claim_deadline, "claim", lease.id)
+    for pool in self._pools.values():  # the leases brought back count as they run
+        pool.queue.rekey(now)
     return effects
 
 def reattach(

@@ -202,6 +202,11 @@ class Scheduler:
         ledger = self._ledgers.get(key)
         return ledger.usage(user, self._when(now)) if ledger else 0.0
 
+    def settled_usage(self, key: str, user: str, now: float | None = None) -> float:
+        """C{user}'s decayed usage of C{key} from ended leases (what the store keeps)."""
+        ledger = self._ledgers.get(key)
+        return ledger.settled(user, self._when(now)) if ledger else 0.0
+
     def usage_users(self, key: str) -> set[str]:
         ledger = self._ledgers.get(key)
         return ledger.users() if ledger else set()

@@ -11,7 +11,7 @@ themselves.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 import attrs
@@ -224,6 +224,7 @@ class TrackerService(service.Service):
         now = self.now()
         devices = self.scheduler.devices
         granted_keys = set()
+        used: set[tuple[str, str]] = set()
         for effect in effects:
             if isinstance(effect, Granted):
                 lease = effect.lease
@@ -236,6 +237,7 @@ class TrackerService(service.Service):
             elif isinstance(effect, LeaseEnded):
                 journal.drop_lease(effect.lease.id)
                 journal.add_history(persist.lease_history(effect, now))
+                used.add((effect.lease.request.key, effect.lease.request.user))
             elif isinstance(effect, DeviceChanged):
                 device = effect.device
                 if devices.get(device.name) is device:
@@ -244,6 +246,16 @@ class TrackerService(service.Service):
                     journal.drop_device(device.name)
         for name, value in persist.recency_meta(self.scheduler, granted_keys).items():
             journal.set_meta(name, value)
+        if used:
+            self.journal_usage(used)
+
+    def journal_usage(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Keep the fair-share usage of each (key, user) in C{pairs} (a lease ended, or
+        an admin reset it)."""
+        if self.journal is not None and self.scheduler.fair_share:
+            meta = persist.usage_meta(self.scheduler, pairs, self.now())
+            for name, value in meta.items():
+                self.journal.set_meta(name, value)
 
     def factory(self) -> Factory:
         return Factory.forProtocol(lambda: TrackerConnection(self))

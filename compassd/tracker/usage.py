@@ -125,6 +125,14 @@ class UsageLedger:
             return 0.0
         return self._scaled(user, now) / self._scale(now)
 
+    def settled(self, user: str, now: float) -> float:
+        """C{user}'s decayed usage at C{now} from leases that ended, running ones left
+        out: what the tracker's store keeps (a running lease is kept as the lease, and
+        counts again from its grant when it is brought back after a restart)."""
+        if self.epoch is None:
+            return 0.0
+        return self._done.get(user, 0.0) / self._scale(now)
+
     def set_usage(self, user: str, seconds: float, now: float) -> None:
         """Make C{user}'s decayed usage C{seconds} at C{now} (a restart restores what was
         stored; a reset sets zero). Their running leases count only from C{now} on."""

@@ -30,16 +30,22 @@ def h(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def before_restart() -> tuple[Scheduler, list[str]]:
+TURNS = Policy(claim_timeout=None, fair_share_half_life=0)
+"""Users take turns: the recency of their grants is what the store keeps."""
+FAIR = Policy(claim_timeout=None)
+"""Fair share (a day's half-life): their decayed board time is what it keeps."""
+
+
+def before_restart(policy: Policy = TURNS) -> tuple[Scheduler, list[str]]:
     """One board, holder's lease active, three requests waiting (two users, two
-    priorities); also a history of grants so fair share has something to remember.
-    Users take turns (no usage ledger): the recency of their grants is what is kept."""
-    s = Scheduler(policy=Policy(claim_timeout=None, fair_share_half_life=0), id_prefix="1.")
+    priorities); also a history of grants so fair share has something to remember."""
+    s = Scheduler(policy=policy, id_prefix="1.")
     s.register(0, "board", "npu-1", "x2", "10.0.0.5:9091", tags=["fast"])
-    # Bob was granted recently, alice long ago: at one priority alice goes first.
+    # Bob was granted after alice, and held the board longer: at one priority alice
+    # goes first, whether users take turns or share by usage.
     for i, user in enumerate(["alice", "bob"]):
         _, eff = s.request(1 + i, f"{user}-old", user, "x2", secret=h(f"{user}-old"))
-        s.release(1.5 + i, only(eff, Granted).lease.id, user)
+        s.release(1.5 + 5 * i, only(eff, Granted).lease.id, user)
     _, eff = s.request(10, "holder", "carol", "x2", secret=h("holder"), lease=600)
     waiting = []
     for when, owner, user, priority in [(11, "c1", "bob", 1), (12, "c2", "alice", 1),
@@ -49,10 +55,13 @@ def before_restart() -> tuple[Scheduler, list[str]]:
     return s, waiting
 
 
-def snapshot_of(s: Scheduler, epoch: int = 2) -> Snapshot:
-    """What the store holds after journaling C{s} (the records, through persist)."""
+def snapshot_of(s: Scheduler, epoch: int = 2, at: float = 100.0) -> Snapshot:
+    """What the store holds after journaling C{s} (the records, through persist), its
+    usage written at C{at}."""
+    used = [(key, user) for key in s.usage_keys() for user in s.usage_users(key)]
     return Snapshot(live=persist.live_state(s), epoch=epoch,
-                    meta=persist.recency_meta(s, s.keys()))
+                    meta={**persist.recency_meta(s, s.keys()),
+                          **persist.usage_meta(s, used, at)})
 
 
 def grant_order(s: Scheduler, now: float, lease_id: str, user: str) -> list[str]:
@@ -68,19 +77,23 @@ def grant_order(s: Scheduler, now: float, lease_id: str, user: str) -> list[str]
     return order
 
 
-def restarted(s: Scheduler, now: float = 100.0) -> tuple[Scheduler, list]:
+def restarted(s: Scheduler, now: float = 100.0, at: float | None = None
+              ) -> tuple[Scheduler, list]:
     again = Scheduler(policy=s.policy, id_prefix="2.")
-    effects = persist.restore(again, snapshot_of(s), now, GRACE)
+    snapshot = snapshot_of(s, at=now if at is None else at)
+    effects = persist.restore(again, snapshot, now, GRACE)
     return again, effects
 
 
-def test_the_lease_goes_on_and_the_waiting_requests_are_granted_in_the_same_order():
-    reference, waiting = before_restart()
+@pytest.mark.parametrize("policy", [TURNS, FAIR], ids=["turns", "fair-share"])
+def test_the_lease_goes_on_and_the_waiting_requests_are_granted_in_the_same_order(
+        policy: Policy):
+    reference, waiting = before_restart(policy)
     [holder] = reference.leases.values()
     expected = grant_order(reference, 100, holder.id, "carol")
     assert expected == [waiting[2], waiting[1], waiting[0]]  # priority, then fair share
 
-    old, _ = before_restart()
+    old, _ = before_restart(policy)
     s, _ = restarted(old)
     assert s.devices["npu-1"].state is DeviceState.OFFLINE
     assert s.leases[holder.id].deadline == holder.deadline
@@ -203,3 +216,33 @@ def test_ids_made_after_the_restart_never_repeat_earlier_ones():
     request, _ = s.request(101, "d", "dave", "x2")
     assert request.id.startswith("req-2.") and request.id not in earlier
     assert request.arrival > max(old.requests[w].arrival for w in waiting)
+
+
+def test_fair_share_usage_comes_back_decayed_and_a_held_lease_counts_from_its_grant():
+    old, _ = before_restart(FAIR)
+    half_life = FAIR.fair_share_half_life
+    stored_at = 20.0
+    s, _ = restarted(old, now=stored_at + half_life, at=stored_at)
+    now = stored_at + half_life
+    # Ended leases: what was stored, halved by one half-life spent away.
+    assert s.usage("x2", "bob", now) == pytest.approx(old.usage("x2", "bob", stored_at) / 2)
+    assert s.usage("x2", "alice", now) == pytest.approx(
+        old.usage("x2", "alice", stored_at) / 2)
+    # Carol's lease (granted at 10) ran all along: it counts from its grant.
+    assert s.usage("x2", "carol", now) == pytest.approx(old.usage("x2", "carol", now))
+    assert s.usage("x2", "carol", now) > 0.6 * half_life
+
+
+def test_a_reset_usage_is_stored_and_stays_reset_after_a_restart():
+    old, _ = before_restart(FAIR)
+    old.reset_usage(50, "bob")
+    s, _ = restarted(old)
+    assert s.usage("x2", "bob", 100) == 0.0
+    assert s.usage("x2", "alice", 100) > 0.0
+
+
+def test_usage_is_not_brought_back_when_users_take_turns():
+    old, _ = before_restart(FAIR)
+    again = Scheduler(policy=TURNS)
+    persist.restore(again, snapshot_of(old), 100, GRACE)
+    assert again.usage_keys() == [] and again.usage("x2", "bob", 100) == 0.0
