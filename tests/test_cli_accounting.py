@@ -31,6 +31,8 @@ class Lab:
     audit: Path
     leases: dict[str, str]
     """Each user's lease (held and released before the test starts)."""
+    args: tuple[str, ...] = ()
+    """The tracker's options, to start it again on the same store."""
 
     @property
     def where(self) -> str:
@@ -51,8 +53,9 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         + (" share=2 account=lab account-share=1000" if user == "bob" else "") + "\n"
         for user, role in TOKENS.items()))
     audit = tmp_path / "audit.jsonl"
-    proc, port = start_twistd("compass-tracker", "--tokens", str(tokens), "--audit-log",
-                              str(audit), "--heartbeat-timeout", "600")
+    args = ("--tokens", str(tokens), "--audit-log", str(audit), "--heartbeat-timeout",
+            "600", "--store", str(tmp_path / "tracker.sqlite"))
+    proc, port = start_twistd("compass-tracker", *args)
     address = ("127.0.0.1", port)
     try:
         with registered_board(address, device="npu-1", key=KEY, token="t-rack"):
@@ -63,7 +66,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
                     leases[user] = lease.id
                     t.devices()  # one more round trip while it is held
                     lease.release()
-            yield Lab(address, audit, leases)
+        yield Lab(address, audit, leases, args)
     finally:
         stop(proc)
         print(daemon_log(proc))
@@ -163,6 +166,42 @@ def test_history_shows_a_user_their_own_leases_and_an_admin_everyones(lab: Lab) 
     assert len(recent["rows"]) == 2
     csv_rows = lab.compass("root", "history", "--csv").stdout.splitlines()
     assert csv_rows[0].startswith("id,kind,user,key,device") and len(csv_rows) == 3
+
+
+def test_history_and_board_hours_come_back_from_the_store_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("".join(f"{hash_token(f't-{user}')} user={user} roles={role}\n"
+                              for user, role in TOKENS.items()))
+    args = ("--tokens", str(tokens), "--heartbeat-timeout", "600", "--store",
+            str(tmp_path / "tracker.sqlite"))
+    proc, port = start_twistd("compass-tracker", *args)
+    try:
+        address = ("127.0.0.1", port)
+        with registered_board(address, device="npu-1", key=KEY, token="t-rack"), \
+                client(address, "ann", "t-ann") as t:
+            lease = t.request(KEY, wait=10)
+            lease.release()
+            first = lease.id
+    finally:
+        stop(proc)
+        print(daemon_log(proc))
+    proc, port = start_twistd("compass-tracker", *args)  # the same store, a new start
+    try:
+        lab = Lab(("127.0.0.1", port), tmp_path / "no-audit", {})
+        found = json.loads(lab.compass("root", "history", "--json").stdout)
+        assert found["history"] == "store"
+        assert [(r["id"], r["user"], r["outcome"]) for r in found["rows"]] == [
+            (first, "ann", "released")]
+        usage = json.loads(lab.compass("ann", "usage", "--json").stdout)
+        [row] = usage["rows"]
+        assert (row["name"], row["leases"]) == ("ann", 1) and row["hours"] > 0
+        text = entry_point(lab, "ann", "history")
+        assert first in text.stdout and "From the tracker's store." in text.stdout
+    finally:
+        stop(proc)
+        print(daemon_log(proc))
 
 
 def test_a_tracker_without_the_reports_feature_is_not_asked(lab: Lab) -> None:

@@ -157,7 +157,7 @@ def memory_note(started_at: float | None) -> str:
     if started_at is None:
         return "memory (nothing ended yet since the tracker started)"
     clock = time.strftime("%Y-%m-%d %H:%M", time.localtime(started_at))
-    return f"memory since {clock} (the tracker keeps no store)"
+    return f"memory since {clock}"
 
 
 __all__ = ["ReportResponders", "memory_note"]

@@ -156,26 +156,32 @@ class TrackerService(service.Service):
     @inlineCallbacks
     def history_rows(self, query: HistoryQuery, most: int
                      ) -> Generator[Deferred[Any], Any, tuple[list[HistoryRow], str]]:
-        """The rows C{query} asks for, newest first, at most C{most} of them, read page
-        by page from the store (or memory); and a note of where they came from."""
+        """The rows C{query} asks for, newest first, at most C{most} of them; and a note
+        of where they came from. With a store (L{history_reader}, else the journal's
+        store) they are the store's rows and the memory's together: the memory has what
+        the store may not have written yet, the store what ended before this start. A
+        store that cannot be read leaves the memory's rows, and the note says so."""
+        rows, cut = yield _pages(lambda q: succeed(self.recent.history(q)), query, most)
+        source = memory_note(self.recent.started_at)
         read = self.history_reader
-        if read is None:
-            source = memory_note(self.recent.started_at)
-            read = lambda q: succeed(self.recent.history(q))  # noqa: E731
-        else:
-            source = "store"
-        rows: list[HistoryRow] = []
-        before = query.before
-        while len(rows) < most:
-            want = min(10_000, most - len(rows))
-            page = yield read(attrs.evolve(query, before=before, limit=want))
-            rows += page
-            if len(page) < want:
-                break
-            before = (page[-1].ended_at, page[-1].id)
-        else:
-            if most > query.limit:
-                source += f"; cut at the newest {most} rows"
+        journal = self.journal
+        if read is None and journal is not None:
+            store = journal.store
+            read = lambda q: journal.read(lambda: store.history(q))  # noqa: E731
+        if read is not None:
+            try:
+                stored, stored_cut = yield _pages(read, query, most)
+            except Exception as e:
+                log.warn("a history report could not read the store: {why}; it has only"
+                         " the tracker's memory", why=str(e))
+                source += f"; the store could not be read ({e})"
+            else:
+                seen = {row.id for row in rows}
+                rows = sorted(rows + [row for row in stored if row.id not in seen],
+                              key=lambda row: (row.ended_at, row.id), reverse=True)[:most]
+                source, cut = "store", cut or stored_cut
+        if cut and most > query.limit:
+            source += f"; cut at the newest {most} rows"
         return rows, source
 
     def stopService(self) -> Any:
@@ -468,6 +474,23 @@ class TrackerService(service.Service):
                 why=why,
             )
         self.apply(effects)
+
+
+@inlineCallbacks
+def _pages(read: Callable[[HistoryQuery], Deferred[list[HistoryRow]]], query: HistoryQuery,
+           most: int) -> Generator[Deferred[Any], Any, tuple[list[HistoryRow], bool]]:
+    """At most C{most} rows of C{query}, newest first, read page by page; and whether
+    there were more."""
+    rows: list[HistoryRow] = []
+    before = query.before
+    while len(rows) < most:
+        want = min(10_000, most - len(rows))
+        page = yield read(attrs.evolve(query, before=before, limit=want))
+        rows += page
+        if len(page) < want:
+            return rows, False
+        before = (page[-1].ended_at, page[-1].id)
+    return rows, True
 
 
 class TrackerConnection(ClientResponders, BoardResponders, AdminResponders,

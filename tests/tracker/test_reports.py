@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 
 from compassd.protocol import BadRequest, Hello, NotAuthorized
 from compassd.protocol import accounting as pa
@@ -16,6 +19,8 @@ from compassd.tracker.access import Access, Identity, hash_token, shares_of
 from compassd.tracker.audit import AuditLog
 from compassd.tracker.records import Policy
 from compassd.tracker.scheduler import Scheduler
+from compassd.tracker.store import HistoryQuery, Journal, LiveState, StoreError
+from compassd.tracker.store.sqlite import SqliteStore
 from tests.tracker.test_service import Conn, Harness
 
 HOUR = 3600.0
@@ -211,3 +216,70 @@ def test_history_lists_ended_leases_and_unserved_requests_newest_first(h: Harnes
     rest = root.ok(pa.History, before_at=page["rows"][-1]["ended_at"],
                    before_id=page["rows"][-1]["id"])
     assert [r["id"] for r in rest["rows"]] == [first] and not rest["more"]
+
+
+# --- with a store -----------------------------------------------------------------------
+
+
+def with_store(path: Path, run: Callable[[Callable[[], Any]], Deferred[Any]]) -> Harness:
+    """A tracker as the tap makes it: its store at C{path} brought back, its journal
+    writing there (C{run} runs the store's calls; here in the test's thread)."""
+    store = SqliteStore(str(path))
+    store.open()
+    snapshot = store.load()
+    access = tokens()
+    policy = Policy(default_lease=100 * HOUR, max_lease=100 * HOUR, claim_timeout=None,
+                    shares=shares_of(access.tokens))
+    harness = Harness(access=access, scheduler=Scheduler(policy=policy),
+                      heartbeat_timeout=1000 * HOUR, idle_timeout=None)
+    harness.tracker.journal = Journal(store, harness.clock, LiveState, run=run,
+                                      retention=None)
+    harness.tracker.restore(snapshot, 60.0)
+    return harness
+
+
+def test_with_a_store_history_and_hours_outlive_a_restart_and_memory_fills_the_gap(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tracker.sqlite"
+    first = with_store(path, lambda call: maybeDeferred(call))
+    first.board("npu-1", token="rack")
+    ann = first.connect(token="ann")
+    old = hold(first, ann, HOUR)
+    first.advance(0)  # the journal writes at the end of the turn
+    journal = first.tracker.journal
+    assert journal is not None
+    journal.store.close()
+    journal.store.release_lock()  # type: ignore[attr-defined]
+
+    writes: list[Callable[[], Any]] = []
+
+    def held_writes(call: Callable[[], Any]) -> Deferred[Any]:
+        """The store's thread is stuck (a slow disk): nothing it is given runs."""
+        writes.append(call)
+        return Deferred()
+
+    second = with_store(path, held_writes)
+    journal = second.tracker.journal
+    assert journal is not None
+    store = journal.store
+    second.tracker.history_reader = lambda q: maybeDeferred(store.history, q)
+    second.clock.advance(2 * HOUR)
+    second.board("npu-1", token="rack")
+    ann = second.connect(token="ann")
+    new = hold(second, ann, HOUR)
+    root = second.connect(token="root")
+    answer = root.ok(pa.History)
+    second.advance(0)  # the journal tries to write, but the disk holds the write
+    assert writes
+    assert [r.id for r in store.history(HistoryQuery())] == [old]  # so: from memory
+    assert [r["id"] for r in answer["rows"]] == [new, old]
+    assert answer["history"] == "store" and new != old
+    usage = by_name(root.ok(pa.Usage))
+    assert usage["npu", "ann"]["leases"] == 2
+    assert usage["npu", "ann"]["hours"] == pytest.approx(2.0)
+    # a store that cannot be read leaves the tracker's memory, and says so
+    second.tracker.history_reader = lambda q: fail(StoreError("the disk is gone"))
+    answer = root.ok(pa.History)
+    assert [r["id"] for r in answer["rows"]] == [new]
+    assert answer["history"].endswith("; the store could not be read (the disk is gone)")

@@ -176,6 +176,12 @@ class Journal:
         done.addBoth(finish)
         return done
 
+    def read(self, call: Callable[[], T]) -> Deferred[T]:
+        """Run C{call} (a read of the store, such as C{store.history}) in the store's
+        thread, where its connection lives; the reactor never waits for it. Changes
+        recorded but not yet written are not in what it reads."""
+        return self._in_thread(call)
+
     # --- writing ----------------------------------------------------------------------
 
     def _in_thread(self, call: Callable[[], T]) -> Deferred[T]:
