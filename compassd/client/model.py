@@ -123,8 +123,10 @@ class AsyncModel:
     def _run(self, inputs: Inputs, timeout: float | None,
              checked: list[np.ndarray] | None) -> Deferred[list[np.ndarray]]:
         """L{run}; C{checked}: the inputs as L{check} returned them, not checked again."""
+        # the wire takes a float: a whole number of seconds (timeout=10) is one too
+        wire = None if timeout is None else float(timeout)
         return self._send(sp.Run, f"running model {self.name}", inputs,
-                          {"timeout": timeout}, self._receive_outputs, checked)
+                          {"timeout": wire}, self._receive_outputs, checked)
 
     def benchmark(self, inputs: Inputs, number: int = 10, repeat: int = 3,
                   warmup: int = 1) -> Deferred[list[float]]:

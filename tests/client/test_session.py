@@ -81,6 +81,7 @@ class FakeBoard(CompassPeer):
         super().__init__()
         self.files: dict[str, bytes] = {}
         self.seen: list[str] = []
+        self.timeouts: list[float | None] = []
         self.pieces: list[int] = []
         self.lie_about_sha = False
         self.cut_download_after: int | None = None
@@ -186,6 +187,7 @@ class FakeBoard(CompassPeer):
     def run(self, model: str, inputs: list[dict[str, Any]],
             timeout: float | None = None) -> Deferred[dict[str, Any]]:
         self.seen.append("run")
+        self.timeouts.append(timeout)
 
         def compute(arrays: list[np.ndarray]) -> dict[str, Any]:
             outputs = [a + np.float32(1) if a.dtype == np.float32 else a for a in arrays]
@@ -428,6 +430,15 @@ def test_run_by_list_sends_raw_tensors_and_returns_exact_outputs_in_model_order(
     np.testing.assert_array_equal(outputs[0], X + np.float32(1))
     np.testing.assert_array_equal(outputs[1], MASK)
     assert model.last_seconds == 0.25
+
+
+def test_run_with_a_timeout_in_whole_seconds_sends_it_and_returns_the_outputs() -> None:
+    # bench/chaos.py found it: model.run(x, timeout=10) failed with "Bad float value 10"
+    session, ep = open_session()
+    model = load(session, ep)
+    outputs = call(ep, model.run([X, MASK], timeout=10))
+    np.testing.assert_array_equal(outputs[0], X + np.float32(1))
+    assert ep.board.timeouts == [10.0]
 
 
 def test_run_by_dict_matches_run_by_list_and_any_size_dimensions_accept_any_length() -> None:
