@@ -33,15 +33,19 @@ def audit_ends(audit: Iterable[dict[str, Any]]) -> dict[str, float]:
 
 
 def lost_requests(clients: list[dict[str, Any]], audit: list[dict[str, Any]],
-                  tracker_restarts: list[float], waiting_at_end: set[str]
-                  ) -> tuple[list[str], int]:
+                  tracker_restarts: list[float], waiting_at_end: set[str],
+                  history: dict[str, str] | None = None) -> tuple[list[str], int]:
     """Requests with no recorded end, each as a sentence; and how many could not be
     checked (a client killed before the tracker told it the request's id).
 
     C{clients}: one dict per client process: C{lines} (its log), C{killed} (the soak
-    killed it), C{hung} (it did not stop when told to).
+    killed it), C{hung} (it did not stop when told to). C{history}: request id ->
+    outcome, from the tracker's store when it has one; an end there counts as an end in
+    the audit log does.
     """
     ends = audit_ends(audit)
+    for request in history or {}:
+        ends.setdefault(request, 0.0)
     lost: list[str] = []
     unverifiable = 0
     for client in clients:
@@ -69,7 +73,7 @@ def lost_requests(clients: list[dict[str, Any]], audit: list[dict[str, Any]],
             if request in ends:
                 continue
             restarted = any(t >= info["t"] for t in tracker_restarts)
-            lost.append(f"{where} {request}: no grant or end in the tracker's audit log"
+            lost.append(f"{where} {request}: no grant or end in the tracker's records"
                         + (" (the tracker was killed after it was queued)" if restarted
                            else ""))
     for request in sorted(waiting_at_end):
@@ -146,3 +150,24 @@ def runs_in(clients: list[dict[str, Any]], window: tuple[float, float]) -> int:
     start, end = window
     return sum(1 for c in clients for line in c["lines"]
                if line["ev"] == "run-ok" and start <= line["t"] < end)
+
+
+def store_history(path: str) -> dict[str, str]:
+    """Request id -> outcome from the history table of a tracker's SQLite store (the
+    tracker of issue 16 keeps a row for every lease and every unserved request); empty
+    when there is no such file or table."""
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return {}
+    try:
+        rows = connection.execute(
+            "SELECT request_id, outcome FROM compass_history WHERE request_id IS NOT NULL"
+        ).fetchall()
+    except sqlite3.Error:
+        return {}
+    finally:
+        connection.close()
+    return {str(request): str(outcome) for request, outcome in rows}

@@ -49,6 +49,7 @@ from _chaos_checks import (
     lost_requests,
     recovery,
     runs_in,
+    store_history,
     stuck_leases,
     summarize,
 )
@@ -177,6 +178,7 @@ class Soak:
         self.holder: Holder | None = None
         self.faults: list[dict[str, Any]] = []
         self.notes: list[str] = []
+        self._help: str | None = None
 
     # --- setup ------------------------------------------------------------------------
 
@@ -194,6 +196,10 @@ class Soak:
         probabilities, digit = session.run(None, {"image": images})
         reference = self.run / "reference.npz"
         np.savez(reference, images=images, probabilities=probabilities, digit=digit)
+        self.store: Path | None = None
+        if "--store" in self.tracker_help():
+            # the tracker of issue 16: its own store here, never the machine's default
+            self.store = self.run / "tracker.sqlite"
         self.config_path = self.run / "config.json"
         self.tracker_port = free_port()
         self.config = {
@@ -205,14 +211,31 @@ class Soak:
         }
         self.config_path.write_text(json.dumps(self.config, indent=1))
 
+    def tracker_help(self) -> str:
+        """What ``twistd compass-tracker --help`` says (once): which options it has."""
+        if self._help is not None:
+            return self._help
+        from _chaos_system import environment
+
+        done = subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "compass-tracker", "--help"], capture_output=True, text=True, timeout=120,
+            env=environment(), cwd=str(self.run))
+        self._help = done.stdout
+        return self._help
+
     def start(self) -> None:
         run = self.run
         tp = self.tracker_port
+        stored = ["--store", f"sqlite:{self.store}"] if self.store else []
+        if self.store and "--reattach-grace" in self.tracker_help():
+            stored += ["--reattach-grace", "10"]
         self.tracker = Daemon("tracker", "compass-tracker", [
             "--listen", f"tcp:{tp}:interface=127.0.0.1", "--heartbeat-timeout",
             str(self.heartbeat_timeout), "--claim-timeout", "10", "--default-lease", "15",
             "--max-lease", str(MAX_LEASE), "--audit-log", str(run / "audit.jsonl"),
-            "--idle-timeout", "0", *self.options.tracker_arg], run / "tracker.log", tp)
+            "--idle-timeout", "0", *stored, *self.options.tracker_arg], run / "tracker.log",
+            tp)
         self.tracker.start()
         self.daemons.append(self.tracker)
         pp = free_port()
@@ -391,13 +414,7 @@ class Soak:
             clients.append({"name": c.log.stem, "lines": _lines(c.log),
                             "killed": c.killed, "hung": id(c) in hung})
         self.client_records = clients
-        audit = _lines(self.run / "audit.jsonl")
-        restarts = [f["at"] for f in self.faults
-                    if f["kind"] == "kill-tracker" and "skipped" not in f]
-        waiting = samples[-1][2] if samples else set()
-        lost, unverifiable = lost_requests(clients, audit, restarts, waiting)
-        results["lost"] = lost
-        results["unverifiable"] = unverifiable
+        results["waiting_at_end"] = samples[-1][2] if samples else set()
         results["wrong"] = [f"{c['name']}: {x.get('what')} on {x.get('device')}:"
                             f" {x.get('detail')}" for c in clients for x in c["lines"]
                             if x["ev"] == "wrong"]
@@ -407,6 +424,21 @@ class Soak:
         results["left_live"] = self.leftovers(live=True)
         say("checked the live system; stopping the daemons")
         return results
+
+    def count_lost(self, results: dict[str, Any]) -> None:
+        """Requests lost, from the clients' logs and the tracker's records (its audit
+        log; its store's history once the daemons stopped, when it has a store)."""
+        audit = _lines(self.run / "audit.jsonl")
+        restarts = [f["at"] for f in self.faults
+                    if f["kind"] == "kill-tracker" and "skipped" not in f]
+        history = store_history(str(self.store)) if self.store else {}
+        if self.store:
+            self.notes.append(f"the tracker's store kept {len(history)} history rows"
+                              " with a request id")
+        lost, unverifiable = lost_requests(self.client_records, audit, restarts,
+                                           results["waiting_at_end"], history)
+        results["lost"] = lost
+        results["unverifiable"] = unverifiable
 
     def leftovers(self, live: bool) -> list[str]:
         """Executors, session directories, arenas and cache temp files that belong to no
@@ -483,6 +515,18 @@ class Soak:
               " clients had no id yet (not checkable)")
         for note in self.notes:
             print(f"note: {note}")
+        errors: dict[str, int] = {}
+        for c in clients:
+            for x in c["lines"]:
+                if x["ev"] in ("op-failed", "release-failed") or (
+                        x["ev"] == "request-failed" and x.get("type") != "WaitTimeout"):
+                    what = f"{x['ev']} {x.get('op') or ''} {x.get('type')}".replace("  ", " ")
+                    errors[what] = errors.get(what, 0) + 1
+        if errors:
+            print("errors the clients were told (information; each ended its request or"
+                  " lease with a reason): " + ", ".join(
+                      f"{what} x{count}" for what, count in
+                      sorted(errors.items(), key=lambda item: -item[1])))
         for name, items in [*zero.items(), ("unexpected client errors",
                                             results["unexpected"])]:
             for item in items[:20]:
@@ -549,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         results = soak.check()
         soak.stop_everything(holder=False)
         results["left_stopped"] = soak.leftovers(live=False)
+        soak.count_lost(results)
         status = soak.report(results, load)
     except KeyboardInterrupt:
         print("chaos: interrupted; stopping everything", file=sys.stderr)

@@ -38,7 +38,9 @@ def test_a_killed_clients_queued_request_needs_an_end_in_the_tracker_audit_log()
     ended = [{"event": "request-ended", "request": "req-7", "time": 5.0}]
     assert lost_requests([client(lines, killed=True)], ended, [], set()) == ([], 0)
     lost, _ = lost_requests([client(lines, killed=True)], [], [], set())
-    assert len(lost) == 1 and "req-7" in lost[0] and "audit" in lost[0]
+    assert len(lost) == 1 and "req-7" in lost[0] and "records" in lost[0]
+    history = {"req-7": "withdrawn"}
+    assert lost_requests([client(lines, killed=True)], [], [], set(), history) == ([], 0)
     lost, _ = lost_requests([client(lines, killed=True)], [], [4.0], set())
     assert "the tracker was killed after it was queued" in lost[0]
 
