@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
@@ -317,7 +318,19 @@ class AsyncTracker:
             return fail(
                 TrackerUnreachable(f"The connection to the tracker at {self.address} is closed.")
             )
-        return self._protocol.callRemote(command, **arguments)
+        d = self._protocol.callRemote(command, **arguments)
+        return d.addErrback(self._cut_off, command)
+
+    def _cut_off(self, failure: Failure, command: type[ct.CompassCommand]) -> Failure:
+        """A call whose connection closed before the answer came fails with
+        L{TrackerUnreachable}, a sentence, not Twisted's C{ConnectionLost}."""
+        if not failure.check(ConnectionClosed):
+            return failure
+        name = command.commandName.decode("ascii", "replace")
+        return Failure(TrackerUnreachable(
+            f"The connection to the tracker at {self.address} was lost before it answered"
+            f" {name!r}; connect again and retry (a tracker ends the leases and withdraws"
+            " the requests of a client that does not come back)."))
 
     def close(self) -> Deferred[None]:
         """Close the connection; the tracker withdraws what is still waiting and ends

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
@@ -369,6 +370,24 @@ def test_losing_the_connection_fails_waiting_requests_and_ends_leases() -> None:
     assert isinstance(reason, LeaseLost) and reason.reason == "client-lost"
     later = alice.summary()
     assert isinstance(failure(later).value, TrackerUnreachable)
+
+
+def test_a_connection_lost_with_calls_in_flight_fails_them_as_tracker_unreachable() -> None:
+    # bench/chaos.py found it: a tracker killed while a release was in flight made
+    # lease.release() raise Twisted's ConnectionLost, not an error of compassd
+    h = Harness()
+    h.board()
+    alice = h.connect(user="alice")
+    lease = grant(h, alice)
+    released = lease.release()
+    devices = alice.devices()
+    # the kernel says the tracker is gone before either box reached it
+    alice._protocol.connectionLost(Failure(ConnectionLost("the tracker was killed")))
+    for call, name in ((released, "release"), (devices, "list-devices")):
+        error = failure(call).value
+        assert isinstance(error, TrackerUnreachable)
+        assert f"was lost before it answered {name!r}; connect again" in str(error)
+    assert isinstance(result(lease.ended), LeaseLost)  # no secret: it ended with it
 
 
 # --- real loopback ----------------------------------------------------------------------
