@@ -106,12 +106,20 @@ def excluded_leases(samples: list[Sample], at: float, devices: list[str],
 
 LASTING = ("stop-board", "disk-full")
 """Faults that last a while by design: their recovery counts from their end."""
+REGISTERING = ("kill-board", "kill-proxy", "kill-tracker", "stop-board")
+"""Faults after which a board must register again: they recover when their devices are
+online and healthy at the tracker, under whatever lease (a tracker with a store brings
+its leases back, and their clients re-attach)."""
+
+
+def online(row: dict[str, Any] | None) -> bool:
+    return row is not None and row.get("health") == "ok" and row["state"] != "offline"
 
 
 def recovery(samples: list[Sample], fault: dict[str, Any]) -> float | None:
     """Seconds from the fault (from its end, for L{LASTING} ones) until its devices were
-    in service again (for a client killed while queued: until its request left the
-    queue); None if never seen."""
+    in service again (registered again, for L{REGISTERING} ones; for a client killed
+    while queued: until its request left the queue); None if never seen."""
     at, until = float(fault["at"]), float(fault["until"])
     origin = until if fault["kind"] in LASTING else at
     if fault["kind"] == "kill-client-queued":
@@ -126,8 +134,10 @@ def recovery(samples: list[Sample], fault: dict[str, Any]) -> float | None:
     if not devices:
         return None
     excluded = excluded_leases(samples, at, devices, [fault.get("lease", "")])
+    back = ((lambda row: online(row)) if fault["kind"] in REGISTERING
+            else (lambda row: in_service(row, excluded)))
     for t, rows, _ in samples:
-        if t >= until and all(in_service(rows.get(d), excluded) for d in devices):
+        if t >= until and all(back(rows.get(d)) for d in devices):
             return t - origin
     return None
 

@@ -390,6 +390,10 @@ class Soak:
                       if not in_service(latest.get(d), set())
                       or latest[d]["state"] != "free"]
         samples = list(self.monitor.samples)
+        with open(self.run / "samples.jsonl", "w", encoding="utf-8") as out:
+            for t, rows, waiting in samples:  # what the recoveries are computed from
+                out.write(json.dumps({"t": t, "devices": rows,
+                                      "waiting": sorted(waiting)}) + "\n")
         recoveries: dict[str, list[float]] = {}
         for fault in self.faults:
             if "skipped" in fault:

@@ -69,12 +69,24 @@ def test_recovery_waits_for_the_device_free_or_under_a_new_lease_after_the_fault
     samples = [sample(0.0, "busy", "lease-1"), sample(1.0, "busy", "lease-1"),
                sample(2.0, "offline"), sample(3.0, "free", health="disk full"),
                sample(4.0, "busy", "lease-2")]
-    fault = {"kind": "kill-board", "at": 0.5, "until": 0.6, "devices": ["npu-1"]}
+    fault = {"kind": "kill-executor", "at": 0.5, "until": 0.5, "devices": ["npu-1"]}
     assert recovery(samples, fault) == 3.5
-    lasting = {"kind": "stop-board", "at": 0.5, "until": 3.5, "devices": ["npu-1"]}
+    lasting = {"kind": "disk-full", "at": 0.5, "until": 3.5, "devices": ["npu-1"]}
     assert recovery(samples, lasting) == 0.5  # counted from its end
     never = [sample(0.0, "busy", "lease-1"), sample(9.0, "busy", "lease-1")]
     assert recovery(never, fault) is None
+
+
+def test_after_a_restart_a_board_is_back_once_registered_and_healthy_under_any_lease(
+) -> None:
+    samples = [sample(0.0, "busy", "lease-1"), sample(1.0, "offline"),
+               sample(2.0, "busy", "lease-1", health="disk full"),
+               sample(3.0, "busy", "lease-1")]
+    for kind in ("kill-tracker", "kill-board", "kill-proxy"):
+        fault = {"kind": kind, "at": 0.5, "until": 1.5, "devices": ["npu-1"]}
+        assert recovery(samples, fault) == 2.5
+    stopped = {"kind": "stop-board", "at": 0.5, "until": 1.5, "devices": ["npu-1"]}
+    assert recovery(samples, stopped) == 1.5
 
 
 def test_recovery_after_a_queued_client_is_killed_is_its_request_leaving_the_queue() -> None:
