@@ -66,8 +66,19 @@ def ms(seconds: float) -> str:
 
 
 def place(position: int) -> str:
-    """A queue position in words; 0 is next in line."""
-    return "next in line" if position <= 0 else f"position {position} ({position} ahead)"
+    """A queue position in words, counted from 1 (next in line). C{position} is as the
+    protocol and the client library count: the number of requests ahead (0: next)."""
+    if position <= 0:
+        return "position 1 (next in line)"
+    return f"position {position + 1} ({position} ahead)"
+
+
+def people_count(summary: dict[str, Any]) -> dict[str, Any]:
+    """C{summary} (from C{Tracker.summary}) with each waiting request's C{position}
+    counted from 1 (1 is next in line), as C{compass status} shows it."""
+    queues = [{**q, "waiting": [{**w, "position": w["position"] + 1} for w in q["waiting"]]}
+              for q in summary["queues"]]
+    return {**summary, "queues": queues}
 
 
 # --- facts about results ---------------------------------------------------------------

@@ -196,7 +196,7 @@ def test_status_table_shows_devices_and_queues_with_their_columns(
     assert "target=X2_1204" in devices
     for column in ("key", "free/total", "position", "request", "user", "priority", "waited"):
         assert column in queues
-    assert re.search(rf"npu-x2 .*0/1 .*0 .*{request} .*bob .*1", queues)
+    assert re.search(rf"npu-x2 .*0/1 .*1 .*{request} .*bob .*1", queues)  # position 1
 
 
 def test_status_table_says_when_nothing_is_registered(tracker: tuple[str, int]) -> None:
@@ -223,7 +223,7 @@ def test_status_json_is_one_object_with_device_and_queue_lists(
     [queue] = summary["queues"]
     assert (queue["key"], queue["free"], queue["total"], queue["count"]) == (KEY, 0, 1, 1)
     assert [(w["request"], w["user"], w["position"]) for w in queue["waiting"]] == [
-        (request, "bob", 0)
+        (request, "bob", 1)  # counted from 1: next in line
     ]
 
 

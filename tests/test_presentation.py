@@ -47,9 +47,9 @@ def test_numbers_and_milliseconds_are_written_compactly() -> None:
     assert ms(2) == "2000.000 ms"
 
 
-def test_place_says_next_in_line_for_position_zero() -> None:
-    assert place(0) == "next in line"
-    assert place(3) == "position 3 (3 ahead)"
+def test_place_counts_from_one_next_in_line_first() -> None:
+    assert place(0) == "position 1 (next in line)"
+    assert place(3) == "position 4 (3 ahead)"
 
 
 def test_summarize_gives_min_max_mean_and_none_for_empty_arrays() -> None:
@@ -103,6 +103,6 @@ def test_steps_off_a_terminal_write_one_line_per_event() -> None:
     assert out.getvalue().splitlines() == [
         "  No device of key 'npu' is registered at the tracker yet; waiting for one"
         " (Ctrl-C to give up).",
-        "  queued: request r-1 for 'npu', position 2 (2 ahead)",
-        "  queue: next in line",
+        "  queued: request r-1 for 'npu', position 3 (2 ahead)",
+        "  queue: position 1 (next in line)",
     ]

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..client import Tracker
 from ..presentation import console as new_console
-from ..presentation import duration
+from ..presentation import duration, people_count
 from ._tracker import tracker_address, with_tracker
 
 _STATE_STYLE = {
@@ -68,7 +68,7 @@ def queues_table(summary_queues: list[dict[str, Any]]) -> Table:
             queues.add_row(q["key"], free, "-", "nobody waiting", "", "", "", "")
         for i, w in enumerate(rows):
             queues.add_row(
-                q["key"] if i == 0 else "", free if i == 0 else "", str(w["position"]),
+                q["key"] if i == 0 else "", free if i == 0 else "", str(w["position"] + 1),
                 w["request"], w["user"], str(w["priority"]), duration(w["waited"]),
                 w.get("why") or "",
             )
@@ -96,13 +96,14 @@ def status(ctx: click.Context, as_json: bool, waiting: int, watch: bool, interva
     """Show every device (state, holder, lease left) and every queue (who waits, where).
 
     With --json: {"devices": [...], "queues": [...]}; each queue has key, free, total,
-    count and the list "waiting" in queue order. With --watch the tables refresh in
+    count and the list "waiting" in queue order, each with its "position" counted from 1
+    (1 is next in line). With --watch the tables refresh in
     place (with --json, one JSON object per line per refresh) until Ctrl-C.
     """
     if not watch:
         summary = with_tracker(ctx, lambda t: t.summary(None if as_json else waiting))
         if as_json:
-            click.echo(json.dumps(summary, indent=2, sort_keys=True))
+            click.echo(json.dumps(people_count(summary), indent=2, sort_keys=True))
         else:
             render_status(summary, new_console(), waiting)
         return
@@ -123,7 +124,7 @@ def _watch_status(tracker: Tracker, where: str, as_json: bool, waiting: int,
             while count is None or shown < count:
                 if shown:
                     time.sleep(interval)
-                click.echo(json.dumps(tracker.summary(None), sort_keys=True))
+                click.echo(json.dumps(people_count(tracker.summary(None)), sort_keys=True))
                 shown += 1
             return
         with Live(console=new_console(), auto_refresh=False) as live:

@@ -544,7 +544,8 @@ class AsyncTracker:
         if error is WaitTimeout:
             message = (
                 f"Waited {waited or 0:.0f} s for a device of {pending.key} and none came free"
-                f" (request {request} was at position {position}); try again later, ask for"
+                f" (request {request} was at position {(position or 0) + 1} in the queue,"
+                " counting from 1); try again later, ask for"
                 " a longer wait, or check `compass status`."
             )
         pending.granted.errback(

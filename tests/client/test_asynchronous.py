@@ -223,7 +223,7 @@ def test_wait_timeout_says_how_long_it_waited_and_at_which_position() -> None:
     text = str(error)
     assert "Waited 5 s" in text
     assert KEY in text
-    assert "position 1" in text
+    assert "position 2 in the queue, counting from 1" in text
     assert error.request in text
 
 

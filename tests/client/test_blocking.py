@@ -137,7 +137,7 @@ def test_wait_timeout_raises_wait_timeout_saying_how_long_and_where(
         assert error.position == 0
         assert error.waited is not None and error.waited >= 1
         assert "Waited 1 s" in str(error)
-        assert "position 0" in str(error)
+        assert "position 1 in the queue, counting from 1" in str(error)
         assert "compass status" in str(error)
         # the timed-out request is gone from the queue
         assert all(q["count"] == 0 for q in bob.summary()["queues"])
