@@ -69,12 +69,12 @@ class ClientResponders(TrackerPeer):
             self.tracker._sent_positions[request.id] = position
             log.info(
                 "{request} of {user} for {key} (priority {priority}) waits at position"
-                " {position}",
+                " {place} (1 is next)",
                 request=request.id,
                 user=identity.user,
                 key=key,
                 priority=request.priority,
-                position=position,
+                place=position + 1,
             )
         self._apply(effects)
         return {

@@ -80,7 +80,8 @@ def why_waiting(request: Request, ahead: list[Request]) -> str:
 
 
 def waiting_rows(scheduler: Scheduler, key: str, now: float) -> tuple[list[dict[str, Any]], int]:
-    """The first L{WAITING_SHOWN} waiting requests of C{key} and how many wait in all."""
+    """The first L{WAITING_SHOWN} waiting requests of C{key} and how many wait in all.
+    A row's C{position} counts from 1 (1 is next in line), as C{compass status} shows it."""
     order = scheduler.waiting(key)
     rows = []
     for position, request in enumerate(order[:WAITING_SHOWN]):
@@ -89,7 +90,7 @@ def waiting_rows(scheduler: Scheduler, key: str, now: float) -> tuple[list[dict[
             "key": key,
             "user": request.user,
             "priority": request.priority,
-            "position": position,
+            "position": position + 1,
             "waited": now - request.enqueued_at,
             "tags": sorted(request.tags),
             "why": why_waiting(request, order[:position]),

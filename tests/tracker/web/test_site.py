@@ -97,6 +97,11 @@ def test_the_page_is_whole_without_javascript_and_escapes_what_boards_say(
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert 'class="state state-quarantined"' in page
     assert "alice" in page and "first in line" in page  # the waiting request, and why
+    # Positions count from 1 here as in compass status: the one waiting request is 1st.
+    row = page.split('<tr data-request="')[1].split("</tr>")[0]
+    assert "<td>1</td>" in row and "<td>0</td>" not in row
+    state = json.loads(request(dash.site(), "GET", "/api/state", bearer(ADMIN))[2])
+    assert [w["position"] for q in state["queues"] for w in q["shown"]] == [1]
     assert 'data-action="drain" data-device="npu-2"' in page
     assert 'data-action="kick" data-lease="lease-' in page
     # Every chart is well-formed SVG.
