@@ -166,8 +166,8 @@ class Steps:
 
     def queued(self, key: str, request: str, position: int, devices: int) -> None:
         if devices == 0:
-            self.say(f"[yellow]No device of key {key!r} is registered at the tracker yet;"
-                     " waiting for one (Ctrl-C to give up).[/]")
+            self.say(f"[yellow]No device of key {key!r} is online at the tracker;"
+                     " waiting for one to register (Ctrl-C to give up).[/]")
         self.say(f"queued: request {request} for {key!r}, {place(position)}")
         if self.console.is_terminal:
             self._status = self.console.status(
@@ -222,8 +222,8 @@ class Steps:
 
 @contextlib.contextmanager
 def leased_model(tracker: Tracker, key: str, model_path: str, steps: Steps, *,
-                 priority: int, lease: float | None, wait: float | None
-                 ) -> Iterator[tuple[Lease, Model]]:
+                 priority: int, lease: float | None, wait: float | None,
+                 wait_for_board: bool = False) -> Iterator[tuple[Lease, Model]]:
     """Request a device of C{key}, telling the steps, upload and load the model; the
     lease (and its session) ends when the block does.
 
@@ -235,7 +235,7 @@ def leased_model(tracker: Tracker, key: str, model_path: str, steps: Steps, *,
     steps.say(f"requesting a device of {key!r} (priority {priority})")
     try:
         held = tracker.request(
-            key, priority=priority, lease=lease, wait=wait,
+            key, priority=priority, lease=lease, wait=wait, wait_for_board=wait_for_board,
             on_queued=lambda r, p, n: steps.queued(key, r, p, n),
             on_position=lambda p: steps.position(key, p),
             on_why=lambda why: steps.why(key, why),

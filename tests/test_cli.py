@@ -59,7 +59,8 @@ def queue_behind(t: Tracker, key: str = KEY) -> list[str]:
     queued: list[str] = []
 
     def send() -> None:
-        d = t._tracker.request(key, on_queued=lambda r, p, n: queued.append(r))
+        d = t._tracker.request(key, on_queued=lambda r, p, n: queued.append(r),
+                               wait_for_board=True)
         d.addErrback(lambda _: None)  # it ends when the test cancels it or disconnects
 
     _reactor.call(send)

@@ -214,14 +214,32 @@ def test_an_input_of_the_wrong_dtype_is_one_sentence_and_exit_1(
     assert "Traceback" not in result.stderr
 
 
-def test_a_key_nobody_serves_says_so_and_times_out_in_one_sentence(pool: str) -> None:
-    result = compass("--tracker", pool, "run", "--key", "nobody", "--wait", "0.5",
+def test_a_key_nobody_serves_is_refused_at_once_naming_the_keys_and_leaves_no_pool(
+    pool: str,
+) -> None:
+    # --wait bounds the test where requests for unknown keys used to queue.
+    result = compass("--tracker", pool, "run", "--key", "npu-typo", "--wait", "20",
                      str(MODEL))
     assert result.exit_code == EXIT_REFUSED
-    assert "No device of key 'nobody' is registered" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("compass: No device serves key 'npu-typo'")
+    assert f"The keys with devices are: {KEY}." in last and "--wait-for-board" in last
+    assert "Traceback" not in result.stderr and "queued" not in result.stderr
+    summary = json.loads(compass("--tracker", pool, "status", "--json").stdout)
+    assert [q["key"] for q in summary["queues"]] == [KEY]
+
+
+def test_wait_for_board_waits_for_a_key_nobody_serves_then_forgets_it(pool: str) -> None:
+    result = compass("--tracker", pool, "run", "--key", "nobody", "--wait-for-board",
+                     "--wait", "0.5", str(MODEL))
+    assert result.exit_code == EXIT_REFUSED
+    assert "No device of key 'nobody' is online at the tracker; waiting" in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("compass: ") and "Traceback" not in result.stderr
     assert "0.5" in last or "wait" in last.lower()
+    # The request timed out: the tracker keeps no pool for the key.
+    summary = json.loads(compass("--tracker", pool, "status", "--json").stdout)
+    assert [q["key"] for q in summary["queues"]] == [KEY]
 
 
 def test_run_with_nothing_listening_is_one_sentence_and_exit_3() -> None:

@@ -68,7 +68,7 @@ def test_demo_runs_the_model_on_its_own_daemons_and_stops_them() -> None:
                  "probabilities"):
         assert step in text, step
     assert re.search(r"^3\. Requesting .*: connect_tracker\('127\.0\.0\.1', \d+\)"
-                     r"\.request\('demo'\)$", text, re.M), text
+                     r"\.request\('demo', wait_for_board=True\)$", text, re.M), text
     assert re.search(r"^ +loaded: digits\.onnx \(image .*\) -> \(probabilities .*,"
                      r" digit int64 \(\?,\)\)$", text, re.M), text
     started = {m.group(1): int(m.group(2)) for m in re.finditer(

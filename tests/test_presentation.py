@@ -101,7 +101,7 @@ def test_steps_off_a_terminal_write_one_line_per_event() -> None:
     steps.position("npu", 0)
     steps.stop_waiting()
     assert out.getvalue().splitlines() == [
-        "  No device of key 'npu' is registered at the tracker yet; waiting for one"
+        "  No device of key 'npu' is online at the tracker; waiting for one to register"
         " (Ctrl-C to give up).",
         "  queued: request r-1 for 'npu', position 3 (2 ahead)",
         "  queue: position 1 (next in line)",

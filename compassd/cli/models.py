@@ -63,6 +63,10 @@ def _model_options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--wait", type=click.FloatRange(min=0), metavar="SECONDS",
                      help="Give up after waiting this long in the queue (default: wait"
                      " until Ctrl-C)."),
+        click.option("--wait-for-board", is_flag=True,
+                     help="Wait for a board of KEY to register even if the tracker knows"
+                     " none (default: a key no device serves is an error, exit 1, naming"
+                     " the keys that exist)."),
         click.option("--json", "as_json", is_flag=True,
                      help="Print one JSON object on stdout for scripts."),
     ]
@@ -72,7 +76,7 @@ def _model_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _on_a_device(ctx: click.Context, key: str, model: str, priority: int,
-                 lease_s: float | None, wait: float | None,
+                 lease_s: float | None, wait: float | None, wait_for_board: bool,
                  use: Callable[[Lease, Model, Steps], None]) -> None:
     """Hold a device of C{key} with C{model} loaded, telling each step on stderr, for
     C{use}; the lease ends when C{use} returns or raises."""
@@ -80,7 +84,7 @@ def _on_a_device(ctx: click.Context, key: str, model: str, priority: int,
 
     def work(tracker: Tracker) -> None:
         with leased_model(tracker, key, model, steps, priority=priority, lease=lease_s,
-                          wait=wait) as (held, loaded):
+                          wait=wait, wait_for_board=wait_for_board) as (held, loaded):
             use(held, loaded, steps)
 
     with_tracker(ctx, work)
@@ -102,9 +106,9 @@ def _on_a_device(ctx: click.Context, key: str, model: str, priority: int,
               help="Run the model this many times; --check checks every frame.")
 @click.pass_context
 def run_command(ctx: click.Context, key: str, model: str, inputs: tuple[str, ...],
-                priority: int, lease_s: float | None, wait: float | None, as_json: bool,
-                output: str | None, golden: str | None, rtol: float, atol: float,
-                frames: int) -> None:
+                priority: int, lease_s: float | None, wait: float | None,
+                wait_for_board: bool, as_json: bool, output: str | None,
+                golden: str | None, rtol: float, atol: float, frames: int) -> None:
     """Run MODEL once on a device of KEY and show its outputs.
 
     Requests a device (showing the queue position while it waits), uploads and loads
@@ -143,7 +147,7 @@ def run_command(ctx: click.Context, key: str, model: str, inputs: tuple[str, ...
         if golden is not None:
             report["check"] = worst_of_frames(checks, rtol, atol)
 
-    _on_a_device(ctx, key, model, priority, lease_s, wait, work)
+    _on_a_device(ctx, key, model, priority, lease_s, wait, wait_for_board, work)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
@@ -172,8 +176,8 @@ def run_command(ctx: click.Context, key: str, model: str, inputs: tuple[str, ...
               help="Rounds.")
 @click.pass_context
 def bench(ctx: click.Context, key: str, model: str, inputs: tuple[str, ...], priority: int,
-          lease_s: float | None, wait: float | None, as_json: bool, warmup: int, number: int,
-          repeat: int) -> None:
+          lease_s: float | None, wait: float | None, wait_for_board: bool, as_json: bool,
+          warmup: int, number: int, repeat: int) -> None:
     """Time MODEL on a device of KEY, measured on the board.
 
     Runs it WARMUP times, then REPEAT rounds of NUMBER runs, and prints the mean, median,
@@ -192,7 +196,7 @@ def bench(ctx: click.Context, key: str, model: str, inputs: tuple[str, ...], pri
                       warmup=warmup, number=number, repeat=repeat, times=list(times),
                       **timing_stats(times))
 
-    _on_a_device(ctx, key, model, priority, lease_s, wait, work)
+    _on_a_device(ctx, key, model, priority, lease_s, wait, wait_for_board, work)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return

@@ -450,8 +450,12 @@ class AsyncTracker:
         on_queued: Callable[[str, int, int], object] | None = None,
         on_why: Callable[[str], object] | None = None,
         on_notice: Callable[[str], object] | None = None,
+        wait_for_board: bool = False,
     ) -> Deferred[AsyncLease]:
         """Ask for a device of C{key}; the result fires with an L{AsyncLease} when granted.
+
+        A key no device serves fails with L{NoSuchKey} (naming the keys that have
+        devices) unless C{wait_for_board}, which waits until a board of C{key} registers.
 
         C{on_queued(request_id, position, devices)} is called when the tracker has
         queued the request; C{on_position(position)} whenever its place changes;
@@ -478,6 +482,7 @@ class AsyncTracker:
             lease=None if lease is None else float(lease),
             wait=None if wait is None else float(wait),
             tags=list(tags),
+            wait_for_board=True if wait_for_board else None,
         )
 
         def queued(answer: dict[str, Any]) -> None:

@@ -272,6 +272,7 @@ class Tracker:
         on_queued: Callable[[str, int, int], object] | None = None,
         on_why: Callable[[str], object] | None = None,
         on_notice: Callable[[str], object] | None = None,
+        wait_for_board: bool = False,
     ) -> Lease:
         """Wait for a device of C{key} and return its L{Lease}.
 
@@ -280,6 +281,8 @@ class Tracker:
         as it takes (Ctrl-C cancels the request). C{tags}: the device must have them all.
         If the tracker restarts meanwhile, the request is taken back (see
         L{AsyncTracker.request}) and C{on_notice} hears one line about it.
+        A key no device serves raises L{NoSuchKey} (naming the keys that have devices)
+        unless C{wait_for_board}, which waits until a board of C{key} registers.
         The callbacks run on the client's background thread.
         """
         return Lease(
@@ -287,6 +290,7 @@ class Tracker:
                 self._tracker.request, key, priority=priority, lease=lease, wait=wait,
                 tags=tags, on_position=on_position, on_queued=on_queued, on_why=on_why,
                 on_notice=on_notice,
+                wait_for_board=wait_for_board,
             )
         )
 

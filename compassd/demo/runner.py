@@ -73,13 +73,14 @@ def run_demo(console: Console, samples: int = 200, deadline: float = 60.0) -> fl
             daemons.append(server)
             say(f"   board server listening on 127.0.0.1:{server.port} (pid {server.pid})")
             say(f"[bold]3. Requesting a device of {KEY!r}[/] as a user would:"
-                f" connect_tracker('127.0.0.1', {tracker.port}).request({KEY!r})")
+                f" connect_tracker('127.0.0.1', {tracker.port}).request({KEY!r},"
+                " wait_for_board=True)")
             steps = Steps(console, indent="   ")
             client = connect_tracker("127.0.0.1", tracker.port, user="demo",
                                      timeout=deadline)
             try:
                 with leased_model(client, KEY, str(MODEL), steps, priority=1, lease=None,
-                                  wait=deadline) as (_, model):
+                                  wait=deadline, wait_for_board=True) as (_, model):
                     say(f"[bold]4. Running[/] {model.name} on {len(labels)} handwritten"
                         " digits (8x8 pixels) in one batch")
                     probabilities, digits = model.run({"image": images})

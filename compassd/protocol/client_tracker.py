@@ -23,8 +23,10 @@ class Request(CompassCommand):
     C{lease}: seconds of use wanted; the tracker caps it at the key's maximum and
     uses its default when absent. C{wait}: seconds the caller will wait in the queue
     before the request ends as timed out; absent means as long as it takes.
-    C{tags}: the device must carry all of them. The answer's C{devices} counts the
-    key's online devices, so a caller can warn about a key nobody serves.
+    C{tags}: the device must carry all of them. A key no device serves (none registered,
+    nor offline lately) is refused with C{NO_SUCH_KEY} naming the keys that have devices,
+    unless C{wait_for_board} asks to wait until one registers. The answer's C{devices}
+    counts the key's online devices, so a caller can warn about a key nobody serves now.
     """
 
     commandName = b"request"
@@ -34,6 +36,7 @@ class Request(CompassCommand):
         (b"lease", amp.Float(optional=True)),
         (b"wait", amp.Float(optional=True)),
         (b"tags", amp.ListOf(amp.Unicode(), optional=True)),
+        (b"wait_for_board", amp.Boolean(optional=True)),
     ]
     response = [
         (b"request", amp.Unicode()),

@@ -36,6 +36,7 @@ class ClientResponders(TrackerPeer):
         lease: float | None = None,
         wait: float | None = None,
         tags: list[str] | None = None,
+        wait_for_board: bool | None = None,
     ) -> dict[str, Any]:
         identity = self._require("client")
         check_name("device key", key)
@@ -58,6 +59,7 @@ class ClientResponders(TrackerPeer):
             lease=check_seconds("lease", lease),
             wait=check_seconds("wait", wait),
             secret=_hash(secret) if secret else "",
+            wait_for_board=bool(wait_for_board),
         )
         self.tracker.journal_request(request)
         position = 0

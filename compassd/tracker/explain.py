@@ -3,7 +3,8 @@
 Each request is explained by the one just ahead of it in queue order: a higher priority
 ("behind bob: priority 5 > 1"), less board time used lately per share ("behind carol:
 they used 0.2 board-hours lately, you used 3.1"), the turn (with a half-life of 0), or
-arrival. Plain functions of the order and the usage; no Twisted, no I/O.
+arrival. A request for a key no device serves is refused with L{no_device}'s sentence.
+Plain functions of the order and the usage; no Twisted, no I/O.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from collections.abc import Callable, Container, Sequence
 from .records import Request
 
 NEXT = "next in line"
+
+KEYS_NAMED = 20
+"""At most this many keys are named when a request for an unknown key is refused."""
 
 
 def _hours(seconds: float) -> str:
@@ -72,3 +76,20 @@ def why(
     elif theirs == mine:
         text += "; they asked first"
     return text
+
+
+def no_device(key: str, served: Sequence[str]) -> str:
+    """Why a request for C{key} is refused: no device of it is registered (online, or
+    offline but not yet forgotten); C{served} are the keys that have devices."""
+    if served:
+        named = ", ".join(served[:KEYS_NAMED])
+        if len(served) > KEYS_NAMED:
+            named += f" and {len(served) - KEYS_NAMED} more"
+        known = f"The keys with devices are: {named}."
+    else:
+        known = "No device is registered at this tracker yet."
+    return (
+        f"No device serves key {key!r} at this tracker, and none has lately. {known} Check"
+        " the key (`compass status` lists them), or ask to wait until a board of this key"
+        " registers (`compass run --wait-for-board`, or wait_for_board=True in the client)."
+    )

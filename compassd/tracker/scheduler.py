@@ -38,6 +38,7 @@ from ..errors import (
     DeviceConflict,
     LimitExceeded,
     NoSuchDevice,
+    NoSuchKey,
     NoSuchLease,
     NoSuchRequest,
     NotYourLease,
@@ -129,7 +130,13 @@ class Scheduler:
         return self._leases
 
     def keys(self) -> list[str]:
+        """Every key with a device or a waiting request: a pool left with neither is
+        forgotten (its fair-share ledger stays while it has usage on record)."""
         return sorted(self._pools)
+
+    def served_keys(self) -> list[str]:
+        """The keys with a device registered (online, or offline but not yet forgotten)."""
+        return sorted(k for k, pool in self._pools.items() if pool.devices)
 
     def pool_devices(self, key: str) -> list[Device]:
         pool = self._pools.get(key)
@@ -414,9 +421,18 @@ class Scheduler:
         wait: float | None = None,
         flavor: str = COMPASSD,
         secret: str = "",
+        wait_for_board: bool = True,
     ) -> tuple[Request, list[Effect]]:
         """Queue a request; it may be granted at once (a L{Granted} effect). C{secret}:
-        the SHA-256 of the secret its client re-attaches with after a restart."""
+        the SHA-256 of the secret its client re-attaches with after a restart.
+
+        Without C{wait_for_board}, a request for a key no device serves (none registered,
+        nor offline within L{Policy.forget_offline}) is refused with L{NoSuchKey} naming
+        the keys that have devices, so a mistyped key fails at once."""
+        if not wait_for_board:
+            pool = self._pools.get(key)
+            if pool is None or not pool.devices:
+                raise NoSuchKey(explain.no_device(key, self.served_keys()))
         limit = self.policy.max_queued_per_user
         if limit is not None:
             queued = self._queued.get(user, 0)
@@ -798,6 +814,7 @@ class Scheduler:
             # It may have kept a free device waiting for it: offer the device again.
             self._detached.discard(request.id)
             restart.wake(self, now, pool, effects)
+        self._forget_if_empty(request.key)
         return effects
 
     def _end_lease(
@@ -853,7 +870,17 @@ class Scheduler:
             owned.discard(device.name)
             if not owned:
                 del self._boards[device.owner]
-        if not pool.devices and not len(pool.queue):
-            del self._pools[device.key]
+        self._forget_if_empty(device.key)
         effects.append(DeviceChanged(device, DeviceState.OFFLINE, f"removed: {why}"))
         return effects
+
+    def _forget_if_empty(self, key: str) -> None:
+        """Forget the pool of C{key} once it has no device and no waiting request (and
+        its ledger if it has no usage), so requests for made-up keys leave nothing."""
+        pool = self._pools[key]
+        if pool.devices or len(pool.queue):
+            return
+        del self._pools[key]
+        ledger = self._ledgers.get(key)
+        if ledger is not None and not ledger.users():
+            del self._ledgers[key]

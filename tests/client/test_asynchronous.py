@@ -340,7 +340,7 @@ def test_kicked_lease_ends_with_lease_lost_saying_kicked() -> None:
 def test_cancelling_the_request_deferred_withdraws_it_at_the_tracker() -> None:
     h = Harness()
     alice = h.connect(user="alice")
-    waiting = alice.request(KEY)
+    waiting = alice.request(KEY, wait_for_board=True)
     h.flush()
 
     def count() -> int:

@@ -76,7 +76,7 @@ def test_request_load_run_release_through_the_proxy(
         model = tmp_path / "add3.bin"
         write_graph(model, [Tensor(4096, "int8")], [Tensor(4096, "int8")],
                     behaviour="add", value=3)
-        with client.request("demo", wait=WAIT) as lease:
+        with client.request("demo", wait_for_board=True, wait=WAIT) as lease:
             assert lease.address == proxy
             loaded = lease.load_model(str(model))
             x = (np.arange(4096) % 100).astype(np.int8)
@@ -90,7 +90,7 @@ def test_request_load_run_release_through_the_proxy(
             assert _device(client)["state"] == "busy"
         _wait_for(lambda: _device(client).get("state") == "free", "release")
         # a second session on the same board, through the same proxy
-        with client.request("demo", wait=WAIT) as lease:
+        with client.request("demo", wait_for_board=True, wait=WAIT) as lease:
             (y,) = lease.load_model(str(model)).run(np.zeros(4096, dtype=np.int8))
             assert y.tolist() == [3] * 4096
     finally:
@@ -110,7 +110,7 @@ def test_unknown_device_and_bad_tickets_are_refused_with_a_sentence(
         _wait_for(lambda: _device(client).get("state") == "free", "registration")
         with pytest.raises(TicketRejected, match="not valid"):
             connect_session(proxy, "forged-ticket", device="board-1")
-        with client.request("demo", wait=WAIT) as lease:
+        with client.request("demo", wait_for_board=True, wait=WAIT) as lease:
             lease.open_session()
             ticket = lease.ticket
         with pytest.raises(TicketRejected):
@@ -130,7 +130,7 @@ def test_the_board_dropping_mid_session_ends_the_session_and_the_lease_and_it_se
         _wait_for(lambda: _device(client).get("state") == "free", "registration")
         model = tmp_path / "id.bin"
         write_graph(model, [Tensor(8, "int8")], [Tensor(8, "int8")])
-        lease = client.request("demo", wait=WAIT)
+        lease = client.request("demo", wait_for_board=True, wait=WAIT)
         loaded = lease.load_model(str(model))
         (y,) = loaded.run(np.ones(8, dtype=np.int8))
         assert y.tolist() == [1] * 8
@@ -148,7 +148,7 @@ def test_the_board_dropping_mid_session_ends_the_session_and_the_lease_and_it_se
         # the board comes back (same device), registers through the proxy and serves
         proc, _ = start_board(tracker, proxy, fake_lib, tmp_path / "work")
         _wait_for(lambda: _device(client).get("state") == "free", "re-registration")
-        with client.request("demo", wait=WAIT) as again:
+        with client.request("demo", wait_for_board=True, wait=WAIT) as again:
             (y,) = again.load_model(str(model)).run(np.full(8, 5, dtype=np.int8))
             assert y.tolist() == [5] * 8
     finally:

@@ -77,7 +77,7 @@ def test_runs_sessions_and_relayed_bytes_move_the_board_and_proxy_metrics(
         model = tmp_path / "add3.bin"
         write_graph(model, [Tensor(4096, "int8")], [Tensor(4096, "int8")],
                     behaviour="add", value=3)
-        with client.request("demo", wait=WAIT) as lease:
+        with client.request("demo", wait_for_board=True, wait=WAIT) as lease:
             loaded = lease.load_model(str(model))
             for _ in range(3):
                 (y,) = loaded.run(np.zeros(4096, dtype=np.int8))

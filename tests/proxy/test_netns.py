@@ -135,7 +135,7 @@ CLIENT = textwrap.dedent("""
     except OSError as e:
         print("board unreachable:", e)
     client = connect_tracker("10.77.2.1", 9190, sys.argv[2])
-    with client.request("demo", wait=30) as lease:
+    with client.request("demo", wait_for_board=True, wait=30) as lease:
         print("ADDRESS", lease.address)
         (y,) = lease.load_model(model).run(np.arange(64, dtype=np.int8))
         assert y.tolist() == [i + 3 for i in range(64)], y

@@ -114,7 +114,7 @@ def test_the_board_registers_again_with_a_tracker_restarted_on_the_same_port(
                   state_is(client, "free"))
             model = tmp_path / "id.bin"
             write_graph(model, [Tensor(4, "int8")], [Tensor(4, "int8")])
-            with client.request("demo", wait=WAIT) as lease:
+            with client.request("demo", wait_for_board=True, wait=WAIT) as lease:
                 (y,) = lease.load_model(str(model)).run(np.full(4, 5, dtype=np.int8))
                 assert y.tolist() == [5] * 4
             until("the board to be free again", state_is(client, "free"))
@@ -133,7 +133,7 @@ def test_an_admin_kick_ends_the_session_and_the_next_call_names_the_reason(
     model = tmp_path / "id.bin"
     write_graph(model, [Tensor(4, "int8")], [Tensor(4, "int8")])
     client = connect_tracker(*tracker)
-    lease = client.request("demo", wait=WAIT)
+    lease = client.request("demo", wait_for_board=True, wait=WAIT)
     try:
         loaded = lease.load_model(str(model))
         loaded.run(np.zeros(4, dtype=np.int8))
@@ -166,7 +166,7 @@ def test_a_client_that_vanishes_mid_upload_leaves_nothing_and_the_board_is_free(
     from compassd.protocol import session as sp
 
     client = connect_tracker(*tracker)
-    lease = client.request("demo", wait=WAIT)
+    lease = client.request("demo", wait_for_board=True, wait=WAIT)
     session = lease.open_session()
     workdir = board[1]
     sessions = list(workdir.glob("session-*"))
@@ -192,7 +192,7 @@ def test_a_client_that_vanishes_mid_upload_leaves_nothing_and_the_board_is_free(
     # the lease is over with its session; the next client gets the board
     model = tmp_path / "id.bin"
     write_graph(model, [Tensor(4, "int8")], [Tensor(4, "int8")])
-    with client.request("demo", wait=WAIT) as next_lease:
+    with client.request("demo", wait_for_board=True, wait=WAIT) as next_lease:
         (y,) = next_lease.load_model(str(model)).run(np.full(4, 2, dtype=np.int8))
         assert y.tolist() == [2] * 4
 

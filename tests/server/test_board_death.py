@@ -55,7 +55,7 @@ def test_kill_9_of_the_server_leaves_no_executor_and_the_next_start_cleans_up(
         until("the board to register", state_is(client, "free"))
         model = tmp_path / "id.bin"
         write_graph(model, [Tensor(4, "int8")], [Tensor(4, "int8")])
-        lease = client.request("demo", wait=WAIT)
+        lease = client.request("demo", wait_for_board=True, wait=WAIT)
         (y,) = lease.load_model(str(model)).run(np.full(4, 3, dtype=np.int8))
         assert y.tolist() == [3] * 4
         # the session's executor and the warm spare
@@ -92,7 +92,7 @@ def test_kill_9_of_the_server_leaves_no_executor_and_the_next_start_cleans_up(
         assert f"removed the arena {arena} left by an earlier run" in log
         assert f"removed the stale session directory {session_dir.name}" in log
         until("the restarted board to be free", state_is(client, "free"))
-        with client.request("demo", wait=WAIT) as fresh:
+        with client.request("demo", wait_for_board=True, wait=WAIT) as fresh:
             (y,) = fresh.load_model(str(model)).run(np.full(4, 4, dtype=np.int8))
             assert y.tolist() == [4] * 4
     finally:

@@ -67,7 +67,7 @@ def test_request_load_run_release_on_the_npu_backend(
     write_graph(model, [Tensor(16, "int8")], [Tensor(16, "int8")], behaviour="add",
                 value=3)
     client = connect_tracker(*tracker)
-    with client.request("demo", wait=WAIT) as session:
+    with client.request("demo", wait_for_board=True, wait=WAIT) as session:
         loaded = session.load_model(str(model))
         x = np.arange(16, dtype=np.int8)
         (y,) = loaded.run(x)
@@ -89,7 +89,7 @@ def test_bad_inputs_paths_and_models_are_clear_errors_and_the_session_goes_on(
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"this is not a graph")
     client = connect_tracker(*tracker)
-    with client.request("demo", wait=WAIT) as session:
+    with client.request("demo", wait_for_board=True, wait=WAIT) as session:
         loaded = session.load_model(str(model))
         with pytest.raises(TensorMismatch, match="int8"):
             loaded.run(np.zeros(8, dtype=np.float32))
@@ -110,7 +110,7 @@ def test_a_crashing_model_ends_the_session_with_the_signal_and_frees_the_board(
     model = tmp_path / "boom.bin"
     write_graph(model, [Tensor(4, "int8")], [Tensor(4, "int8")], behaviour="crash")
     client = connect_tracker(*tracker)
-    with client.request("demo", wait=WAIT) as session:
+    with client.request("demo", wait_for_board=True, wait=WAIT) as session:
         loaded = session.load_model(str(model))
         with pytest.raises(ExecutorDied, match="signal 11"):
             loaded.run(np.zeros(4, dtype=np.int8))
@@ -119,7 +119,7 @@ def test_a_crashing_model_ends_the_session_with_the_signal_and_frees_the_board(
     # the board is free again and serves the next session
     good = tmp_path / "id.bin"
     write_graph(good, [Tensor(4, "int8")], [Tensor(4, "int8")])
-    with client.request("demo", wait=WAIT) as session:
+    with client.request("demo", wait_for_board=True, wait=WAIT) as session:
         (y,) = session.load_model(str(good)).run(np.full(4, 7, dtype=np.int8))
         assert y.tolist() == [7] * 4
     assert _device(client)["state"] == "free"
@@ -131,7 +131,7 @@ def test_a_run_past_its_timeout_kills_the_executor_and_frees_the_board(
     model = tmp_path / "hang.bin"
     write_graph(model, [Tensor(4, "int8")], [Tensor(4, "int8")], behaviour="hang")
     client = connect_tracker(*tracker)
-    with client.request("demo", wait=WAIT) as session:
+    with client.request("demo", wait_for_board=True, wait=WAIT) as session:
         loaded = session.load_model(str(model))
         with pytest.raises((ExecutorDied, RunFailed), match="longer than"):
             loaded.run(np.zeros(4, dtype=np.int8), timeout=0.5)
@@ -139,7 +139,7 @@ def test_a_run_past_its_timeout_kills_the_executor_and_frees_the_board(
     # free on the board too: the next session opens there and runs
     good = tmp_path / "id.bin"
     write_graph(good, [Tensor(4, "int8")], [Tensor(4, "int8")])
-    with client.request("demo", wait=WAIT) as session:
+    with client.request("demo", wait_for_board=True, wait=WAIT) as session:
         (y,) = session.load_model(str(good)).run(np.full(4, 3, dtype=np.int8))
         assert y.tolist() == [3] * 4
 
@@ -150,7 +150,7 @@ def test_the_lease_deadline_ends_the_session_with_lease_expired(
     model = tmp_path / "id.bin"
     write_graph(model, [Tensor(4, "int8")], [Tensor(4, "int8")])
     client = connect_tracker(*tracker)
-    lease = client.request("demo", wait=WAIT, lease=1.5)
+    lease = client.request("demo", wait_for_board=True, wait=WAIT, lease=1.5)
     try:
         loaded = lease.load_model(str(model))
         session = lease.open_session()
@@ -182,7 +182,7 @@ def test_a_ticket_opens_one_session_only(
     from compassd.protocol.errors import BoardBusy, TicketRejected
 
     client = connect_tracker(*tracker)
-    with client.request("demo", wait=WAIT) as lease:
+    with client.request("demo", wait_for_board=True, wait=WAIT) as lease:
         lease.open_session()
         with pytest.raises(BoardBusy, match="board-1"):
             connect_session(lease.address, lease.ticket)
@@ -216,7 +216,7 @@ def test_request_load_run_release_on_the_onnx_backend(
         "--backend", "onnx", "--workdir", str(workdir), "--device", "cpu-1")
     try:
         client = connect_tracker(*tracker)
-        with client.request("cpu", wait=WAIT) as session:
+        with client.request("cpu", wait_for_board=True, wait=WAIT) as session:
             model = session.load_model(str(path))
             assert [(t.name, tuple(t.shape), str(t.dtype)) for t in model.inputs] == [
                 ("x", (2, 3), "float32"), ("y", (2, 3), "float32")]
@@ -241,7 +241,7 @@ def test_the_same_model_in_a_new_session_comes_from_the_board_cache_not_the_wire
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     client = connect_tracker(*tracker)
     x = np.arange(16, dtype=np.int8)
-    with client.request("demo", wait=WAIT) as held:
+    with client.request("demo", wait_for_board=True, wait=WAIT) as held:
         session = held.open_session()
         assert FEATURE_CACHE in session.features
         # An older client never asks the cache: a plain upload, which the board keeps.
@@ -250,7 +250,7 @@ def test_the_same_model_in_a_new_session_comes_from_the_board_cache_not_the_wire
         assert session.cached == frozenset()
     assert os.listdir(board[1] / "cache") == [digest]
     for _ in range(2):
-        with client.request("demo", wait=WAIT) as held:
+        with client.request("demo", wait_for_board=True, wait=WAIT) as held:
             session = held.open_session()
             loaded = session.load_model(str(model))
             assert session.cached == {"add3.bin"}
@@ -274,7 +274,7 @@ def test_a_board_without_a_cache_says_so_and_takes_uploads_as_before(
                     value=3)
         client = connect_tracker(*tracker)
         for _ in range(2):
-            with client.request("plain", wait=WAIT) as held:
+            with client.request("plain", wait_for_board=True, wait=WAIT) as held:
                 session = held.open_session()
                 assert session.features == frozenset()
                 loaded = session.load_model(str(model))

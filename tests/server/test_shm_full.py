@@ -114,7 +114,7 @@ def test_an_oversized_run_is_a_sentence_and_the_board_stays_up(
     write_graph(big_out, [Tensor(16, "int8")], [Tensor(16 << 20, "int8")])
     small = tmp_path / "small.bin"
     write_graph(small, [Tensor(16, "int8")], [Tensor(16, "int8")])
-    with client.request("demo", wait=WAIT) as lease:
+    with client.request("demo", wait_for_board=True, wait=WAIT) as lease:
         with pytest.raises(LimitExceeded) as caught:
             lease.load_model(str(big_out)).run(np.ones(16, dtype=np.int8))
         said = str(caught.value)
@@ -124,7 +124,7 @@ def test_an_oversized_run_is_a_sentence_and_the_board_stays_up(
         (y,) = lease.load_model(str(small)).run(np.full(16, 7, dtype=np.int8))
         assert y.tolist() == [7] * 16
     assert small_board.poll() is None, "the board server died"
-    with client.request("demo", wait=WAIT) as lease:
+    with client.request("demo", wait_for_board=True, wait=WAIT) as lease:
         (y,) = lease.load_model(str(small)).run(np.full(16, 8, dtype=np.int8))
         assert y.tolist() == [8] * 16
 

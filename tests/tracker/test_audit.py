@@ -80,7 +80,7 @@ def test_refusals_are_logged_with_the_sentence_the_caller_got():
                                 token="guess")
     ann = h.connect(token="ann-token")
     bob = h.connect(token="bob-token")
-    ann.ok(ct.Request, key="npu")
+    ann.ok(ct.Request, key="npu", wait_for_board=True)
     bob.refused(NotAuthorized, ct.Drain, device="npu-1")
     refused = events(log, "refused")
     assert refused[0]["reason"] == sentence and refused[0]["command"] == "hello"

@@ -45,7 +45,7 @@ def t() -> Harness:
 
 def _grant(t: Harness, token: str) -> tuple[object, dict[str, object]]:
     client = t.connect(token=token)
-    client.ok(ct.Request, key="npu")
+    client.ok(ct.Request, key="npu", wait_for_board=True)
     (_, granted), = client.peer.take("granted")
     return client, granted
 
@@ -53,7 +53,7 @@ def _grant(t: Harness, token: str) -> tuple[object, dict[str, object]]:
 def test_an_anonymous_alice_is_not_alice(t: Harness) -> None:
     t.board("npu-1", token="board-token")
     fake = t.connect(user="alice")  # no token
-    request = fake.ok(ct.Request, key="npu")
+    request = fake.ok(ct.Request, key="npu", wait_for_board=True)
     (_, granted), = fake.peer.take("granted")
     holder = t.devices()["npu-1"]["holder"]
     assert holder == "anonymous:alice" and granted["request"] == request["request"]
@@ -70,7 +70,7 @@ def test_an_anonymous_alice_cannot_release_the_real_alices_lease(t: Harness) -> 
 
 def test_an_anonymous_alice_cannot_cancel_the_real_alices_request(t: Harness) -> None:
     alice = t.connect(token="alice-token")
-    request = alice.ok(ct.Request, key="npu")["request"]  # no board: it waits
+    request = alice.ok(ct.Request, key="npu", wait_for_board=True)["request"]  # no board: it waits
     fake = t.connect(user="alice")
     fake.refused(NotYourLease, ct.Cancel, request=request)
     assert alice.peer.take("request-ended") == []
@@ -83,9 +83,9 @@ def test_anonymous_callers_act_only_on_their_own_connection(t: Harness) -> None:
     request, though they share a name."""
     t.board("npu-1", token="board-token")
     first = t.connect(user="bob")
-    first.ok(ct.Request, key="npu")
+    first.ok(ct.Request, key="npu", wait_for_board=True)
     (_, granted), = first.peer.take("granted")
-    waiting = first.ok(ct.Request, key="npu")["request"]
+    waiting = first.ok(ct.Request, key="npu", wait_for_board=True)["request"]
     second = t.connect(user="bob")
     assert "this connection" in second.refused(NotYourLease, ct.Release,
                                                lease=granted["lease"])
@@ -97,7 +97,7 @@ def test_anonymous_callers_act_only_on_their_own_connection(t: Harness) -> None:
 def test_a_token_holder_may_cancel_from_another_connection_and_admins_may_kick(
         t: Harness) -> None:
     alice = t.connect(token="alice-token")
-    request = alice.ok(ct.Request, key="npu")["request"]
+    request = alice.ok(ct.Request, key="npu", wait_for_board=True)["request"]
     again = t.connect(token="alice-token")  # e.g. `compass cancel` in another shell
     again.ok(ct.Cancel, request=request)
     (_, ended), = alice.peer.take("request-ended")
@@ -119,7 +119,7 @@ def test_a_tokens_file_may_not_name_a_user_in_the_anonymous_namespace(
 def test_an_anonymous_name_already_prefixed_is_not_doubled(t: Harness) -> None:
     t.board("npu-1", token="board-token")
     fake = t.connect(user="anonymous:eve")
-    fake.ok(ct.Request, key="npu")
+    fake.ok(ct.Request, key="npu", wait_for_board=True)
     assert t.devices()["npu-1"]["holder"] == "anonymous:eve"
 
 
@@ -131,21 +131,21 @@ def test_a_client_gets_the_default_priority_at_most_unless_its_line_says_more(
     alice = t.connect(token="alice-token")
     error = alice.refused(NotAuthorized, ct.Request, key="npu", priority=2)
     assert "priority 1 at most, not 2" in error and "max-priority=" in error
-    alice.ok(ct.Request, key="npu", priority=1)
-    alice.ok(ct.Request, key="npu", priority=-5)  # lower is always allowed
-    alice.ok(ct.Request, key="npu")
+    alice.ok(ct.Request, key="npu", wait_for_board=True, priority=1)
+    alice.ok(ct.Request, key="npu", wait_for_board=True, priority=-5)  # lower is always allowed
+    alice.ok(ct.Request, key="npu", wait_for_board=True)
     vip = t.connect(token="vip-token")
-    vip.ok(ct.Request, key="npu", priority=5)
+    vip.ok(ct.Request, key="npu", wait_for_board=True, priority=5)
     assert "priority 5 at most, not 6" in vip.refused(NotAuthorized, ct.Request, key="npu",
                                                       priority=6)
-    t.connect(token="root-token").ok(ct.Request, key="npu", priority=1000)
+    t.connect(token="root-token").ok(ct.Request, key="npu", wait_for_board=True, priority=1000)
 
 
 def test_an_anonymous_caller_gets_the_default_priority_only(t: Harness) -> None:
     fake = t.connect(user="alice")
     error = fake.refused(NotAuthorized, ct.Request, key="npu", priority=2)
     assert "priority 1 at most" in error and "without a token" in error
-    fake.ok(ct.Request, key="npu", priority=1)
+    fake.ok(ct.Request, key="npu", wait_for_board=True, priority=1)
 
 
 def test_a_refused_priority_queues_nothing(t: Harness) -> None:
@@ -173,7 +173,7 @@ def test_an_open_tracker_on_loopback_keeps_names_and_priorities_as_given() -> No
     README tour need no token."""
     harness = Harness()
     client = harness.connect(user="dev")
-    client.ok(ct.Request, key="npu", priority=50)
+    client.ok(ct.Request, key="npu", wait_for_board=True, priority=50)
     harness.board("npu-1")
     assert harness.devices()["npu-1"]["holder"] == "dev"
     assert bt.Register  # the board role is open too

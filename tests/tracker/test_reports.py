@@ -189,7 +189,7 @@ def test_history_lists_ended_leases_and_unserved_requests_newest_first(h: Harnes
     ann, bob = h.connect(token="ann"), h.connect(token="bob")
     first = hold(h, ann, 60)
     second = hold(h, bob, 120)
-    waiting = ann.ok(ct.Request, key="gpu")["request"]  # no such pool: it waits
+    waiting = ann.ok(ct.Request, key="gpu", wait_for_board=True)["request"]  # no pool: waits
     h.advance(30)
     ann.ok(ct.Cancel, request=waiting)
     root = h.connect(token="root")

@@ -11,6 +11,7 @@ from compassd.protocol.errors import (
     DeviceConflict,
     LimitExceeded,
     NoSuchDevice,
+    NoSuchKey,
     NoSuchLease,
     NoSuchRequest,
     NotYourLease,
@@ -245,6 +246,72 @@ def test_queued_requests_per_user_are_limited() -> None:
         s.request(0.0, ALICE, "alice", "npu")
     s.request(0.0, BOB, "bob", "npu")
     assert len(s.requests) == 3
+
+
+def test_a_key_no_device_serves_is_refused_naming_the_keys_with_devices() -> None:
+    s = Scheduler()
+    with pytest.raises(NoSuchKey, match="No device is registered at this tracker yet"):
+        s.request(0.0, ALICE, "alice", "npu", wait_for_board=False)
+    board(s, "npu-1")
+    board(s, "cpu-1", key="cpu")
+    with pytest.raises(NoSuchKey) as refused:
+        s.request(0.0, ALICE, "alice", "nppu", wait_for_board=False)
+    assert "No device serves key 'nppu'" in str(refused.value)
+    assert "The keys with devices are: cpu, npu." in str(refused.value)
+    assert "--wait-for-board" in str(refused.value)
+    assert s.keys() == ["cpu", "npu"] and s.requests == {}
+    # Asked to wait for a board, it queues; and a board that registers later serves it.
+    waiting, effects = s.request(1.0, ALICE, "alice", "nppu", wait_for_board=True)
+    assert of(effects, Granted) == [] and s.keys() == ["cpu", "nppu", "npu"]
+    effects = s.register(2.0, BOARD, "nppu-1", "nppu", "h:3")
+    assert only(effects, Granted).lease.request is waiting
+
+
+def test_a_key_whose_devices_went_offline_lately_still_queues() -> None:
+    s = Scheduler(Policy(forget_offline=60.0))
+    board(s, "npu-1")
+    s.board_lost(1.0, BOARD)
+    request, _ = s.request(2.0, ALICE, "alice", "npu", wait_for_board=False)
+    assert request.id in s.requests
+    s.cancel(3.0, request.id, "alice")
+    s.advance(61.0)  # forgotten now: the key is unknown again
+    assert s.keys() == []
+    with pytest.raises(NoSuchKey):
+        s.request(62.0, ALICE, "alice", "npu", wait_for_board=False)
+
+
+def test_many_keys_are_named_up_to_a_limit() -> None:
+    s = Scheduler()
+    for n in range(25):
+        board(s, f"d-{n:02}", key=f"k-{n:02}")
+    with pytest.raises(NoSuchKey, match=r"k-00, k-01, .*k-19 and 5 more\."):
+        s.request(0.0, ALICE, "alice", "x", wait_for_board=False)
+
+
+@pytest.mark.parametrize("end", ["cancel", "timeout", "client lost"])
+def test_a_pool_left_with_no_device_and_no_request_is_forgotten(end: str) -> None:
+    s = Scheduler(Policy(fair_share_half_life=3600.0))
+    board(s, "npu-1")
+    request, _ = s.request(0.0, ALICE, "alice", "made-up", wait=5.0)
+    assert s.keys() == ["made-up", "npu"]
+    if end == "cancel":
+        s.cancel(1.0, request.id, "alice")
+    elif end == "timeout":
+        s.advance(5.0)
+    else:
+        s.client_lost(1.0, ALICE)
+    assert s.keys() == ["npu"] and s.served_keys() == ["npu"]
+    assert "made-up" not in s.usage_keys()  # nobody used it: no ledger either
+
+
+def test_a_forgotten_pool_keeps_its_usage_for_when_a_device_returns() -> None:
+    s = Scheduler(Policy(fair_share_half_life=3600.0, claim_timeout=None))
+    board(s, "npu-1")
+    lease = grant(s)
+    s.release(100.0, lease.id, "alice")
+    s.unregister(101.0, BOARD, "npu-1")
+    assert s.keys() == [] and s.usage_keys() == ["npu"]
+    assert s.usage("npu", "alice", 101.0) > 0
 
 
 def test_tickets_are_long_random_and_distinct() -> None:

@@ -22,7 +22,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from compassd.protocol.errors import DeviceConflict, TicketRejected
+from compassd.protocol.errors import DeviceConflict, NoSuchKey, TicketRejected
 from compassd.tracker.records import (
     COMPASSD,
     DeviceChanged,
@@ -289,6 +289,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         tags=WANTS,
         lease=st.sampled_from([None, 5.0, 100.0]),
         wait=st.sampled_from([None, None, 3.0, 20.0]),
+        wait_for_board=st.sampled_from([True, True, False]),
     )
     def request(
         self,
@@ -298,10 +299,22 @@ class SchedulerMachine(RuleBasedStateMachine):
         tags: frozenset[str],
         lease: float | None,
         wait: float | None,
+        wait_for_board: bool,
     ) -> None:
         owner = self.client(user)
+        served = sorted({d.key for d in self.devices.values()})
+        if not wait_for_board and key not in served:
+            # A key no device serves is refused at once, naming the keys that have one.
+            try:
+                self.s.request(self.now, owner, user, key, wait_for_board=False)
+            except NoSuchKey as e:
+                assert repr(key) in str(e) and all(k in str(e) for k in served)
+            else:
+                raise AssertionError(f"a request for {key}, which no device serves, queued")
+            return
         request, effects = self.s.request(
-            self.now, owner, user, key, priority=priority, tags=tags, lease=lease, wait=wait
+            self.now, owner, user, key, priority=priority, tags=tags, lease=lease, wait=wait,
+            wait_for_board=wait_for_board,
         )
         assert request.id not in self.made
         self.made[request.id] = owner
@@ -410,6 +423,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert set(self.s.devices) == set(self.devices)
         for name, device in self.devices.items():
             assert self.s.devices[name].online == device.online
+
+    @invariant()
+    def a_key_is_kept_only_while_it_has_a_device_or_a_waiting_request(self) -> None:
+        used = {d.key for d in self.devices.values()} | {r.key for r in self.waiting.values()}
+        assert set(self.s.keys()) == used
+        assert self.s.served_keys() == sorted({d.key for d in self.devices.values()})
 
     @invariant()
     def a_device_is_never_leased_twice_and_is_busy_iff_leased(self) -> None:

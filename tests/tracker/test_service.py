@@ -326,6 +326,28 @@ def test_request_grant_redeem_release(h: Harness, logged: list[str]) -> None:
     _one(logged, f"{granted['lease']} of ann on npu-1 ended released")
 
 
+def test_a_request_for_a_key_no_board_serves_is_refused_at_once_and_leaves_no_queue(
+    h: Harness, logged: list[str],
+) -> None:
+    h.board("npu-1")
+    h.board("cpu-1", key="cpu", user="rack2")
+    client = h.connect(user="ann")
+    message = client.refused(NoSuchKey, ct.Request, key="npu-x3")
+    assert "No device serves key 'npu-x3'" in message
+    assert "The keys with devices are: cpu, npu." in message and "--wait-for-board" in message
+    assert client.open and client.peer.take() == []
+    assert [q["key"] for q in client.ok(ct.ListQueues)["queues"]] == ["cpu", "npu"]
+    # Asked to wait for a board, it queues; once it ends, its key is gone from the listing.
+    answer = client.ok(ct.Request, key="npu-x3", wait_for_board=True)
+    assert answer["devices"] == 0
+    _one(logged, f"{answer['request']} of ann for npu-x3 (priority 1) waits at position 1"
+         " (1 is next)")
+    assert [q["key"] for q in client.ok(ct.ListQueues)["queues"]] == ["cpu", "npu", "npu-x3"]
+    client.ok(ct.Cancel, request=answer["request"])
+    assert [q["key"] for q in client.ok(ct.ListQueues)["queues"]] == ["cpu", "npu"]
+    client.refused(NoSuchKey, ct.ListWaiting, key="npu-x3")
+
+
 def test_the_answer_to_a_request_arrives_before_its_grant() -> None:
     h = Harness()
     h.board("npu-1")
@@ -349,7 +371,7 @@ class _Spy(list):  # type: ignore[type-arg]
 
 def test_a_waiting_client_gets_its_position_pushed_once_per_interval(h: Harness) -> None:
     waiting = [h.connect(user=f"user{i}") for i in range(4)]
-    requests = [c.ok(ct.Request, key="npu")["request"] for c in waiting]
+    requests = [c.ok(ct.Request, key="npu", wait_for_board=True)["request"] for c in waiting]
     assert [c.peer.take("position") for c in waiting] == [[]] * 4  # answers said it all
     waiting[0].ok(ct.Cancel, request=requests[0])
     waiting[1].ok(ct.Cancel, request=requests[1])
@@ -400,7 +422,7 @@ def test_a_waiting_request_is_granted_when_a_device_frees_up(h: Harness) -> None
 
 def test_cancel_ends_a_waiting_request(h: Harness, logged: list[str]) -> None:
     client = h.connect(user="ann")
-    request = client.ok(ct.Request, key="npu")["request"]
+    request = client.ok(ct.Request, key="npu", wait_for_board=True)["request"]
     client.ok(ct.Cancel, request=request)
     (_, ended), = client.peer.take("request-ended")
     assert ended["request"] == request and ended["reason"] == "cancelled"
@@ -411,7 +433,7 @@ def test_cancel_ends_a_waiting_request(h: Harness, logged: list[str]) -> None:
 
 def test_a_request_that_waits_too_long_is_ended_and_its_client_told(h: Harness) -> None:
     client = h.connect()
-    request = client.ok(ct.Request, key="npu", wait=5.0)["request"]
+    request = client.ok(ct.Request, key="npu", wait_for_board=True, wait=5.0)["request"]
     h.advance(4.9)
     assert client.peer.take("request-ended") == []
     h.advance(0.1)
@@ -490,7 +512,7 @@ def test_releasing_someone_elses_lease_is_refused_as_not_yours(h: Harness) -> No
 def test_cancelling_someone_elses_request_is_refused_as_not_yours(secured: Harness) -> None:
     ann = secured.connect(token="ann-token")
     bob = secured.connect(token="bob-token")
-    request = ann.ok(ct.Request, key="npu")["request"]
+    request = ann.ok(ct.Request, key="npu", wait_for_board=True)["request"]
     bob.refused(NotYourLease, ct.Cancel, request=request)
     assert ann.peer.take("request-ended") == []
 
@@ -524,8 +546,8 @@ def test_values_over_the_limits_are_bad_requests_and_the_connection_stays(h: Har
     assert "64" in client.refused(BadRequest, ct.Request, key="k" * 65)
     client.refused(BadRequest, ct.Request, key="has space")
     client.refused(BadRequest, ct.Request, key="npu", tags=[f"t{i}" for i in range(17)])
-    client.refused(BadRequest, ct.Request, key="npu", lease=-1.0)
-    client.refused(BadRequest, ct.Request, key="npu", priority=10**7)
+    client.refused(BadRequest, ct.Request, key="npu", wait_for_board=True, lease=-1.0)
+    client.refused(BadRequest, ct.Request, key="npu", wait_for_board=True, priority=10**7)
     client.refused(BadRequest, ct.ListDevices, limit=101)
     # The largest value AMP can carry is well formed, and refused like any long name.
     assert "65535" in client.refused(BadRequest, ct.Request, key="k" * 65535)
@@ -536,15 +558,15 @@ def test_values_over_the_limits_are_bad_requests_and_the_connection_stays(h: Har
     board.refused(BadRequest, bt.Register, device="npu-1", key="npu", address="a:1",
                   flavor="pytorch")
     assert client.open and board.open
-    assert client.ok(ct.Request, key="npu")["position"] == 0
+    assert client.ok(ct.Request, key="npu", wait_for_board=True)["position"] == 0
 
 
 def test_too_many_waiting_requests_of_one_user_are_refused() -> None:
     h = Harness(scheduler=Scheduler(policy=Policy(max_queued_per_user=2)))
     client = h.connect(user="ann")
-    client.ok(ct.Request, key="npu")
-    client.ok(ct.Request, key="npu")
-    assert "ann" in client.refused(LimitExceeded, ct.Request, key="npu")
+    client.ok(ct.Request, key="npu", wait_for_board=True)
+    client.ok(ct.Request, key="npu", wait_for_board=True)
+    assert "ann" in client.refused(LimitExceeded, ct.Request, key="npu", wait_for_board=True)
 
 
 def test_a_second_hello_is_refused(h: Harness) -> None:
@@ -566,11 +588,11 @@ def test_a_hello_refused_for_an_overlong_software_name_leaves_the_connection_ung
 
 def test_commands_before_hello_are_refused(h: Harness) -> None:
     conn = h.connect(role=None)
-    conn.refused(HelloRequired, ct.Request, key="npu")
+    conn.refused(HelloRequired, ct.Request, key="npu", wait_for_board=True)
     conn.refused(HelloRequired, bt.Register, device="d", key="npu", address="a:1")
     conn.refused(UnsupportedVersion, Hello, versions=[PROTOCOL_VERSION + 1], role="client")
     conn.ok(Hello, versions=[PROTOCOL_VERSION], role="client", user="late")
-    assert conn.ok(ct.Request, key="npu")["position"] == 0
+    assert conn.ok(ct.Request, key="npu", wait_for_board=True)["position"] == 0
 
 
 def test_a_client_connection_cannot_register_and_a_board_cannot_request(h: Harness) -> None:
@@ -597,7 +619,7 @@ def test_an_unknown_command_is_unhandled_and_the_tracker_keeps_serving(h: Harnes
     assert asker.open
     other = h.connect(user="bob")
     assert other.ok(ct.ListQueues)["queues"] == []
-    assert asker.ok(ct.Request, key="npu")["position"] == 0
+    assert asker.ok(ct.Request, key="npu", wait_for_board=True)["position"] == 0
 
 
 @pytest.mark.parametrize(
@@ -648,8 +670,8 @@ def test_a_bad_token_or_none_is_refused_at_hello(secured: Harness, logged: list[
 
 def test_a_user_may_request_only_the_keys_its_token_allows(secured: Harness) -> None:
     bob = secured.connect("client", token="bob-token")
-    bob.refused(NotAuthorized, ct.Request, key="npu")
-    assert bob.ok(ct.Request, key="cpu-x86")["position"] == 0
+    bob.refused(NotAuthorized, ct.Request, key="npu", wait_for_board=True)
+    assert bob.ok(ct.Request, key="cpu-x86", wait_for_board=True)["position"] == 0
 
 
 @pytest.mark.parametrize(
@@ -706,7 +728,7 @@ def test_an_admin_kicks_a_lease(secured: Harness) -> None:
 def test_an_admin_cancels_anyones_request(secured: Harness) -> None:
     admin = secured.connect("admin", token="admin-token")
     ann = secured.connect("client", token="ann-token")
-    request = ann.ok(ct.Request, key="npu")["request"]
+    request = ann.ok(ct.Request, key="npu", wait_for_board=True)["request"]
     admin.ok(ct.Cancel, request=request)
     (_, ended), = ann.peer.take("request-ended")
     assert ended["reason"] == "cancelled" and "admin root" in ended["message"]
@@ -774,8 +796,10 @@ def test_the_queue_listing_counts_devices_and_waiting_requests(h: Harness) -> No
 
 def test_the_waiting_listing_shows_requests_in_queue_order(h: Harness) -> None:
     clients = [h.connect(user=f"u{i}") for i in range(3)]
-    ids = [c.ok(ct.Request, key="npu", tags=["x2"])["request"] for c in clients]
-    urgent = h.connect(user="boss").ok(ct.Request, key="npu", priority=5)["request"]
+    ids = [c.ok(ct.Request, key="npu", wait_for_board=True, tags=["x2"])["request"]
+           for c in clients]
+    urgent = h.connect(user="boss").ok(ct.Request, key="npu", wait_for_board=True,
+                                       priority=5)["request"]
     h.advance(2.0)
     viewer = h.connect()
     page = viewer.ok(ct.ListWaiting, key="npu", limit=3)

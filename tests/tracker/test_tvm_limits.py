@@ -164,7 +164,7 @@ def test_a_tvm_request_naming_a_compassd_user_uses_its_own_quota_not_theirs() ->
     tvm = world.tvm()
     assert tvm.send([4, "npu", "bob", 1]) == []
     bob = world.amp(user="bob")
-    bob.call(ct.Request, key="npu")  # not refused: the TVM request was not bob's
+    bob.call(ct.Request, key="npu", wait_for_board=True)  # not refused: not bob's request
     users = sorted(r.user for r in world.tracker.scheduler.requests.values())
     assert users == ["bob", "tvm:bob"]
     assert world.tvm().call([4, "npu", "bob", 1])[0] == -1  # tvm:bob's own quota

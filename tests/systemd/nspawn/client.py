@@ -65,7 +65,7 @@ def run() -> int:
                     value=3)
         client = connect()
         try:
-            with client.request("demo", wait=60.0) as session:
+            with client.request("demo", wait_for_board=True, wait=60.0) as session:
                 loaded = session.load_model(model)
                 x = np.arange(16, dtype=np.int8)
                 (y,) = loaded.run(x)
@@ -83,7 +83,7 @@ def hold(seconds: float = 60.0) -> int:
         model = f"{tmp}/id.bin"
         write_graph(model, [Tensor(4, "int8")], [Tensor(4, "int8")])
         client = connect()
-        lease = client.request("demo", wait=60.0)
+        lease = client.request("demo", wait_for_board=True, wait=60.0)
         loaded = lease.load_model(model)
         loaded.run(np.zeros(4, dtype=np.int8))
         print("holding a session", flush=True)
