@@ -22,6 +22,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPullProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -41,6 +42,13 @@ from .upload import FileDownload, UploadSink, check_sha256, open_download
 
 log = Logger(namespace="compass.server")
 
+
+MAX_DOWNLOADS = 4
+"""Downloads one connection may have under way at once (pipelined); each holds an open
+file until its bytes are sent."""
+
+MAX_HELD = 64
+"""Boxes a connection may have waiting behind a byte run it does not read."""
 
 OUTPUT_CHUNK = 4 << 20
 """Bytes of an output tensor copied out of the arena per write: Twisted transports take
@@ -162,6 +170,24 @@ class SessionConnection(HelloResponder):
     _streaming = False
     """Whether a byte run (outputs, a download) is being written by a producer."""
 
+    _downloads = 0
+    """Downloads asked for and not yet sent (being hashed, or waiting for the byte run
+    before them): each holds an open file."""
+
+    def sendBox(self, box: amp.AmpBox) -> None:
+        """Write a box now, or once the byte run being written is done: the answer to a
+        command pipelined behind a download must not land inside its bytes."""
+        if not self._streaming:
+            super().sendBox(box)
+            return
+        if len(self._held) >= MAX_HELD:
+            log.warn("{peer} pipelined more than {count} commands behind a byte run it"
+                     " does not read; closing the connection", peer=self.describe(),
+                     count=MAX_HELD)
+            self.drop(abort=True)
+            return
+        self._held.append(lambda: self.sendBox(box))
+
     def _between_runs(self, work: Callable[[], object]) -> None:
         """Do C{work} (write a box) now, or once the byte run being written is done: a
         box in the middle of it would put the connection out of step."""
@@ -170,14 +196,22 @@ class SessionConnection(HelloResponder):
         else:
             work()
 
-    def _stream(self, chunks: Iterator[bytes]) -> None:
-        """Write C{chunks} as a byte run through a producer (boxes wait for its end)."""
+    def _stream(self, chunks: Iterator[bytes],
+                then: Callable[[], object] = lambda: None) -> None:
+        """Write C{chunks} as a byte run through a producer (boxes wait for its end),
+        then call C{then}; a run asked for while another is written (pipelined
+        downloads) follows it."""
         if self.transport is None:
+            then()
+            return
+        if self._streaming:
+            self._held.append(lambda: self._stream(chunks, then))
             return
         self._streaming = True
 
         def done() -> None:
             self._streaming = False
+            then()
             held, self._held = self._held, []
             for work in held:
                 if self.alive:
@@ -303,6 +337,14 @@ class SessionConnection(HelloResponder):
     @ps.Download.responder
     def download(self, path: str) -> Deferred[dict[str, Any]]:
         session = self._active()
+        if self._downloads >= MAX_DOWNLOADS:
+            raise LimitExceeded(
+                f"{self._downloads} downloads are already under way on this connection,"
+                f" the most it may have; read them before asking for {path!r}.")
+        self._downloads += 1
+
+        def sent() -> None:
+            self._downloads -= 1
 
         opened: list[FileDownload] = []
 
@@ -317,14 +359,21 @@ class SessionConnection(HelloResponder):
 
         def stream() -> None:
             if opened:
-                self._stream(iter(opened.pop()))
+                self._stream(iter(opened.pop()), sent)
+            else:
+                sent()
 
         # opening and hashing (up to 4 GiB) happen in a thread; the bytes follow the
         # answer, which is written when it fires
         d = open_download(session.directory, path,
                           in_thread=self.board.in_thread).addCallback(answer)
         self._follow_answer(stream, d)
-        return d
+
+        def refused(failure: Failure) -> Failure:
+            sent()
+            return failure
+
+        return d.addErrback(refused)
 
     @ps.ListFiles.responder
     def list_files(self, path: str | None = None) -> dict[str, Any]:
