@@ -19,6 +19,7 @@ It adds to Twisted's AMP what compassd promises on every link:
 
 from __future__ import annotations
 
+import re
 import struct
 import threading
 from collections.abc import Callable
@@ -656,7 +657,21 @@ class CompassPeer(ResponderSerialization):
         return Failure(
             amp.RemoteAmpError(
                 InternalError.code,
-                f"The {command} command failed unexpectedly ({failure.getErrorMessage()});"
+                f"The {command} command failed unexpectedly ({public_reason(failure)});"
                 " the daemon's log has the details.",
             )
         )
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.~-])/[^\s'\"]*")
+
+
+def public_reason(failure: Failure) -> str:
+    """What an unexpected error may tell the peer: its kind and message, with every
+    absolute path (a board's work directory, a home directory) left out; the daemon's
+    log keeps the whole of it."""
+    error = failure.value
+    if isinstance(error, OSError) and error.strerror:
+        return f"{type(error).__name__}: {error.strerror}"
+    message = _ABSOLUTE.sub("<path>", failure.getErrorMessage())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
