@@ -119,6 +119,13 @@ class TrackerPeer(HelloResponder):
     def _refused(self, failure: Failure, name: bytes) -> Failure:
         error = failure.value
         code = getattr(error, "errorCode", b"?")
+        extra: dict[str, Any] = {}
+        if self.identity is None:  # not known yet: one line per address a minute
+            left_out = self.tracker.refusal_lines.admit(self._host(), self._now)
+            if left_out is None:
+                return failure
+            if left_out:
+                extra["repeated"] = left_out
         self.tracker.record(
             "refused",
             user=self.identity.user if self.identity else None,
@@ -126,8 +133,12 @@ class TrackerPeer(HelloResponder):
             reason=str(getattr(error, "description", failure.getErrorMessage())),
             command=name.decode("ascii", "replace"),
             code=code.decode("ascii", "replace") if isinstance(code, bytes) else str(code),
+            **extra,
         )
         return failure
+
+    def _host(self) -> str:
+        return str(getattr(self.transport.getPeer(), "host", "?"))  # type: ignore[union-attr]
 
     def notify(self, command: type[amp.Command], arguments: dict[str, Any]) -> None:
         """Send a one-way notice, after the box being handled (if any) is answered."""
@@ -164,10 +175,12 @@ class TrackerPeer(HelloResponder):
             if role == "board" and self.tracker.board_ca is not None:
                 self._check_board_certificate(identity)
         except NotAuthorized as e:
-            log.warn(
-                "refused hello as {role} from {peer}: {why}", role=role, peer=self.describe(),
-                why=str(e),
-            )
+            left_out = self.tracker.refusal_warnings.admit(self._host(), self._now)
+            if left_out is not None:
+                more = (f" ({left_out} more refused from this address were not logged)"
+                        if left_out else "")
+                log.warn("refused hello as {role} from {peer}: {why}{more}", role=role,
+                         peer=self.describe(), why=str(e), more=more)
             for refused in self.tracker.refusals:
                 refused(role)
             raise

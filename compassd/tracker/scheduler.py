@@ -566,8 +566,9 @@ class Scheduler:
                 " ended. Request the device again."
             )
         if lease.device is not device:
-            raise TicketRejected(
-                f"The ticket is for device {lease.device.name}, not {device_name}."
+            raise NoSuchDevice(
+                f"The ticket was not granted for device {device_name}; present it to the"
+                " device named in the grant."
             )
         return lease
 

@@ -28,7 +28,7 @@ from . import persist
 from .access import Access, TokensFileError, load_tokens, shares_of
 from .accounting import RecentHistory
 from .admin import AdminResponders
-from .audit import AuditLog
+from .audit import AuditLog, Throttle
 from .boards import BoardResponders
 from .clients import ClientResponders
 from .connection import log
@@ -97,6 +97,11 @@ class TrackerService(service.Service):
     history_reader: Callable[[HistoryQuery], Deferred[list[HistoryRow]]] | None = None
     """Reads a page of history from the durable store, off the reactor; None: the
     reports read L{recent}."""
+
+    refusal_lines: Throttle = attrs.Factory(Throttle)
+    """How often a refusal of a caller not yet known is audited, per peer address."""
+    refusal_warnings: Throttle = attrs.Factory(Throttle)
+    """How often a refused hello is logged as a warning, per peer address."""
 
     device_owners: dict[str, str] = attrs.Factory(dict)
     """Each device name and the user (token or certificate) that first registered it:

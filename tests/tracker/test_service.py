@@ -536,8 +536,8 @@ def test_a_ticket_for_another_device_is_refused(h: Harness) -> None:
     client.ok(ct.Request, key="npu")
     (_, granted), = client.peer.take("granted")
     other = "npu-2" if granted["device"] == "npu-1" else "npu-1"
-    assert other in board.refused(TicketRejected, bt.Redeem, device=other,
-                                  ticket=granted["ticket"])
+    why = board.refused(NoSuchDevice, bt.Redeem, device=other, ticket=granted["ticket"])
+    assert other in why and granted["device"] not in why
     board.ok(bt.Redeem, device=granted["device"], ticket=granted["ticket"])
 
 
@@ -663,7 +663,8 @@ def test_a_bad_token_or_none_is_refused_at_hello(secured: Harness, logged: list[
                  token="ann-token")
     conn.refused(HelloRequired, ct.Request, key="npu")
     assert conn.open
-    assert len([line for line in logged if "refused hello" in line]) == 4
+    # one warning per address a minute: a flood of bad hellos is not a flood of lines
+    assert len([line for line in logged if "refused hello" in line]) == 1
     answer = conn.ok(Hello, versions=[PROTOCOL_VERSION], role="client", token="ann-token")
     assert answer["user"] == "ann" and answer["roles"] == ["client"]
 
