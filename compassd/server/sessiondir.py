@@ -243,7 +243,7 @@ class SessionDirectory:
         target = self.resolve(relpath or "", allow_root=True)
         try:
             info = os.lstat(target)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise NoSuchFile(
                 f"There is no {self.describe(relpath or '')}; list the session directory"
                 " to see what is there."
@@ -273,7 +273,7 @@ class SessionDirectory:
         target = self.resolve(relpath)
         try:
             info = os.lstat(target)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # a/b where a is a file
             raise NoSuchFile(
                 f"There is no {self.describe(relpath)} to remove; list the session"
                 " directory to see what is there."

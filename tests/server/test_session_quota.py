@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from compassd.protocol.errors import LimitExceeded, PathRefused
+from compassd.protocol.errors import LimitExceeded, NoSuchFile, PathRefused
 from compassd.server.modelcache import ModelCache, store_cached
 from compassd.server.sessiondir import SessionDirectory
 from compassd.server.upload import UploadSink
@@ -129,3 +131,48 @@ def test_an_upload_refused_for_entries_writes_nothing(small: SessionDirectory) -
         UploadSink.start(small, "deep/new", 1, hashlib.sha256(b"1").hexdigest())
     assert os.listdir(small.partial) == []
     assert sorted(os.listdir(small.files)) == list("vwxyz")
+
+
+def _real(directory: SessionDirectory) -> tuple[int, int]:
+    """The bytes of regular files and the entries under the client's area, walked."""
+    size = entries = 0
+    for folder, dirs, names in os.walk(directory.files):
+        entries += len(dirs) + len(names)
+        size += sum(os.lstat(os.path.join(folder, n)).st_size for n in names)
+    return size, entries
+
+
+PARTS = st.sampled_from(["a", "b", "c"])
+PATHS = st.lists(PARTS, min_size=1, max_size=5).map("/".join)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["store", "remove"]), PATHS,
+                          st.integers(0, 300)), max_size=30))
+def test_the_counts_always_match_the_tree_and_never_pass_the_limits(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, str, int]],
+) -> None:
+    directory = SessionDirectory.create(tmp_path_factory.mktemp("fuzz"), max_upload=1000,
+                                        max_entries=8, max_depth=3)
+    for op, path, size in ops:
+        try:
+            if op == "store":
+                store(directory, path, b"x" * size)
+            else:
+                directory.remove(path)
+        except (LimitExceeded, PathRefused, NoSuchFile):
+            pass
+        assert (directory.used(), directory.entries()) == _real(directory)
+        assert directory.used() <= 1000 and directory.entries() <= 8
+
+
+def test_a_path_through_a_file_is_no_such_file_for_remove_and_listdir(
+    small: SessionDirectory,
+) -> None:
+    store(small, "a", b"1")
+    with pytest.raises(NoSuchFile):
+        small.remove("a/b")
+    with pytest.raises(NoSuchFile):
+        small.listdir("a/b")
+    assert (small.entries(), small.used()) == (1, 1)

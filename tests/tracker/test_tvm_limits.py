@@ -7,7 +7,10 @@ In memory against a real TrackerService on a ``task.Clock`` (the peers of test_t
 
 from __future__ import annotations
 
+import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.python import usage
 
 from compassd.protocol import board_tracker as bt
@@ -226,3 +229,58 @@ def test_tvm_options_become_the_limits() -> None:
             limits.requests_per_address, limits.connections) == (5, None, 60.0, 7, 9)
     with pytest.raises(usage.UsageError):
         Options().parseOptions(["--tvm-max-devices", "-3"])
+
+
+# --- the ledger against what the tracker really holds, under random traffic -------------
+
+HOSTS = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+OPS = st.one_of(
+    st.tuples(st.just("connect"), st.sampled_from(HOSTS)),
+    st.tuples(st.just("put"), st.integers(0, 7), st.integers(9000, 9006)),
+    st.tuples(st.just("request"), st.integers(0, 7), st.sampled_from(["npu", "cpu"]),
+              st.integers(-3, 3) | st.sampled_from([10**7, -(10**7)])),
+    st.tuples(st.just("close"), st.integers(0, 7)),
+    st.tuples(st.just("advance"), st.sampled_from([1.0, 100.0, 300.0])),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(OPS, max_size=40))
+def test_the_ledger_always_matches_what_tvm_peers_hold_and_the_caps_hold(ops: list) -> None:
+    limits = TvmLimits(connections_per_address=3, connections=6, devices_per_address=2,
+                       devices=4, requests_per_address=2, requests=4, forget_offline=300.0)
+    world = limited(**attrs.asdict(limits))
+    peers: list = []
+    for op in ops:
+        if op[0] == "connect":
+            peers.append((op[1], world.tvm(host=op[1])))
+        elif op[0] == "put" and peers:
+            _, peer = peers[op[1] % len(peers)]
+            if not peer.proto.lost:
+                peer.send([3, "npu", [op[2], f"npu:{op[2]}"], None])
+        elif op[0] == "request" and peers:
+            _, peer = peers[op[1] % len(peers)]
+            if not peer.proto.lost:
+                peer.send([4, op[2], "", op[3]])
+        elif op[0] == "close" and peers:
+            _, peer = peers[op[1] % len(peers)]
+            peer.close()
+        elif op[0] == "advance":
+            world.clock.advance(op[1])
+            world.flush()
+        ledger = tvm_ledger(world.tracker)
+        scheduler = world.tracker.scheduler
+        live = [(h, p) for h, p in peers if not p.proto.lost]
+        assert ledger.connection_count() == len(live) <= 6
+        for host in HOSTS:
+            assert ledger.connection_count(host) == sum(1 for h, _ in live if h == host) <= 3
+            waiting = [r for r in scheduler.requests.values()
+                       if r.flavor == "tvm" and r.owner.peer_host == host]
+            assert ledger.request_count(host) == len(waiting) <= 2
+            held = [d for d in scheduler.devices.values() if d.flavor == "tvm"
+                    and d.owner.peer_host == host]
+            assert len(held) <= 2
+        assert ledger.request_count() <= 4
+        assert len([d for d in scheduler.devices.values() if d.flavor == "tvm"]) <= 4
+        assert all(limits.min_priority <= r.priority <= limits.max_priority
+                   for r in scheduler.requests.values())
