@@ -53,6 +53,7 @@ LAYERS = {
     "compassd.tracker.explain": CORE,
     "compassd.tracker.tvmlimits": CORE,
     "compassd.tracker.restart": CORE,
+    "compassd.tracker.reconcile": CORE,
     # shared pieces: the protocol and what every layer may use
     "compassd": SHARED,  # compassd/__init__.py: the version
     "compassd.errors": SHARED,

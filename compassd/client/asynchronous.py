@@ -560,6 +560,11 @@ class AsyncTracker:
     def _lease_ended(self, lease: str, reason: str, message: str) -> None:
         held = self.leases.pop(lease, None)
         if held is not None:
+            session = held._session
+            if session is not None and session.active and reason != "released":
+                # the tracker ended the lease: the session on the board is over too
+                said = message if lease in message else f"Lease {lease} ended: {message}"
+                session.end_locally(reason, said)
             error = None if reason == "released" else _LEASE_ERRORS.get(reason, LeaseLost)(
                 message, lease=lease, reason=reason
             )

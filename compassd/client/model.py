@@ -113,7 +113,7 @@ class AsyncModel:
             d.addCallback(received)  # at once, so a byte run after the answer is caught
             return session._after_run(d, sent)
 
-        return self.session._operation(what, work)
+        return self.session._operation(what, work, arguments.get("timeout"))
 
     def run(self, inputs: Inputs, *, timeout: float | None = None) -> Deferred[list[np.ndarray]]:
         """Run the model once; the result is its outputs as numpy arrays, in model order.

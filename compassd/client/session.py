@@ -18,9 +18,12 @@ arrays' own bytes and come back straight into freshly allocated arrays. Nothing 
 pickled.
 
 Calls on one session run one at a time, in the order they were made: a raw byte run must
-not be interleaved with another command's box. Cancelling a call (Ctrl-C in the blocking
-API) drops the connection, because a half-sent byte run cannot be taken back; the board
-then ends the session.
+not be interleaved with another command's box. Every call has a deadline: the end of the
+lease (the board ends the session then), or the call's own timeout, plus
+L{DEADLINE_GRACE}; a board that does not answer by then (stopped, cut off) ends the
+session with a sentence that says so instead of a call that never returns. Cancelling a
+call (Ctrl-C in the blocking API) drops the connection, because a half-sent byte run
+cannot be taken back; the board then ends the session.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ from ._transfer import Progress, RunSender, Source, digest, run_sender
 from .model import AsyncModel
 
 T = TypeVar("T")
+
+DEADLINE_GRACE = 3.0
+"""Seconds past a call's deadline (the lease's end, or its own timeout) before the client
+gives up on the board: time for the board's own "lease expired" notice to arrive."""
 
 
 class BoardUnreachable(CompassError):
@@ -117,8 +124,13 @@ class AsyncSession:
     C{info} and C{max_upload} (bytes; 0 or less means no limit) are as the board said.
     """
 
-    def __init__(self, protocol: _SessionProtocol, address: str, answer: dict[str, Any]) -> None:
+    def __init__(self, protocol: _SessionProtocol, address: str, answer: dict[str, Any],
+                 reactor: Any = None) -> None:
         self._protocol = protocol
+        self._reactor = reactor
+        self._lease_deadline: float | None = (
+            reactor.seconds() + float(answer["expires_in"]) if reactor is not None else None)
+        """When the lease ends by the reactor's clock (None: no reactor, no deadlines)."""
         self.address = address
         self.session: str = answer["session"]
         self.lease: str = answer["lease"]
@@ -169,7 +181,7 @@ class AsyncSession:
         def opened(protocol: _SessionProtocol, where: str,
                    _: dict[str, Any]) -> Deferred[AsyncSession]:
             d = protocol.callRemote(sp.OpenSession, ticket=ticket, device=device)
-            return d.addCallback(lambda answer: cls(protocol, where, answer))
+            return d.addCallback(lambda answer: cls(protocol, where, answer, reactor))
 
         return connect(reactor, BOARD, _SessionProtocol, address, host=host, port=port,
                        endpoint=endpoint, tls=tls, timeout=timeout, role="client",
@@ -206,6 +218,34 @@ class AsyncSession:
         if sender is not None:
             sender.stopProducing()
 
+    def end_locally(self, reason: str, message: str) -> None:
+        """The session is over without the board saying so (the tracker ended its lease):
+        later calls raise L{SessionEnded} with C{message}; the connection is dropped, so
+        a board that still runs it ends it too."""
+        if self._ended is None:
+            self.end_reason = reason
+            self._ended = message
+        self._protocol.drop(abort=True)
+
+    def _overdue(self, what: str, why: str) -> None:
+        """A call passed its deadline with no answer: the board is not answering."""
+        self.end_locally(
+            "deadline",
+            f"The board at {self.address} did not answer {what} by {why}; session"
+            f" {self.session} of lease {self.lease} is over. The board may be stopped or"
+            " cut off: request a board again.")
+
+    def _deadline(self, what: str, timeout: float | None) -> Any:
+        """Arm the deadline of a call starting now (None without a reactor)."""
+        if self._reactor is None or self._lease_deadline is None:
+            return None
+        left = self._lease_deadline - self._reactor.seconds()
+        why = f"the deadline of lease {self.lease}"
+        if timeout is not None and timeout < left:
+            left, why = timeout, f"its own timeout of {timeout:g} s"
+        return self._reactor.callLater(max(0.0, left) + DEADLINE_GRACE, self._overdue,
+                                       what, why)
+
     def _lost_during(self, what: str) -> SessionEnded:
         reason = self._ended or f"The connection to the board at {self.address} was lost."
         return SessionEnded(f"{reason} ({what} did not finish.)")
@@ -231,9 +271,12 @@ class AsyncSession:
         """C{answer}'s outcome, once C{sent} has fired too."""
         return answer.addBoth(lambda outcome: sent.addCallback(lambda _: outcome))
 
-    def _operation(self, what: str, work: Callable[[], Deferred[T]]) -> Deferred[T]:
+    def _operation(self, what: str, work: Callable[[], Deferred[T]],
+                   timeout: float | None = None) -> Deferred[T]:
         """Run C{work} when the calls made before it are done; fail with
-        L{SessionEnded} if the session is over. Cancelling drops the connection."""
+        L{SessionEnded} if the session is over, or once its deadline passed (the lease's
+        end, or C{timeout} seconds, plus L{DEADLINE_GRACE}) without an answer.
+        Cancelling drops the connection."""
         if self._ended is not None:
             return fail(SessionEnded(self._ended))
 
@@ -245,7 +288,19 @@ class AsyncSession:
         def start() -> Deferred[T]:
             if self._ended is not None:
                 raise SessionEnded(self._ended)
-            return work()
+            timer = self._deadline(what, timeout)
+
+            def disarm(outcome: Any) -> Any:
+                if timer is not None and timer.active():
+                    timer.cancel()
+                return outcome
+
+            try:
+                d = work()
+            except BaseException:
+                disarm(None)
+                raise
+            return d.addBoth(disarm)
 
         def translate(failure: Failure) -> Failure:
             if failure.check(ConnectionClosed):

@@ -25,6 +25,12 @@ class Register(CompassCommand):
     connection went away is taken over. C{info} is a list of C{name=value} strings
     (backend, target, cores, driver, ...). C{max_lease} caps the leases of this device.
     C{flavor} says which session protocol the device speaks ("compassd" or "tvm").
+
+    A board that C{reports} says, here and in every L{Heartbeat}, which session the
+    device serves (C{lease}, its C{holder}, C{lease_expires_in} seconds left; none when
+    absent) and confirms every L{Revoke} with L{SessionEnded}; the tracker reconciles its
+    view with that (a restarted tracker adopts the session, a lease it ended is ended on
+    the board). Boards that do not say C{reports} keep the older behaviour.
     """
 
     commandName = b"register"
@@ -37,6 +43,10 @@ class Register(CompassCommand):
         (b"max_lease", amp.Float(optional=True)),
         (b"healthy", amp.Boolean(optional=True)),
         (b"flavor", amp.Unicode(optional=True)),
+        (b"reports", amp.Boolean(optional=True)),
+        (b"lease", amp.Unicode(optional=True)),
+        (b"holder", amp.Unicode(optional=True)),
+        (b"lease_expires_in", amp.Float(optional=True)),
     ]
     response = [(b"heartbeat", amp.Float())]
 
@@ -49,11 +59,25 @@ class Unregister(CompassCommand):
     response = []
 
 
+SESSION = amp.AmpList([
+    (b"device", amp.Unicode()),
+    (b"lease", amp.Unicode()),
+    (b"holder", amp.Unicode()),
+    (b"expires_in", amp.Float()),
+])
+"""A session a device serves: its lease, the lease's holder, seconds left."""
+
+
 class Heartbeat(CompassCommand):
-    """Nothing but a sign of life; the answer proves the tracker is alive too."""
+    """A sign of life; the answer proves the tracker is alive too.
+
+    A board that registered with C{reports} lists in C{sessions} the session each of its
+    devices serves (a device not listed serves none); without C{sessions} the heartbeat
+    says nothing about sessions (a board checking a ticket right then leaves it out).
+    """
 
     commandName = b"heartbeat"
-    arguments = []
+    arguments = [(b"sessions", amp.AmpList(SESSION.subargs, optional=True))]
     response = []
 
 

@@ -262,12 +262,15 @@ class ProxyConnection(HelloResponder):
     @bt.Register.responder
     def register(self, device: str, key: str, address: str, tags: list[str] | None = None,
                  info: list[str] | None = None, max_lease: float | None = None,
-                 healthy: bool | None = None, flavor: str | None = None
+                 healthy: bool | None = None, flavor: str | None = None,
+                 reports: bool | None = None, lease: str | None = None,
+                 holder: str | None = None, lease_expires_in: float | None = None,
                  ) -> Deferred[dict[str, Any]]:
         advertised = self.proxy.advertised()
         d = self._to_tracker(bt.Register, device=device, key=key, address=advertised,
                              tags=tags, info=info, max_lease=max_lease, healthy=healthy,
-                             flavor=flavor)
+                             flavor=flavor, reports=reports, lease=lease, holder=holder,
+                             lease_expires_in=lease_expires_in)
 
         def registered(answer: dict[str, Any]) -> dict[str, Any]:
             self.devices.add(device)
@@ -292,8 +295,10 @@ class ProxyConnection(HelloResponder):
         return d.addCallback(done)
 
     @bt.Heartbeat.responder
-    def heartbeat(self) -> Deferred[dict[str, Any]]:
-        return self._to_tracker(bt.Heartbeat)
+    def heartbeat(self, sessions: list[dict[str, Any]] | None = None
+                  ) -> Deferred[dict[str, Any]]:
+        # one tracker connection per board: its report of sessions passes through as is
+        return self._to_tracker(bt.Heartbeat, sessions=sessions)
 
     @bt.Health.responder
     def health(self, device: str, healthy: bool, detail: str | None = None

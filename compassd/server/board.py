@@ -146,6 +146,13 @@ class BoardService(service.MultiService):
         self._spare_pending: ExecutorHandle | None = None
         self._spare_handle: ExecutorHandle | None = None
         self._health: LoopingCall | None = None
+        self._redeeming = 0
+        """Tickets being checked with the tracker right now."""
+        self._opening: tuple[str, str, float] | None = None
+        """(lease, holder, deadline) of a session whose ticket was redeemed and whose
+        executor is being attached."""
+        self._revoked_leases: set[str] = set()
+        """Leases the tracker ended while their session was still opening."""
         self.sessions_served = 0
         self.metrics: ServerMetrics | None = None
         """Where the board counts sessions, runs, bytes and executors (--metrics)."""
@@ -156,7 +163,7 @@ class BoardService(service.MultiService):
                              info=[f"backend={backend}", f"server=compass-server {__version__}"],
                              healthy=False, health_detail="starting"),
             on_revoke=self._revoked, token=token,
-            on_dial=self._dial if proxy else None)
+            on_dial=self._dial if proxy else None, report=self.serving)
 
     @classmethod
     def from_options(cls, options: Any, reactor: Any) -> BoardService:
@@ -346,21 +353,42 @@ class BoardService(service.MultiService):
 
         return connecting.addCallback(attach)
 
+    def serving(self) -> tuple[str, str, float] | None | bool:
+        """What this board tells the tracker it serves (L{TrackerLink} reports it on
+        every registration and heartbeat): (lease, holder, seconds left), None for
+        nothing, or False while a ticket is being checked (the tracker's answer is on
+        its way, so nothing true can be said)."""
+        if self._redeeming:
+            return False
+        now = self.reactor.seconds()
+        session = self.session
+        if session is not None and session.ended is None:
+            return (session.lease, session.user, max(0.0, session.deadline - now))
+        if self._opening is not None:
+            lease, user, deadline = self._opening
+            return (lease, user, max(0.0, deadline - now))
+        return None
+
     def open_session(self, connection: Any, ticket: str) -> Deferred[ActiveSession]:
         """Check C{ticket} with the tracker, then give the connection a fresh session."""
-        if self.session is not None:
+        if self.session is not None or self._opening is not None:
             raise BoardBusy(
                 f"The board {self.device} is serving another session; a ticket opens a"
                 " session only on the board it was granted for, once.")
+        self._redeeming += 1
         opening = self.link.redeem(ticket)
 
+        def checked(result: Any) -> Any:
+            self._redeeming -= 1
+            return result
+
         def redeemed(answer: dict[str, Any]) -> Deferred[ActiveSession]:
-            if self.session is not None:
+            if self.session is not None or self._opening is not None:
                 raise BoardBusy(f"The board {self.device} is serving another session.")
             return self._start(connection, answer["lease"], answer["user"],
                                float(answer["expires_in"]))
 
-        return opening.addCallback(redeemed)
+        return opening.addBoth(checked).addCallback(redeemed)
 
     def _take_executor(self) -> Deferred[ExecutorHandle]:
         handle, self._spare_handle = self._spare_handle, None
@@ -400,11 +428,14 @@ class BoardService(service.MultiService):
                 f"The board {self.device} could not set up a session ({e}); the lease was"
                 " given back, request the board again.") from None
         placeholder: dict[str, ActiveSession] = {}
+        deadline = self.reactor.seconds() + expires_in
+        self._opening = (lease, user, deadline)
 
         def attach(handle: ExecutorHandle) -> Deferred[ActiveSession]:
-            session = ActiveSession(ident, lease, user, self.reactor.seconds() + expires_in,
+            session = ActiveSession(ident, lease, user, deadline,
                                     directory, arena, handle, connection)
             placeholder["s"] = session
+            self._opening = None
             self.session = session
             handle.tag = f"{self.device} session {ident} ({user})"
             handle.ended.addCallback(self._executor_ended, session)
@@ -414,9 +445,10 @@ class BoardService(service.MultiService):
                      " {left:.0f} s left)", device=self.device, session=ident, user=user,
                      lease=lease, left=expires_in)
             d = handle.attach(str(directory.files), arena.path, arena.size, ident)
-            return d.addCallback(lambda _: session)
+            return d.addCallback(lambda _: self._opened(session))
 
         def failed(failure: Failure) -> Failure:
+            self._opening = None
             session = placeholder.get("s")
             if session is not None:
                 self.end_session(session, "failed",
@@ -432,6 +464,17 @@ class BoardService(service.MultiService):
         self.reactor.callLater(0, self._warm_spare)
         return d
 
+    def _opened(self, session: ActiveSession) -> ActiveSession:
+        """The session is attached: end it now if the tracker ended its lease meanwhile."""
+        if session.lease in self._revoked_leases:
+            self._revoked_leases.discard(session.lease)
+            self.end_session(session, "revoked",
+                             f"Lease {session.lease} ended at the tracker while its session"
+                             f" on {self.device} was opening; request the board again.")
+            raise SessionEnded(f"Lease {session.lease} ended at the tracker while its"
+                               " session was opening; request the board again.")
+        return session
+
     def _expired(self, session: ActiveSession) -> None:
         session.timer = None
         held = time.monotonic() - session.started
@@ -442,10 +485,19 @@ class BoardService(service.MultiService):
                          " more time.")
 
     def _revoked(self, lease: str, reason: str, message: str) -> None:
+        """The tracker ended C{lease}: end its session at once, and confirm (the tracker
+        keeps the device out of the pool until the board says the session is over)."""
+        said = message or f"The tracker ended lease {lease} ({reason})."
+        if lease not in said:
+            said = f"Lease {lease} ended ({reason}): {said}"
         session = self.session
         if session is not None and session.lease == lease:
-            self.end_session(session, reason, message or f"The tracker ended the lease"
-                             f" ({reason}).", tell_tracker=False)
+            self.end_session(session, reason, said)
+            return
+        if self._opening is not None and self._opening[0] == lease:
+            self._revoked_leases.add(lease)  # ended as soon as it is attached
+            return
+        self.link.session_ended(lease, f"the board serves no session of lease {lease}")
 
     def _executor_ended(self, why: object, session: ActiveSession) -> object:
         if session.ended is None:

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..executor.arena import Arena, Slot, align_up, parse_dtype
+from ..executor.arena_space import OutOfSharedMemory
 from ..protocol import session as ps
 from ..protocol.errors import (
     BadRequest,
@@ -442,6 +443,10 @@ class SessionConnection(HelloResponder):
             raise LimitExceeded(
                 f"The inputs take {total} bytes, more than half of the session's"
                 f" {session.arena.size}-byte tensor arena; send smaller tensors.")
+        try:  # the pages the inputs go to, before a byte arrives: never a SIGBUS
+            session.space.reserve(0, offset)
+        except OutOfSharedMemory as e:
+            raise LimitExceeded(f"The inputs were not taken: {e}") from None
         return slots, total, offset
 
     def _receive_inputs(self, session: ActiveSession, slots: list[dict[str, Any]],

@@ -8,7 +8,13 @@ connection is dropped, so a reconnection starts at once instead of after TCP giv
 
 The server asks the tracker through the link whether a client's ticket is good
 (L{TrackerLink.redeem}), tells it when a session ended (L{TrackerLink.session_ended}), and
-learns through L{BoardDescription.on_revoke} that the tracker ended a lease.
+learns through C{on_revoke} that the tracker ended a lease.
+
+Every registration and heartbeat says which session the device serves (C{report}: lease,
+holder, seconds left, or nothing), so the tracker's view and the board's agree within one
+heartbeat: after a tracker restart the tracker adopts the running session instead of
+granting the device again, a board that stalled and came back goes on with its lease, and
+a lease the tracker ended meanwhile is ended here (see docs/tracker.md, "Reconciliation").
 """
 
 from __future__ import annotations
@@ -113,8 +119,10 @@ class TrackerLink(service.Service):
         token: str | None = None,
         retry_max_delay: float = 30.0,
         on_dial: Callable[[str], Deferred[None]] | None = None,
+        report: Callable[[], tuple[str, str, float] | None | bool] | None = None,
     ) -> None:
         self._reactor = reactor
+        self._report = report
         self.endpoint = endpoint
         self.board = board
         self._on_revoke = on_revoke
@@ -234,10 +242,16 @@ class TrackerLink(service.Service):
         d = protocol.callRemote(Hello, **arguments)
 
         def register(_: object) -> Deferred[dict[str, Any]]:
+            serving: dict[str, Any] = {}
+            if self._report is not None:
+                serving["reports"] = True
+                now = self._report()
+                if isinstance(now, tuple):
+                    serving.update(lease=now[0], holder=now[1], lease_expires_in=now[2])
             return protocol.callRemote(
                 bt.Register, device=board.device, key=board.key, address=board.address,
                 tags=list(board.tags), info=list(board.info), max_lease=board.max_lease,
-                healthy=board.healthy, flavor="compassd")
+                healthy=board.healthy, flavor="compassd", **serving)
 
         def registered(answer: dict[str, Any]) -> None:
             self.registrations += 1
@@ -286,11 +300,26 @@ class TrackerLink(service.Service):
             def answered(_: object) -> None:
                 self._beat_pending = False
 
-            protocol.callRemote(bt.Heartbeat).addCallbacks(answered, lambda f: None)
+            protocol.callRemote(bt.Heartbeat, **self._sessions()).addCallbacks(
+                answered, lambda f: None)
 
         self._heartbeat = LoopingCall(beat)
         self._heartbeat.clock = self._reactor
         self._heartbeat.start(interval, now=False)
+
+    def _sessions(self) -> dict[str, Any]:
+        """The heartbeat's report of what the device serves (nothing to say while a
+        ticket is being checked: the tracker's answer is on its way)."""
+        if self._report is None:
+            return {}
+        now = self._report()
+        if now is False:
+            return {}
+        rows = []
+        if isinstance(now, tuple):
+            rows.append({"device": self.board.device, "lease": now[0], "holder": now[1],
+                         "expires_in": now[2]})
+        return {"sessions": rows}
 
     def _stop_heartbeat(self) -> None:
         if self._heartbeat is not None and self._heartbeat.running:

@@ -17,6 +17,23 @@ from ..protocol import (
 from ..protocol import board_tracker as bt
 from ..protocol.limits import check_name, check_seconds, check_tags, check_text
 from .connection import TrackerPeer, log
+from .reconcile import SessionReport
+
+MAX_SESSIONS = 256
+"""Sessions one heartbeat may list (one per device of the board)."""
+
+
+def _report(lease: str | None, holder: str | None, expires_in: float | None
+            ) -> SessionReport | None:
+    """A board's report of a session, checked; None for no session."""
+    if lease is None:
+        return None
+    check_name("lease id", lease)
+    check_text("lease holder", holder or "")
+    if expires_in is None or not 0 <= expires_in < 1e9:
+        raise BadRequest(f"The seconds left of lease {lease} must be a number from 0, not"
+                         f" {expires_in!r}.")
+    return SessionReport(lease, holder or "", float(expires_in))
 
 
 def _info_list(info: list[str] | None) -> list[str]:
@@ -44,8 +61,13 @@ class BoardResponders(TrackerPeer):
         max_lease: float | None = None,
         healthy: bool | None = None,
         flavor: str | None = None,
+        reports: bool | None = None,
+        lease: str | None = None,
+        holder: str | None = None,
+        lease_expires_in: float | None = None,
     ) -> dict[str, Any]:
         identity = self._require("board")
+        serving = _report(lease, holder, lease_expires_in)
         check_name("device name", device)
         check_name("device key", key)
         check_text("address", address)
@@ -81,6 +103,8 @@ class BoardResponders(TrackerPeer):
             healthy=True if healthy is None else healthy,
             flavor=flavor or "compassd",
             takeover=takeover,
+            reports=bool(reports),
+            serving=serving,
         )
         if takeover and existing is not None and existing.owner is not self:
             log.info("{device} re-registered by a new connection of {user}; the old one is"
@@ -105,7 +129,18 @@ class BoardResponders(TrackerPeer):
         return {}
 
     @bt.Heartbeat.responder
-    def heartbeat(self) -> dict[str, Any]:
+    def heartbeat(self, sessions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        if sessions is None or self.role != "board":
+            return {}
+        if len(sessions) > MAX_SESSIONS:
+            raise BadRequest(f"A heartbeat lists {len(sessions)} sessions; the limit is"
+                             f" {MAX_SESSIONS}.")
+        served = {row["device"]: _report(row["lease"], row["holder"], row["expires_in"])
+                  for row in sessions}
+        effects = []
+        for name in self._scheduler.devices_of(self):
+            effects += self._scheduler.reconcile(self._now, self, name, served.get(name))
+        self._apply(effects)
         return {}
 
     @bt.Health.responder

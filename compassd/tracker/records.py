@@ -66,6 +66,12 @@ class Device:
     armed: bool = True
     """Whether the device is offered for a grant. compassd devices always are; a TVM
     server offers its device once per PUT, so a grant disarms it until the next PUT."""
+    reports: bool = False
+    """Whether its board reports the session it serves on every registration and
+    heartbeat and confirms every end (L{compassd.tracker.reconcile})."""
+    ending: str | None = None
+    """A lease the tracker ended (or never held) that the board still has to end: the
+    device is not granted until the board confirms."""
 
     @property
     def state(self) -> DeviceState:
@@ -75,7 +81,7 @@ class Device:
             return DeviceState.QUARANTINED
         if self.draining:
             return DeviceState.DRAINING
-        if self.lease is not None or not self.armed:
+        if self.lease is not None or not self.armed or self.ending is not None:
             return DeviceState.BUSY
         return DeviceState.FREE
 
@@ -123,6 +129,11 @@ class Lease:
     deadline: float
     claim_deadline: float | None
     redeemed: bool = False
+    suspended_since: float | None = None
+    """When its board stopped answering: the lease waits for the board until its deadline
+    instead of ending (a board that reports its sessions only)."""
+    adopted: bool = False
+    """Taken over from what a board reported after a tracker restart."""
 
     @property
     def user(self) -> str:
@@ -184,7 +195,19 @@ class DeviceChanged:
     why: str
 
 
-Effect = Union[Granted, RequestEnded, LeaseEnded, QueueChanged, DeviceChanged]
+@attrs.frozen
+class EndOnBoard:
+    """Tell C{device}'s board to end its session of C{lease}, a lease the tracker does not
+    hold (it ended here, or is not this device's); the device waits for the board to
+    confirm."""
+
+    device: Device
+    lease: str
+    reason: str
+    message: str
+
+
+Effect = Union[Granted, RequestEnded, LeaseEnded, QueueChanged, DeviceChanged, EndOnBoard]
 
 
 @attrs.frozen

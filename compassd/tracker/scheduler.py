@@ -17,7 +17,12 @@ Promises, each checked by the tests:
 - every request ends exactly once: granted, cancelled, timed out or withdrawn, and an
   L{Effect} tells its owner which;
 - every lease ends exactly once (released, expired, kicked, unclaimed, device lost, client
-  lost, session ended) and its holder and board are told.
+  lost, session ended) and its holder and board are told;
+- a board that reports its sessions (L{reconcile}) and the tracker agree on what it
+  serves: a stalled board's lease is suspended, not ended, until its deadline; a session
+  the tracker does not know is adopted (never shown free) or ended on the board, and the
+  device is free only once the board confirms;
+- ids never repeat across tracker starts: each start has its own L{Scheduler.epoch}.
 
 Owners are opaque identifiers of connections: the core only compares them.
 """
@@ -46,12 +51,14 @@ from ..errors import (
 )
 from . import explain, restart
 from .fairqueue import FairQueue
+from .reconcile import ADOPTED, SessionReport, Verdict, decide
 from .records import (
     COMPASSD,
     Device,
     DeviceChanged,
     DeviceState,
     Effect,
+    EndOnBoard,
     Granted,
     Lease,
     LeaseEnded,
@@ -82,18 +89,29 @@ def _new_ticket() -> str:
     return secrets.token_urlsafe(32)
 
 
+def _new_epoch() -> str:
+    return secrets.token_hex(4)
+
+
 @attrs.define
 class Scheduler:
     """Device pools by key, a fair queue per key, and leases.
 
     C{new_ticket} makes tickets; the default is 256 bits from the OS's random source.
-    C{id_prefix} goes into every request and lease id (the shell gives each start of the
-    tracker its own, so ids never repeat across restarts).
+    C{id_prefix} goes into every request and lease id (C{req-PREFIXN},
+    C{lease-PREFIXN}): by default a new epoch of 32 random bits and a dot for each start
+    (the shell gives a tracker with a store the store's epoch instead), so ids never
+    repeat across tracker restarts; L{epoch} is the prefix without its dot.
     """
 
     policy: Policy = attrs.Factory(Policy)
     new_ticket: Callable[[], str] = _new_ticket
-    id_prefix: str = ""
+    id_prefix: str = attrs.Factory(lambda: f"{_new_epoch()}.")
+
+    @property
+    def epoch(self) -> str:
+        """This start's part of every id: C{id_prefix} without its dot."""
+        return self.id_prefix.removesuffix(".")
 
     _pools: dict[str, _Pool] = attrs.Factory(dict)
     _devices: dict[str, Device] = attrs.Factory(dict)
@@ -273,16 +291,20 @@ class Scheduler:
         healthy: bool = True,
         flavor: str = COMPASSD,
         takeover: bool = False,
-        serving: Iterable[str] | None = None,
+        reports: bool = False,
+        serving: SessionReport | None = None,
     ) -> list[Effect]:
         """Add or update a device. A name held by another live owner is refused unless
         C{takeover} (the shell allows it for the same board identity).
 
         An offline device that comes back under its key keeps what an admin set on it
-        (draining) and a lease brought back from the store after a restart. C{serving}:
-        the lease ids the board says it is serving; a brought-back lease not among them
-        ends. None (a board that does not say) keeps it: it ends with the board's
-        session, at its deadline, or when its holder releases it."""
+        (draining) and a lease brought back from the store after a restart; a board that
+        C{reports} and does not serve that lease ends it.
+
+        A board that C{reports} says what the device serves (C{serving}, or None for
+        nothing), and the tracker reconciles with it before the device can be granted
+        (L{compassd.tracker.reconcile}); the device keeps its lease across the board's
+        new connection."""
         effects: list[Effect] = []
         existing = self._devices.get(name)
         draining = False
@@ -294,11 +316,14 @@ class Scheduler:
                     " pick another name or stop the other server."
                 )
             if existing.key != key or existing.owner != owner or not existing.online:
-                if existing.key == key and not existing.online:
-                    draining = existing.draining
-                    kept, existing.lease = existing.lease, None
-                effects += self._remove_device(now, existing, "re-registered")
-                existing = None
+                if existing.key == key and reports and existing.reports:
+                    self._move(now, existing, owner)
+                else:
+                    if existing.key == key and not existing.online:
+                        draining = existing.draining
+                        kept, existing.lease = existing.lease, None
+                    effects += self._remove_device(now, existing, "re-registered")
+                    existing = None
         if existing is None:
             device = Device(
                 name=name,
@@ -312,6 +337,7 @@ class Scheduler:
                 registered_at=now,
                 healthy=healthy,
                 draining=draining,
+                reports=reports,
             )
             self._devices[name] = device
             self._pool(key).devices[name] = device
@@ -319,7 +345,7 @@ class Scheduler:
             if kept is not None:
                 kept.device = device
                 device.lease = kept
-                if serving is not None and kept.id not in set(serving):
+                if reports and (serving is None or serving.lease != kept.id):
                     effects += self._end_lease(
                         now, kept, LeaseOutcome.DEVICE_LOST,
                         f"Lease {kept.id} ended: device {name} came back without it after"
@@ -332,9 +358,30 @@ class Scheduler:
             device.info = tuple(info)
             device.max_lease = max_lease
             device.healthy = healthy
+            device.reports = reports
             effects.append(DeviceChanged(device, device.state, "registration updated"))
+        if reports:
+            effects += self._reconcile(now, device, serving)
         self._refresh(now, device, effects)
         return effects
+
+    def reconcile(
+        self, now: float, owner: Owner, name: str, serving: SessionReport | None
+    ) -> list[Effect]:
+        """The board of C{name} says what it serves (C{serving}: a lease, or None for
+        nothing): continue, adopt or end leases so the tracker agrees with it (see
+        L{compassd.tracker.reconcile}). A device whose board does not report is left
+        alone."""
+        device = self._owned_device(owner, name)
+        if not device.reports:
+            return []
+        effects = self._reconcile(now, device, serving)
+        self._refresh(now, device, effects)
+        return effects
+
+    def devices_of(self, owner: Owner) -> list[str]:
+        """The names of the devices registered on C{owner}'s connection."""
+        return sorted(self._boards.get(owner, ()))
 
     def unregister(self, now: float, owner: Owner, name: str) -> list[Effect]:
         device = self._owned_device(owner, name)
@@ -392,10 +439,16 @@ class Scheduler:
             device.offline_since = now
             self._pools[device.key].offline.add(name)
             self._unfree(device)
-            if device.lease is not None:
+            lease = device.lease
+            if lease is not None and device.reports:
+                lease.suspended_since = now  # its board may come back serving it
+                effects.append(DeviceChanged(
+                    device, device.state, f"its server stopped answering; {lease.id} of"
+                    f" {lease.user} waits for it until the lease's deadline"))
+            elif lease is not None:
                 effects += self._end_lease(
                     now,
-                    device.lease,
+                    lease,
                     LeaseOutcome.DEVICE_LOST,
                     f"Device {name} went offline (its server stopped answering);"
                     " request another device.",
@@ -576,6 +629,12 @@ class Scheduler:
         self, now: float, owner: Owner, device_name: str, lease_id: str, detail: str = ""
     ) -> list[Effect]:
         device = self._owned_device(owner, device_name)
+        if device.ending == lease_id:
+            device.ending = None  # the board confirms the end the tracker asked for
+            effects: list[Effect] = [
+                DeviceChanged(device, device.state, f"its board has ended {lease_id}")]
+            self._refresh(now, device, effects)
+            return effects
         lease = self._leases.get(lease_id)
         if lease is None or lease.device is not device:
             # Ended already from our side (release, expiry, kick): nothing to do.
@@ -625,6 +684,17 @@ class Scheduler:
                     RequestOutcome.TIMED_OUT,
                     f"Request {ident} for {request.key} timed out after waiting"
                     f" {request.wait:g} s.",
+                )
+            elif kind == "lease" and self._leases[ident].suspended_since is not None:
+                lease = self._leases[ident]
+                away = now - (lease.suspended_since or now)
+                effects += self._end_lease(
+                    now,
+                    lease,
+                    LeaseOutcome.DEVICE_LOST,
+                    f"Lease {ident} on {lease.device.name} ended at its deadline: its board"
+                    f" stopped answering {away:.0f} s before and did not come back."
+                    " Request another device.",
                 )
             elif kind == "lease":
                 lease = self._leases[ident]
@@ -826,6 +896,7 @@ class Scheduler:
         message: str,
         *,
         revoke: bool = True,
+        refresh: bool = True,
     ) -> list[Effect]:
         device = lease.device
         self._now = max(self._now, now)
@@ -839,16 +910,99 @@ class Scheduler:
             self._restored_tickets.pop(lease.ticket.removeprefix("sha256:"), None)
         self._disown(lease.owner, lease.id)
         device.lease = None
+        # A board has a session to end only if its client presented the ticket (a TVM
+        # server has no tickets: it always hears).
+        revoke = revoke and device.online and (lease.redeemed or device.flavor != COMPASSD)
+        if revoke and device.reports:
+            device.ending = lease.id  # not free until its board confirms
         effects: list[Effect] = [
-            # A board has a session to end only if its client presented the ticket (a
-            # TVM server has no tickets: it always hears).
-            LeaseEnded(lease, outcome, message, revoke and device.online
-                       and (lease.redeemed or device.flavor != COMPASSD)),
+            LeaseEnded(lease, outcome, message, revoke),
             DeviceChanged(device, device.state, f"{lease.id} {outcome.value}"),
         ]
-        if device.online:
+        if device.online and refresh:
             self._refresh(now, device, effects)
         return effects
+
+    # --- reconciliation (the decisions are in compassd.tracker.reconcile) ---------------
+
+    def _move(self, now: float, device: Device, owner: Owner) -> None:
+        """C{device}'s board is back on a new connection: keep the device (and its lease)."""
+        owned = self._boards.get(device.owner)
+        if owned is not None:
+            owned.discard(device.name)
+            if not owned:
+                del self._boards[device.owner]
+        device.owner = owner
+        device.online = True
+        device.offline_since = None
+        self._pools[device.key].offline.discard(device.name)
+        self._boards.setdefault(owner, set()).add(device.name)
+
+    def _reconcile(
+        self, now: float, device: Device, report: SessionReport | None
+    ) -> list[Effect]:
+        effects: list[Effect] = []
+        known = self._leases.get(report.lease) if report is not None else None
+        for verdict in decide(device, report, known, self.epoch):
+            current = device.lease
+            if verdict is Verdict.CONFIRMED:
+                ended, device.ending = device.ending, None
+                effects.append(DeviceChanged(device, device.state,
+                                             f"its board has ended {ended}"))
+            elif verdict is Verdict.CONTINUE and known is not None:
+                known.redeemed = True
+                known.claim_deadline = None
+                self._tickets.pop(known.ticket, None)
+            elif verdict is Verdict.GONE and current is not None:
+                effects += self._end_lease(
+                    now, current, LeaseOutcome.DEVICE_LOST
+                    if current.suspended_since is not None else LeaseOutcome.SESSION_ENDED,
+                    f"Lease {current.id} on {device.name} ended: its board came back"
+                    " without the session (its server was restarted). Request another"
+                    " device." if current.suspended_since is not None else
+                    f"Lease {current.id} on {device.name} ended: its board no longer"
+                    " serves the session. Request the device again.",
+                    revoke=False, refresh=False)
+            elif verdict is Verdict.DISPLACE and current is not None and report:
+                effects += self._end_lease(
+                    now, current, LeaseOutcome.DEVICE_LOST,
+                    f"Lease {current.id} on {device.name} ended before its session opened:"
+                    f" the board still serves lease {report.lease} of {report.holder} from"
+                    " before the tracker restarted. Request the device again.",
+                    revoke=False, refresh=False)
+            elif verdict is Verdict.ADOPT and report is not None:
+                effects += self._adopt(now, device, report)
+            elif verdict is Verdict.REVOKE and report is not None:
+                device.ending = report.lease
+                effects.append(EndOnBoard(
+                    device, report.lease, "ended",
+                    f"Lease {report.lease} is not active at the tracker (it ended there);"
+                    f" its session on {device.name} ends now. Request the device again."))
+        lease = device.lease
+        if lease is not None and lease.suspended_since is not None and device.online:
+            away = now - lease.suspended_since
+            lease.suspended_since = None
+            effects.append(DeviceChanged(device, device.state, f"its board is back after"
+                                         f" {away:.1f} s; {lease.id} of {lease.user} goes on"))
+        return effects
+
+    def _adopt(self, now: float, device: Device, report: SessionReport) -> list[Effect]:
+        """Hold C{device} busy for the lease its board serves, from before a restart."""
+        request = Request(
+            id=f"adopted-{report.lease}", key=device.key, user=report.holder,
+            owner=ADOPTED, priority=0, tags=frozenset(), lease_wanted=None, wait=None,
+            flavor=device.flavor, arrival=0, enqueued_at=now, deadline=None)
+        lease = Lease(
+            id=report.lease, ticket=self.new_ticket(), device=device, request=request,
+            granted_at=now, deadline=now + max(0.0, report.expires_in),
+            claim_deadline=None, redeemed=True, adopted=True)
+        device.lease = lease
+        self._unfree(device)
+        self._leases[lease.id] = lease
+        self._timer(lease.deadline, "lease", lease.id)
+        return [DeviceChanged(device, DeviceState.BUSY,
+                              f"serving {lease.id} of {lease.user}, adopted from its board"
+                              f" ({report.expires_in:.0f} s left)")]
 
     def _remove_device(self, now: float, device: Device, why: str) -> list[Effect]:
         effects: list[Effect] = []

@@ -36,6 +36,7 @@ from .records import (
     DeviceChanged,
     DeviceState,
     Effect,
+    EndOnBoard,
     Granted,
     LeaseEnded,
     QueueChanged,
@@ -206,8 +207,11 @@ class TrackerService(service.Service):
 
     def restore(self, snapshot: Snapshot, grace: float) -> None:
         """Bring back what the store kept (before the service starts): ids of this
-        start carry the store's epoch, so they never repeat earlier ones."""
-        self.scheduler.id_prefix = f"{snapshot.epoch}."
+        start carry the store's epoch, so they never repeat earlier ones, and the
+        scheduler's random one, so they never repeat those of a tracker whose store was
+        new or lost (a board may still serve a lease of that tracker: it is adopted, not
+        taken for one this tracker ended)."""
+        self.scheduler.id_prefix = f"{snapshot.epoch}.{self.scheduler.id_prefix}"
         now = self.now()
         effects = persist.restore(self.scheduler, snapshot, now, grace)
         live = snapshot.live
@@ -298,6 +302,8 @@ class TrackerService(service.Service):
                 self._lease_ended(effect)
             elif isinstance(effect, QueueChanged):
                 self._dirty_keys.add(effect.key)
+            elif isinstance(effect, EndOnBoard):
+                self._end_on_board(effect)
             elif isinstance(effect, DeviceChanged) and not (
                 effect.device.name in routine and effect.state in _ROUTINE_STATES
             ):
@@ -398,6 +404,13 @@ class TrackerService(service.Service):
                 reason=effect.outcome.value,
                 message=effect.message,
             )
+
+    def _end_on_board(self, effect: EndOnBoard) -> None:
+        device = effect.device
+        _line(f"{device.name} still serves {effect.lease}, which is not active here; its"
+              " board is told to end it", device=device.name, lease=effect.lease)
+        self._tell(device.owner, bt.Revoke, device=device.name, lease=effect.lease,
+                   reason=effect.reason, message=effect.message)
 
     def _tell(self, owner: object, command: type[amp.Command], **arguments: Any) -> None:
         """Tell a connection (AMP or TVM) what the scheduler decided about its business."""

@@ -100,3 +100,45 @@ def test_an_answer_from_the_executor_just_after_the_session_ended_is_a_session_e
     (answer,) = got
     assert isinstance(answer, Failure) and answer.check(SessionEnded), answer
     assert "expired" in str(answer.value)
+
+
+def test_a_revoked_session_ends_at_once_names_its_lease_and_is_confirmed(
+    board: Board
+) -> None:
+    from compassd.protocol.errors import SessionEnded
+
+    client = Legit(board)
+    client.open()
+    session = board.board.session
+    assert session is not None
+    board.board._revoked(session.lease, "expired", "The lease expired at the tracker.")
+    board.flush()
+    assert board.board.session is None
+    assert board.ended == [session.lease], "the board confirms the end to the tracker"
+    assert not list(board.workdir.glob("session-*"))
+    assert _arenas(board) == []
+    # what the client is told (a SessionClosing notice) and its next call's error
+    assert client.connection.closing is not None
+    reason, said = client.connection.closing
+    assert reason == "expired" and session.lease in said, said
+    with pytest.raises(SessionEnded) as caught:
+        client.connection._active()
+    assert str(caught.value) == said
+
+
+def test_a_revoke_of_a_lease_the_board_does_not_serve_is_confirmed(board: Board) -> None:
+    board.board._revoked("lease-0ld0ld00-3", "ended", "Lease lease-0ld0ld00-3 ended.")
+    assert board.ended == ["lease-0ld0ld00-3"]
+    assert board.board.serving() is None
+
+
+def test_the_board_reports_the_session_it_serves(board: Board) -> None:
+    assert board.board.serving() is None
+    client = Legit(board)
+    client.open()
+    session = board.board.session
+    assert session is not None
+    lease, holder, left = board.board.serving()  # type: ignore[misc]
+    assert (lease, holder) == (session.lease, session.user) and 0 < left <= 3600.0
+    client.close()
+    assert board.board.serving() is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,6 +61,15 @@ def _device(client, name: str = "board-1") -> dict:
     return {d["name"]: d for d in client.summary()["devices"]}[name]
 
 
+def _wait_free(client, name: str = "board-1") -> None:
+    """Wait (up to WAIT) until the tracker shows C{name} free: a device whose session
+    ended is free only once its board confirms, which can come after the release."""
+    end = time.monotonic() + WAIT
+    while (state := _device(client, name)["state"]) != "free":
+        assert time.monotonic() < end, f"{name} was still {state} {WAIT:g} s after its session"
+        time.sleep(0.05)
+
+
 def test_request_load_run_release_on_the_npu_backend(
     tracker: tuple[str, int], board: tuple[str, Path], tmp_path: Path
 ) -> None:
@@ -78,7 +88,7 @@ def test_request_load_run_release_on_the_npu_backend(
         assert len(times) == 2 and all(t >= 0 for t in times)
         assert [f.name for f in session.listdir()] == ["add3.bin"]
         assert _device(client)["state"] == "busy"
-    assert _device(client)["state"] == "free"
+    _wait_free(client)
 
 
 def test_bad_inputs_paths_and_models_are_clear_errors_and_the_session_goes_on(
@@ -101,7 +111,7 @@ def test_bad_inputs_paths_and_models_are_clear_errors_and_the_session_goes_on(
             session.load_model(str(junk))
         (y,) = loaded.run(np.ones(8, dtype=np.int8))
         assert y.tolist() == [1] * 8
-    assert _device(client)["state"] == "free"
+    _wait_free(client)
 
 
 def test_a_crashing_model_ends_the_session_with_the_signal_and_frees_the_board(
@@ -122,7 +132,7 @@ def test_a_crashing_model_ends_the_session_with_the_signal_and_frees_the_board(
     with client.request("demo", wait_for_board=True, wait=WAIT) as session:
         (y,) = session.load_model(str(good)).run(np.full(4, 7, dtype=np.int8))
         assert y.tolist() == [7] * 4
-    assert _device(client)["state"] == "free"
+    _wait_free(client)
 
 
 def test_a_run_past_its_timeout_kills_the_executor_and_frees_the_board(
@@ -135,7 +145,7 @@ def test_a_run_past_its_timeout_kills_the_executor_and_frees_the_board(
         loaded = session.load_model(str(model))
         with pytest.raises((ExecutorDied, RunFailed), match="longer than"):
             loaded.run(np.zeros(4, dtype=np.int8), timeout=0.5)
-    assert _device(client)["state"] == "free"
+    _wait_free(client)
     # free on the board too: the next session opens there and runs
     good = tmp_path / "id.bin"
     write_graph(good, [Tensor(4, "int8")], [Tensor(4, "int8")])
@@ -156,8 +166,6 @@ def test_the_lease_deadline_ends_the_session_with_lease_expired(
         session = lease.open_session()
         deadline = session.expires_in + 10.0
         # the board tells the session it ends; a run after that is refused clearly
-        import time
-
         end = time.monotonic() + deadline
         while time.monotonic() < end:
             try:
@@ -172,7 +180,7 @@ def test_the_lease_deadline_ends_the_session_with_lease_expired(
             lease.release()
         except Exception:
             pass
-    assert _device(client)["state"] == "free"
+    _wait_free(client)
 
 
 def test_a_ticket_opens_one_session_only(
@@ -191,7 +199,7 @@ def test_a_ticket_opens_one_session_only(
         connect_session(address, ticket)
     with pytest.raises(TicketRejected):
         connect_session(address, "forged-ticket")
-    assert _device(client)["state"] == "free"
+    _wait_free(client)
 
 
 @pytest.mark.skipif(os.environ.get("COMPASS_SKIP_ONNX") == "1", reason="asked to skip")
@@ -225,7 +233,7 @@ def test_request_load_run_release_on_the_onnx_backend(
             np.testing.assert_array_equal(z, x + x)
             with pytest.raises(TensorMismatch, match="y"):
                 model.run({"x": x})
-        assert _device(client, "cpu-1")["state"] == "free"
+        _wait_free(client, "cpu-1")
     finally:
         assert stop(proc) in (0, -15)
         print(daemon_log(proc))
@@ -257,7 +265,7 @@ def test_the_same_model_in_a_new_session_comes_from_the_board_cache_not_the_wire
             (y,) = loaded.run(x)
             assert y.tolist() == (x + 3).tolist()
             assert [f.name for f in session.listdir()] == ["add3.bin"]
-    assert _device(client)["state"] == "free"
+    _wait_free(client)
 
 
 def test_a_board_without_a_cache_says_so_and_takes_uploads_as_before(

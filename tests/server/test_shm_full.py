@@ -112,11 +112,19 @@ def test_an_oversized_run_is_a_sentence_and_the_board_stays_up(
         "state") == "free")
     big_out = tmp_path / "big-out.bin"  # 16 bytes in, 16 MiB out
     write_graph(big_out, [Tensor(16, "int8")], [Tensor(16 << 20, "int8")])
+    big_in = tmp_path / "big-in.bin"  # 16 MiB in, 16 bytes out
+    write_graph(big_in, [Tensor(16 << 20, "int8")], [Tensor(16, "int8")])
     small = tmp_path / "small.bin"
     write_graph(small, [Tensor(16, "int8")], [Tensor(16, "int8")])
     with client.request("demo", wait_for_board=True, wait=WAIT) as lease:
         with pytest.raises(LimitExceeded) as caught:
             lease.load_model(str(big_out)).run(np.ones(16, dtype=np.int8))
+        said = str(caught.value)
+        assert re.search(r"shared memory \(/dev/shm\) has [\d.]+ MiB free; this run needs"
+                         r" 16 MiB", said), said
+        # inputs that do not fit are refused before a byte of them is taken
+        with pytest.raises(LimitExceeded) as caught:
+            lease.load_model(str(big_in)).run(np.ones(16 << 20, dtype=np.int8))
         said = str(caught.value)
         assert re.search(r"shared memory \(/dev/shm\) has [\d.]+ MiB free; this run needs"
                          r" 16 MiB", said), said

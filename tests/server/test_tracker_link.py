@@ -178,3 +178,69 @@ def test_an_unreachable_tracker_is_a_warning_with_address_reason_and_next_retry(
                                " register board-1: Connection was refused by other side")
         assert "no one there;" in text and f"({n} failed attempts so far)" in text
         assert re.search(r"; trying again in \d+\.\d s", text), text
+
+
+class Serving:
+    """What the board says it serves, changed by the test."""
+
+    def __init__(self) -> None:
+        self.now: tuple[str, str, float] | None | bool = None
+
+    def __call__(self) -> tuple[str, str, float] | None | bool:
+        return self.now
+
+
+def reporting_world(serving: Serving) -> World:
+    w = World()
+    w.link._report = serving  # what BoardService.serving gives a real board
+    return w
+
+
+def test_a_restarted_tracker_adopts_the_session_the_board_reports() -> None:
+    serving = Serving()
+    serving.now = ("lease-0ld0ld00.7", "alice", 120.0)
+    w = reporting_world(serving)
+    tracker = w.start_tracker()
+    w.link.startService()
+    w.accept()
+    w.link.set_health(True, "")
+    w.flush()
+    device = tracker.scheduler.devices["board-1"]
+    assert device.state == "busy"
+    assert device.lease is not None and device.lease.id == "lease-0ld0ld00.7"
+    assert device.lease.user == "alice" and device.lease.adopted
+    # the board's session ends; its next heartbeat says so and the device is free
+    serving.now = None
+    w.advance(tracker.heartbeat_interval + 0.5)
+    assert device.lease is None and device.state == "free"
+
+
+def test_a_lease_the_tracker_ended_is_revoked_when_the_board_reports_it_again() -> None:
+    serving = Serving()
+    w = reporting_world(serving)
+    tracker = w.start_tracker()
+    w.link.startService()
+    w.accept()
+    w.link.set_health(True, "")
+    w.flush()
+    ended = f"lease-{tracker.scheduler.epoch}.41"  # this tracker's, and not active
+    serving.now = (ended, "alice", 10.0)
+    w.advance(tracker.heartbeat_interval + 0.5)
+    assert [lease for lease, _, _ in w.revoked] == [ended]
+    device = tracker.scheduler.devices["board-1"]
+    assert device.state == "busy", "never free while the board serves a session"
+    serving.now = None  # the board ended it; the next heartbeat confirms
+    w.advance(tracker.heartbeat_interval + 0.5)
+    assert device.state == "free"
+
+
+def test_a_heartbeat_while_a_ticket_is_checked_says_nothing_about_sessions() -> None:
+    serving = Serving()
+    w = reporting_world(serving)
+    serving.now = False
+    assert w.link._sessions() == {}
+    serving.now = None
+    assert w.link._sessions() == {"sessions": []}
+    serving.now = ("lease-x-1", "bob", 5.0)
+    assert w.link._sessions() == {"sessions": [
+        {"device": "board-1", "lease": "lease-x-1", "holder": "bob", "expires_in": 5.0}]}

@@ -203,7 +203,7 @@ def test_a_board_that_says_what_it_serves_ends_a_lease_it_no_longer_has():
     old, _ = before_restart()
     [holder] = old.leases.values()
     s, _ = restarted(old)
-    effects = s.register(101, "board-2", "npu-1", "x2", "a:1", tags=["fast"], serving=())
+    effects = s.register(101, "board-2", "npu-1", "x2", "a:1", tags=["fast"], reports=True)
     ended = only(effects, LeaseEnded)
     assert (ended.lease.id, ended.outcome) == (holder.id, LeaseOutcome.DEVICE_LOST)
     assert "came back without it after the tracker restarted" in ended.message
