@@ -3,8 +3,10 @@
 The tracker client (L{AsyncTracker.connect}) and the board session (L{AsyncSession.open})
 connect the same way; only what they call the daemon, the error for "cannot reach it"
 and what follows the hello differ, and those are L{Daemon} and the C{then} step.
-C{timeout} bounds the connect (and the TLS handshake) only: once connected, the daemon
-decides how long an idle connection may stay.
+C{timeout} bounds the connect, the TLS handshake and the hello: a daemon that takes the
+connection but never answers (a stopped process: the kernel accepts for it) is the
+daemon's unreachable error after C{timeout} seconds, not a wait without end. Once the
+hello is answered, the daemon decides how long an idle connection may stay.
 """
 
 from __future__ import annotations
@@ -40,6 +42,17 @@ class Daemon:
     what: str
     unreachable_error: type[CompassError]
     hint: str
+
+    def silent(self, where: str, timeout: float) -> Failure:
+        """The daemon at C{where} took the connection but did not answer the hello within
+        C{timeout} seconds, as its unreachable error."""
+        return Failure(
+            self.unreachable_error(
+                f"Cannot reach {self.what} at {where}: it took the connection but did not"
+                f" answer within {timeout:g} s (a stopped or overloaded process?)."
+                f" {self.hint}"
+            )
+        )
 
     def unreachable(self, where: str, failure: Failure) -> Failure:
         """C{failure} (a failed connect, or the connection closed before the hello was
@@ -93,7 +106,8 @@ def connect(
     in messages); say hello; then call C{then(protocol, where, answer)} with the hello's
     answer, whose result is the result. A failure before or in C{then} drops the
     connection; a TLS failure becomes a L{TLSFailed} sentence, and a connect that fails or
-    a connection closed during the exchange becomes the daemon's unreachable error."""
+    a connection closed during the exchange becomes the daemon's unreachable error, and so
+    does a hello not answered within C{timeout} seconds (with a C{reactor} to time it)."""
     target: IStreamClientEndpoint
     creator: VerifyingCreator | None = None
     _warn_if_cleartext(daemon, host, endpoint, tls, token)
@@ -114,6 +128,19 @@ def connect(
     connecting.addErrback(lambda failure: daemon.unreachable(where, failure))
 
     def hello(peer: P) -> Deferred[T]:
+        silent: list[bool] = []
+
+        def too_late() -> None:
+            silent.append(True)
+            peer.drop(abort=True)
+
+        timer = reactor.callLater(timeout, too_late) if reactor is not None else None
+
+        def answered(outcome: Any) -> Any:
+            if timer is not None and timer.active():
+                timer.cancel()
+            return outcome
+
         d = peer.callRemote(
             Hello,
             versions=list(SUPPORTED_VERSIONS),
@@ -121,7 +148,7 @@ def connect(
             token=token,
             user=user or login_name(),
             software=f"compassd {__version__} client",
-        )
+        ).addBoth(answered)
 
         def greeted(answer: dict[str, Any]) -> T | Deferred[T]:
             peer.greeted = True
@@ -129,6 +156,8 @@ def connect(
 
         def refused(failure: Failure) -> Failure:
             peer.drop()
+            if silent:
+                return daemon.silent(where, timeout)
             explained = creator.explain(failure, f"{daemon.what} at {where}") \
                 if creator is not None else None
             if explained is not None:

@@ -145,7 +145,7 @@ class AsyncLease:
         d = AsyncSession.open(reactor, self.address, self.ticket, token=token,
                               user=user or self.tracker.user, endpoint=endpoint,
                               timeout=timeout, tls=getattr(self.tracker, "tls", None),
-                              device=self.device)
+                              device=self.device, expires_in=self.remaining)
 
         def opened(outcome: Any) -> None:
             waiters, self._session_waiters = self._session_waiters or [], None

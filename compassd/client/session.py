@@ -165,12 +165,18 @@ class AsyncSession:
         timeout: float = 10.0,
         tls: ClientTLS | None = None,
         device: str | None = None,
+        expires_in: float | None = None,
     ) -> Deferred[AsyncSession]:
         """Connect to the board at C{address} (C{host:port}), say hello and open the
         session of the lease C{ticket} belongs to. C{endpoint} (a Twisted client endpoint
         or its string) replaces C{address}. C{tls} connects with TLS and verifies the
         board's certificate names the host or IP of C{address} (L{compassd.tls}).
-        C{device} names the granted device; a compass-proxy at C{address} needs it."""
+        C{device} names the granted device; a compass-proxy at C{address} needs it.
+
+        C{timeout} bounds the connect and the hello; C{expires_in}, the seconds left on
+        the lease when known (L{AsyncLease.open_session} passes them), bounds the opening
+        (plus L{DEADLINE_GRACE}): a board that does not answer by then is
+        L{BoardUnreachable}, not a wait without end."""
         host, port = "", 0
         if endpoint is None:
             try:
@@ -180,7 +186,28 @@ class AsyncSession:
 
         def opened(protocol: _SessionProtocol, where: str,
                    _: dict[str, Any]) -> Deferred[AsyncSession]:
+            silent: list[bool] = []
+
+            def too_late() -> None:
+                silent.append(True)
+                protocol.drop(abort=True)
+
+            timer = (reactor.callLater(max(0.0, expires_in) + DEADLINE_GRACE, too_late)
+                     if reactor is not None and expires_in is not None else None)
+
+            def answered(outcome: Any) -> Any:
+                if timer is not None and timer.active():
+                    timer.cancel()
+                if silent and isinstance(outcome, Failure):
+                    return Failure(BoardUnreachable(
+                        f"The board at {where} did not answer the opening of the session"
+                        f" within the {expires_in:.0f} s its lease had left (a stopped or"
+                        " cut-off board?); the lease ends at its deadline. Request a board"
+                        " again."))
+                return outcome
+
             d = protocol.callRemote(sp.OpenSession, ticket=ticket, device=device)
+            d.addBoth(answered)
             return d.addCallback(lambda answer: cls(protocol, where, answer, reactor))
 
         return connect(reactor, BOARD, _SessionProtocol, address, host=host, port=port,

@@ -49,6 +49,13 @@ def result(d: Deferred[Any]) -> Any:
     return outcome[0]
 
 
+def fired(d: Deferred[Any]) -> bool:
+    """Whether C{d} has its result (one chained to another Deferred has none yet)."""
+    seen: list[bool] = []
+    d.addBoth(lambda outcome: seen.append(True) or outcome)
+    return bool(seen)
+
+
 def failure(d: Deferred[Any]) -> Failure:
     """The Failure a Deferred already has; fail the test if it has none or succeeded."""
     outcome: list[Any] = []
@@ -151,13 +158,23 @@ class _HangsUp(Protocol):
         self.transport.loseConnection()
 
 
+class _Silent(Protocol):
+    """A server whose kernel takes the connection but which never reads or answers (a
+    stopped process)."""
+
+
 @implementer(IStreamClientEndpoint)
 class _HangUpEndpoint:
-    def __init__(self) -> None:
+    def __init__(self, server: type[Protocol] = _HangsUp) -> None:
         self.pumps: list[iosim.IOPump] = []
+        self.server = server
+
+    def flush(self) -> None:
+        for pump in self.pumps:
+            pump.flush()
 
     def connect(self, factory: Any) -> Deferred[Any]:
-        client, server = factory.buildProtocol(iosim.FakeAddress()), _HangsUp()
+        client, server = factory.buildProtocol(iosim.FakeAddress()), self.server()
         self.pumps.append(iosim.connect(
             server, iosim.FakeTransport(server, isServer=True),
             client, iosim.FakeTransport(client, isServer=False),
@@ -174,6 +191,32 @@ def test_a_tracker_that_hangs_up_during_the_hello_is_tracker_unreachable() -> No
     assert caught.check(TrackerUnreachable), caught
     assert str(caught.value).startswith("Cannot reach the tracker at ")
     assert "compass-tracker running" in str(caught.value)
+
+
+def test_a_tracker_that_never_answers_the_hello_is_unreachable_at_the_timeout() -> None:
+    clock = Clock()
+    endpoint = _HangUpEndpoint(_Silent)
+    d = AsyncTracker.connect(clock, endpoint=endpoint, timeout=5)
+    endpoint.flush()
+    clock.advance(4.9)
+    endpoint.flush()
+    assert not fired(d), "gave up on the hello before its timeout"
+    clock.advance(0.1)
+    endpoint.flush()
+    caught = failure(d)
+    assert caught.check(TrackerUnreachable), caught
+    said = str(caught.value)
+    assert said.startswith("Cannot reach the tracker at ") and "within 5 s" in said, said
+    assert not clock.getDelayedCalls()
+
+
+def test_an_answered_hello_leaves_no_timer_behind() -> None:
+    h = Harness()
+    d = AsyncTracker.connect(h.clock, endpoint=h.endpoint(), timeout=5)
+    h.flush()
+    tracker = result(d)
+    h.advance(60)
+    assert tracker.connected
 
 
 def test_request_is_granted_a_lease_with_device_address_info_and_time_left() -> None:
@@ -211,9 +254,9 @@ def test_wait_timeout_says_how_long_it_waited_and_at_which_position() -> None:
     alice = h.connect(user="alice")
     waiting = alice.request(KEY, wait=5)
     h.flush()
-    assert not waiting.called
+    assert not fired(waiting)
     h.advance(4.9)
-    assert not waiting.called
+    assert not fired(waiting)
     h.advance(0.2)
     error = failure(waiting).value
     assert isinstance(error, WaitTimeout)
@@ -246,7 +289,7 @@ def test_position_changes_are_pushed_at_most_every_interval() -> None:
     assert positions == []
     h.advance(0.5)
     assert positions == [0]
-    assert not second.called
+    assert not fired(second)
 
 
 def test_bad_token_is_refused_with_not_authorized_and_the_connection_closed() -> None:
@@ -276,7 +319,7 @@ def test_release_ends_the_lease_and_frees_the_device_for_the_next_request() -> N
     bob = h.connect(user="bob")
     waiting = bob.request(KEY)
     h.flush()
-    assert not waiting.called
+    assert not fired(waiting)
     released = lease.release()
     h.flush()
     assert result(released) is None

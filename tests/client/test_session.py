@@ -19,6 +19,7 @@ import pytest
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
@@ -27,6 +28,7 @@ from compassd.client import (
     AsyncLease,
     AsyncModel,
     AsyncSession,
+    BoardUnreachable,
     ChecksumMismatch,
     Lease,
     ModelRejected,
@@ -40,6 +42,7 @@ from compassd.client import (
     _transfer,
     connect_session,
 )
+from compassd.client.session import DEADLINE_GRACE
 from compassd.protocol import Hello
 from compassd.protocol import client_tracker as ct
 from compassd.protocol import session as sp
@@ -66,6 +69,13 @@ def result(d: Deferred[Any]) -> Any:
     return outcome[0]
 
 
+def fired(d: Deferred[Any]) -> bool:
+    """Whether C{d} has its result (one chained to another Deferred has none yet)."""
+    seen: list[bool] = []
+    d.addBoth(lambda outcome: seen.append(True) or outcome)
+    return bool(seen)
+
+
 def failure(d: Deferred[Any]) -> Failure:
     outcome: list[Any] = []
     d.addBoth(outcome.append)
@@ -89,12 +99,20 @@ class FakeBoard(CompassPeer):
         self.loaded: dict[str, Any] = {}
         self._outputs: bytes | None = None
         self.hello_user: str | None = None
+        self.stopped = False
+        """Like a SIGSTOPped board: the connection stays, nothing is read or answered."""
+        self.stop_after_hello = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.stopped:
+            super().dataReceived(data)
 
     @Hello.responder
     def hello(self, versions: list[int], role: str, token: str | None = None,
               user: str | None = None, software: str | None = None) -> dict[str, Any]:
         self.greeted = True
         self.hello_user = user
+        self.stopped = self.stop_after_hello
         return {"version": 1, "user": user or "anonymous", "roles": [role],
                 "software": "fake board"}
 
@@ -279,6 +297,96 @@ def test_open_says_hello_as_client_then_opens_with_the_ticket_and_keeps_the_answ
     assert session.expires_in == 60.0
     assert session.info == {"cpu": "test", "cores": "2"}
     assert session.max_upload == 64 << 20
+    assert session.active
+
+
+# --- deadlines: a board that stops answering is a sentence, never a hang ---------------
+
+
+def test_a_board_that_never_answers_the_hello_is_unreachable_at_the_open_timeout() -> None:
+    clock, ep = Clock(), PumpEndpoint()
+    ep.board.stopped = True
+    d = AsyncSession.open(clock, "board:9091", TICKET, endpoint=ep, timeout=5)
+    ep.flush()
+    clock.advance(4.9)
+    ep.flush()
+    assert not fired(d), "gave up before the timeout"
+    clock.advance(0.1)
+    ep.flush()
+    caught = failure(d)
+    assert caught.check(BoardUnreachable), caught
+    said = str(caught.value)
+    assert "board at board:9091" in said and "did not answer within 5 s" in said, said
+    assert not clock.getDelayedCalls()
+
+
+def test_opening_a_session_is_bounded_by_the_lease_time_left_and_its_grace() -> None:
+    clock, ep = Clock(), PumpEndpoint()
+    ep.board.stop_after_hello = True
+    d = AsyncSession.open(clock, "board:9091", TICKET, endpoint=ep, timeout=5,
+                          expires_in=20)
+    ep.flush()
+    assert ep.board.seen == [], "the board read the opening although it is stopped"
+    clock.advance(20 + DEADLINE_GRACE - 0.1)
+    ep.flush()
+    assert not fired(d), "gave up before the lease's time was up"
+    clock.advance(0.1)
+    ep.flush()
+    caught = failure(d)
+    assert caught.check(BoardUnreachable), caught
+    said = str(caught.value)
+    assert "did not answer the opening of the session" in said and "20 s" in said, said
+
+
+def test_a_session_opened_in_time_keeps_no_opening_timer() -> None:
+    clock, ep = Clock(), PumpEndpoint()
+    d = AsyncSession.open(clock, "board:9091", TICKET, endpoint=ep, expires_in=20)
+    ep.flush()
+    session = result(d)
+    # only the session itself (no call is running, so no call deadline either)
+    assert not clock.getDelayedCalls()
+    clock.advance(30)
+    assert session.active
+
+
+@pytest.mark.parametrize(("timeout", "gives_up", "why"), [
+    (None, 60.0, "the deadline of lease l-1"),
+    (5.0, 5.0, "its own timeout of 5 s"),
+])
+def test_a_run_on_a_board_that_stops_ends_the_session_at_its_deadline(
+    timeout: float | None, gives_up: float, why: str
+) -> None:
+    clock, ep = Clock(), PumpEndpoint()
+    d = AsyncSession.open(clock, "board:9091", TICKET, endpoint=ep, timeout=5)
+    ep.flush()
+    session = result(d)  # the board says 60 s are left on lease l-1
+    model = load(session, ep)
+    ep.board.stopped = True
+    running = model.run({"x": X, "mask": MASK}, timeout=timeout)
+    ep.flush()
+    clock.advance(gives_up + DEADLINE_GRACE - 0.1)
+    ep.flush()
+    assert not fired(running), "gave up before the deadline"
+    clock.advance(0.1)
+    ep.flush()
+    caught = failure(running)
+    assert caught.check(SessionEnded), caught
+    said = str(caught.value)
+    assert "did not answer" in said and why in said and "lease l-1" in said, said
+    later = failure(session.listdir())
+    assert later.check(SessionEnded) and why in str(later.value)
+
+
+def test_a_run_answered_in_time_disarms_its_deadline() -> None:
+    clock, ep = Clock(), PumpEndpoint()
+    d = AsyncSession.open(clock, "board:9091", TICKET, endpoint=ep)
+    ep.flush()
+    session = result(d)
+    model = load(session, ep)
+    (y, _) = call(ep, model.run({"x": X, "mask": MASK}, timeout=5))
+    np.testing.assert_array_equal(y, X + 1)
+    assert not clock.getDelayedCalls()
+    clock.advance(120)
     assert session.active
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from compassd.client import connect_tracker
+from compassd.client import BoardUnreachable, connect_tracker
 from compassd.protocol.errors import SessionEnded
 from compassd.tracker.reconcile import lease_epoch
 from tests.fakedriver.build import build_fake_driver
@@ -273,3 +273,39 @@ def test_a_run_on_a_stopped_board_raises_at_the_lease_deadline(
             os.kill(proc.pid, signal.SIGCONT)
         stop(tracker)
         finish(server, workdir)
+
+
+def test_opening_a_session_on_a_stopped_board_is_a_sentence_not_a_hang(
+    tracker: tuple[str, int], board: subprocess.Popen[bytes], model: Path
+) -> None:
+    alice = connect_tracker(*tracker, user="alice")
+    lease = alice.request("demo", wait=WAIT, lease=60)
+    # the board's kernel still takes the connection; only the hello can tell
+    os.kill(board.pid, signal.SIGSTOP)
+    outcome: list[BaseException | None] = []
+
+    def open_it() -> None:
+        try:
+            lease.open_session(timeout=2)
+            outcome.append(None)
+        except BaseException as e:  # recorded, asserted below
+            outcome.append(e)
+
+    opener = threading.Thread(target=open_it, name="open on a stopped board", daemon=True)
+    opener.start()
+    opener.join(WAIT)
+    assert outcome, "open_session on a stopped board did not return"
+    (error,) = outcome
+    assert isinstance(error, BoardUnreachable), error
+    said = str(error)
+    assert lease.address in said and "did not answer within 2 s" in said, said
+    def state() -> str:
+        return {d["name"]: d for d in alice.summary()["devices"]}["life-1"]["state"]
+
+    until("the tracker to take the stopped board offline", lambda: state() == "offline")
+    os.kill(board.pid, signal.SIGCONT)
+    until("the board to be back, busy with the lease", lambda: state() == "busy")
+    # the ticket was never presented: the board serves the lease once it is back
+    (y,) = lease.load_model(str(model)).run(np.full(4, 4, dtype=np.int8))
+    assert y.tolist() == [5] * 4
+    lease.release()
