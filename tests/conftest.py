@@ -46,3 +46,19 @@ def tracker(tracker_args):
     finally:
         stop(proc)
         print(daemon_log(proc))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _digest_memory(tmp_path_factory):
+    """Clients remember local files' digests in a file (compassd.client._digests): here
+    one of the run's own, never the user's, shared by the processes the tests start."""
+    path = tmp_path_factory.mktemp("client") / "digests"
+    before = os.environ.get("COMPASS_DIGESTS")
+    os.environ["COMPASS_DIGESTS"] = str(path)
+    try:
+        yield path
+    finally:
+        if before is None:
+            del os.environ["COMPASS_DIGESTS"]
+        else:
+            os.environ["COMPASS_DIGESTS"] = before

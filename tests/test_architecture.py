@@ -62,6 +62,7 @@ LAYERS = {
     "compassd.addresses": SHARED,
     "compassd.tensors": SHARED,
     "compassd.tls": SHARED,
+    "compassd.hashing": SHARED,
     "compassd.listening": SHARED,
     "compassd.systemd": SHARED,
     "compassd.metrics": SHARED,

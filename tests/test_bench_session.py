@@ -16,13 +16,15 @@ BENCH = ROOT / "bench" / "session.py"
 EXPECTED_ROWS = [
     "session open p50 (warm spare)",
     "small model run round trip p50",
-    "upload 4 MiB",
-    "upload 4 MiB model, first time (incl. client sha256)",
+    "upload 4 MiB (hashed while sent)",
+    "upload 4 MiB model, first time (hashed while sent)",
+    "upload 4 MiB model, first time, hashed first (older board)",
     "upload 4 MiB model again, unchanged (cache hit)",
     "sha256 of 4 MiB (each end of an upload)",
     "tensor round trip 4 MiB float32",
     "executor handoff 4 MiB (write+Execute+read)",
     "arena copies 4 MiB (write+read)",
+    "executor handoff 4 MiB, onnx backend (IO binding)",
 ]
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..tls import ClientTLS
 from . import _reactor
-from ._transfer import Progress, Source, digest
+from ._transfer import Progress, Source
 from .asynchronous import DEFAULT_PORT, AsyncLease, AsyncTracker
 from .model import AsyncModel, Inputs
 from .session import AsyncSession, RemoteFile
@@ -90,10 +90,9 @@ class Session:
     def upload(self, source: Source, remote_name: str | None = None,
                progress: Progress | None = None) -> str:
         """Store a local file or bytes in the session directory; returns the remote name.
-        C{progress} runs on the client's background thread."""
-        size, sha256 = digest(source)  # hashed here, not on the reactor thread
-        return _reactor.call(self._session.upload, source, remote_name, progress,
-                             size=size, sha256=sha256)
+        See L{AsyncSession.upload}: a file is hashed in a thread, while it is sent where
+        the board allows. C{progress} runs on the client's background thread."""
+        return _reactor.call(self._session.upload, source, remote_name, progress)
 
     def download(self, remote: str, local_path: str | os.PathLike[str] | None = None,
                  progress: Progress | None = None) -> Any:
@@ -111,9 +110,6 @@ class Session:
                    progress: Callable[[int, int], object] | None = None) -> Model:
         """Upload (if local) and load a model; see L{AsyncSession.load_model}.
         C{progress} runs on the client's background thread."""
-        for local in (path, manifest):
-            if local is not None and os.path.isfile(local):
-                digest(local)  # hashed here (and remembered), not on the reactor thread
         return Model(_reactor.call(self._session.load_model, path, manifest, progress))
 
     def close(self) -> None:

@@ -34,21 +34,22 @@ from collections.abc import Callable
 from typing import IO, Any, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
-from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from ..addresses import parse_address
+from ..hashing import InThread, StreamHash, threads_of
 from ..protocol import session as sp
 from ..protocol.errors import ChecksumMismatch, CompassError, LimitExceeded, SessionEnded
 from ..protocol.peer import CompassPeer
 from ..tensors import TensorSpec
 from ..tls import ClientTLS
+from . import _digests
 from ._connect import Daemon, connect, info_dict
-from ._transfer import Progress, RunSender, Source, digest, run_sender
+from ._transfer import Progress, RunSender, Source, digest, remembered, run_sender
 from .model import AsyncModel
 
 T = TypeVar("T")
@@ -131,6 +132,8 @@ class AsyncSession:
         self._lease_deadline: float | None = (
             reactor.seconds() + float(answer["expires_in"]) if reactor is not None else None)
         """When the lease ends by the reactor's clock (None: no reactor, no deadlines)."""
+        self._in_thread: InThread = threads_of(reactor)
+        """Where local files are hashed: the reactor's thread pool (none: at once)."""
         self.address = address
         self.session: str = answer["session"]
         self.lease: str = answer["lease"]
@@ -285,6 +288,15 @@ class AsyncSession:
         sender = run_sender(self._protocol.transport, source, size, progress)
         if sender is None:
             return succeed(None)
+        return self._start_sender(sender)
+
+    def _sender_for(self, source: Source, size: int, progress: Progress | None,
+                    hashing: StreamHash) -> RunSender:
+        sender = run_sender(self._protocol.transport, source, size, progress, hashing)
+        assert sender is not None
+        return sender
+
+    def _start_sender(self, sender: RunSender) -> Deferred[None]:
         self._sender = sender
 
         def forget(_: object) -> None:
@@ -380,21 +392,32 @@ class AsyncSession:
         sha256: str | None = None,
     ) -> Deferred[str]:
         """Store a local file (its path) or bytes as C{remote_name} in the session
-        directory; the result is the remote name. A file is read twice, in chunks: once
-        for its SHA-256 (announced up front, unless C{size} and C{sha256} are given; an
-        unchanged file's is remembered), once while sending. A board with a model cache
-        that already holds that content stores it without the bytes being sent (the
-        name is then in L{cached}). C{progress(sent, total)} is called as bytes go out."""
+        directory; the result is the remote name. A file is never read into memory
+        whole; C{progress(sent, total)} is called as bytes go out.
+
+        When the file's SHA-256 is known (C{size} and C{sha256} given, or an unchanged
+        file hashed before, by this process or another: L{compassd.client._digests}) and
+        the board has a model cache holding that content, it is stored without a byte
+        sent (the name is then in L{cached}). Otherwise a board that takes the digest
+        after the bytes gets the file hashed while it is sent (in a thread), and the
+        digest is remembered for next time; an older board gets the file hashed first
+        (in a thread) and then sent."""
         if remote_name is None:
             if isinstance(source, bytes | bytearray | memoryview):
                 return fail(ValueError("Uploading bytes needs a remote_name for them."))
             remote_name = os.path.basename(os.fspath(source))
-        if size is None or sha256 is None:
-            # hashing a file of up to 4 GiB must not stop this reactor: in a thread
-            hashing: Deferred[tuple[int, str]] = _digest_off_the_reactor(source)
-            return hashing.addCallback(
-                lambda known: self.upload(source, remote_name, progress=progress,
-                                          size=known[0], sha256=known[1]))
+        local = None if isinstance(source, bytes | bytearray | memoryview) \
+            else os.fspath(source)
+        try:
+            if size is None or sha256 is None:
+                known = digest(source) if local is None else remembered(local)
+                if known is not None:
+                    size, sha256 = known
+                else:
+                    assert local is not None
+                    size = os.stat(local).st_size
+        except OSError as e:
+            return fail(e)
         if 0 < self.max_upload < size:
             return fail(
                 LimitExceeded(
@@ -404,30 +427,60 @@ class AsyncSession:
             )
         name: str = remote_name
         total: int = size
-        digest_text: str = sha256
 
-        def send() -> Deferred[str]:
+        def send(digest_text: str) -> Deferred[str]:
             self.cached.discard(name)
             answer = self._protocol.callRemote(sp.Upload, path=name, size=total,
                                                sha256=digest_text)
             sent = self._send_run(source, total, progress)
             return self._after_run(answer, sent).addCallback(lambda _: name)
 
-        def work() -> Deferred[str]:
+        def stream(local: str) -> Deferred[str]:
+            """Send the file while it is hashed; its digest follows the bytes."""
+            self.cached.discard(name)
+            key = _digests.file_key(local)
+            answer = self._protocol.callRemote(sp.UploadDigestAfter, path=name, size=total)
+            sender = self._sender_for(local, total, progress, StreamHash(self._in_thread))
+            sent = self._start_sender(sender)
+
+            def stored(_: object) -> str:
+                if sender.sha256 is not None and _digests.file_key(local) == key:
+                    _digests.remember(key, sender.sha256)
+                return name
+
+            def refused(failure: Failure) -> Failure:
+                if failure.check(ChecksumMismatch) and sender.changed:
+                    return Failure(ChecksumMismatch(
+                        f"{local!r} changed while it was sent to board {self.address};"
+                        f" nothing was stored as {name!r}. Upload it again once it is"
+                        " written."))
+                return failure
+
+            return self._after_run(answer, sent).addCallbacks(stored, refused)
+
+        def with_digest(digest_text: str) -> Deferred[str]:
             if sp.FEATURE_CACHE not in self.features:
-                return send()
+                return send(digest_text)
             asked = self._protocol.callRemote(sp.UseCached, path=name, size=total,
                                               sha256=digest_text)
 
             def answered(answer: dict[str, Any]) -> str | Deferred[str]:
                 if not answer["stored"]:
-                    return send()
+                    return send(digest_text)
                 self.cached.add(name)
                 if progress is not None:
                     progress(total, total)
                 return name
 
             return asked.addCallback(answered)
+
+        def work() -> Deferred[str]:
+            if sha256 is not None:
+                return with_digest(sha256)
+            if local is not None and sp.FEATURE_DIGEST_AFTER in self.features:
+                return stream(local)
+            hashing: Deferred[tuple[int, str]] = self._in_thread(digest, source)
+            return hashing.addCallback(lambda known: with_digest(known[1]))
 
         return self._operation(f"uploading {name!r}", work)
 
@@ -574,23 +627,3 @@ def _remove_quietly(path: str) -> None:
     except OSError:
         pass
 
-
-HASH_INLINE = 8 << 20
-"""Sources up to this many bytes are hashed at once (a few milliseconds); bigger ones
-in a thread."""
-
-
-def _digest_off_the_reactor(source: Source) -> Deferred[tuple[int, str]]:
-    """L{digest}, in a thread for a big source when the global reactor runs (it does
-    under the blocking client and in daemons), else here."""
-    from twisted.internet import reactor as global_reactor
-
-    try:
-        size = (len(memoryview(source).cast("B"))
-                if isinstance(source, bytes | bytearray | memoryview)
-                else os.stat(source).st_size)
-    except OSError:
-        size = 0  # digest says what is wrong
-    if size > HASH_INLINE and getattr(global_reactor, "running", False):
-        return deferToThread(digest, source)
-    return maybeDeferred(digest, source)

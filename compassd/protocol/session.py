@@ -7,6 +7,9 @@ announces them:
 
 - L{Upload}: the client writes the command box and then exactly C{size} bytes; the
   answer comes once they have all arrived and their SHA-256 matched.
+- L{UploadDigestAfter} (when the board lists L{FEATURE_DIGEST_AFTER}): as L{Upload},
+  but the SHA-256 follows the bytes, so a client hashes the file while it sends it and
+  the board while it arrives, instead of the client reading the whole file first.
 - L{UseCached} (when the board lists L{FEATURE_CACHE}): no byte run; the board links
   content it already holds under that SHA-256, or answers that it has none.
 - L{Download}: the answer carries C{size} and C{sha256}; exactly C{size} bytes follow it.
@@ -77,6 +80,33 @@ class Upload(CompassCommand):
         (b"path", amp.Unicode()),
         (b"size", amp.Integer()),
         (b"sha256", amp.Unicode()),
+    ]
+    response = []
+
+
+FEATURE_DIGEST_AFTER = "upload-digest-after-1"
+"""In L{OpenSession}'s C{features}: the board answers L{UploadDigestAfter}. A client sends
+it only to a board that says so; a client that never sends it (an older one) uploads
+with L{Upload} as before."""
+
+DIGEST_SIZE = 32
+"""Bytes of the SHA-256 digest that ends an L{UploadDigestAfter} byte run."""
+
+
+class UploadDigestAfter(CompassCommand):
+    """Store C{size} bytes as C{path}, their SHA-256 following them: the raw run after
+    this box is the C{size} bytes, then the L{DIGEST_SIZE} bytes of their SHA-256 digest
+    (binary, not hex). The answer comes once all have arrived and the digest matched
+    what arrived; otherwise nothing is stored (L{ChecksumMismatch}). A client that finds
+    its file changed while it was sent ends the run with a digest that cannot match, so
+    the board stores nothing. Only boards whose L{OpenSession} answer lists
+    L{FEATURE_DIGEST_AFTER} in C{features} know this command."""
+
+    commandName = b"upload-digest-after"
+    announces_run = True
+    arguments = [
+        (b"path", amp.Unicode()),
+        (b"size", amp.Integer()),
     ]
     response = []
 

@@ -18,7 +18,11 @@ Promises, each checked by the tests (C{tests/server/test_modelcache.py}):
   longer match is removed, never served (entries found at start are hashed on first use);
 - the cache holds at most C{limit} bytes, evicting the least recently used entries;
   a file larger than the limit is not kept;
-- two sessions storing the same content at once leave one entry.
+- two sessions storing the same content at once leave one entry;
+- its methods may be called from several threads at once: L{store_cached_in_thread}
+  (what the board's C{use-cached} responder calls) checks and links an entry in a
+  thread, so re-hashing a large entry never holds up the reactor, and no lock is held
+  while a file is hashed.
 
 Entries are hard links (C{cache/<sha256>}, read-only) to the session's own file, so
 adding costs no copy and a hit costs one link; they must live on the work directory's
@@ -34,11 +38,16 @@ import os
 import re
 import secrets
 import stat
+import threading
 from pathlib import Path
+from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from ..hashing import InThread
+from ..protocol.errors import SessionEnded
 from .sessiondir import SessionDirectory
 
 log = Logger(namespace="compass.server")
@@ -85,6 +94,8 @@ class ModelCache:
     _sizes: dict[str, int] = attrs.field(factory=dict)
     hits: int = 0
     misses: int = 0
+    _lock: threading.RLock = attrs.field(factory=threading.RLock)
+    """Held while the entries are read or changed (never while a file is hashed)."""
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], limit: int) -> ModelCache:
@@ -113,10 +124,12 @@ class ModelCache:
     @property
     def used(self) -> int:
         """Bytes the entries hold."""
-        return sum(self._sizes.values())
+        with self._lock:
+            return sum(self._sizes.values())
 
     def __contains__(self, sha256: str) -> bool:
-        return sha256 in self._entries
+        with self._lock:
+            return sha256 in self._entries
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -126,55 +139,65 @@ class ModelCache:
         whether it is kept. Never raises for a disk problem (the upload stands anyway)."""
         if not _ENTRY.match(sha256):
             raise ValueError(f"{sha256!r} is not a lower-case hex SHA-256.")
-        try:
-            info = os.stat(path)
-            if info.st_size > self.limit:
-                return False
-            if sha256 in self._entries:
-                self._entries.move_to_end(sha256)
-                return True
-            self._evict(info.st_size)
-            temporary = self.root / f"adding-{secrets.token_hex(8)}"
-            os.link(path, temporary)
+        with self._lock:
             try:
-                os.chmod(temporary, 0o444)
-                os.replace(temporary, self.root / sha256)
-            except BaseException:
-                _unlink(temporary)
-                raise
-            info = os.stat(self.root / sha256)
-        except OSError as e:
-            log.warn("could not keep {path} in the model cache: {error}", path=str(path),
-                     error=e.strerror or str(e))
-            return False
-        self._entries[sha256] = _fingerprint(info)
-        self._sizes[sha256] = info.st_size
-        return True
+                info = os.stat(path)
+                if info.st_size > self.limit:
+                    return False
+                if sha256 in self._entries:
+                    self._entries.move_to_end(sha256)
+                    return True
+                self._evict(info.st_size)
+                temporary = self.root / f"adding-{secrets.token_hex(8)}"
+                os.link(path, temporary)
+                try:
+                    os.chmod(temporary, 0o444)
+                    os.replace(temporary, self.root / sha256)
+                except BaseException:
+                    _unlink(temporary)
+                    raise
+                info = os.stat(self.root / sha256)
+            except OSError as e:
+                log.warn("could not keep {path} in the model cache: {error}",
+                         path=str(path), error=e.strerror or str(e))
+                return False
+            self._entries[sha256] = _fingerprint(info)
+            self._sizes[sha256] = info.st_size
+            return True
 
     def lookup(self, sha256: str, size: int) -> Path | None:
         """The entry holding C{size} bytes with SHA-256 C{sha256}, verified, or None. An
         entry whose bytes changed is removed."""
-        recorded = self._entries.get(sha256, False)
-        if recorded is False or self._sizes.get(sha256) != size:
-            self.misses += 1
-            return None
+        with self._lock:
+            recorded = self._entries.get(sha256, False)
+            if recorded is False or self._sizes.get(sha256) != size:
+                self.misses += 1
+                return None
         path = self.root / sha256
         try:
             info = os.stat(path, follow_symlinks=False)
             if recorded != _fingerprint(info):
+                # not as recorded (or never checked): hash it again, holding no lock
                 if not stat.S_ISREG(info.st_mode) or info.st_size != size \
                         or sha256_of(path) != sha256:
                     raise ValueError("its bytes changed")
                 os.chmod(path, 0o444)
-                self._entries[sha256] = _fingerprint(os.stat(path))
+                with self._lock:
+                    if sha256 in self._entries:
+                        self._entries[sha256] = _fingerprint(os.stat(path))
         except (OSError, ValueError) as e:
             log.warn("dropped the model cache entry {sha256}: {why}", sha256=sha256,
                      why=getattr(e, "strerror", None) or str(e))
-            self.remove(sha256)
-            self.misses += 1
+            with self._lock:
+                self.remove(sha256)
+                self.misses += 1
             return None
-        self._entries.move_to_end(sha256)
-        self.hits += 1
+        with self._lock:
+            if sha256 not in self._entries:  # evicted meanwhile
+                self.misses += 1
+                return None
+            self._entries.move_to_end(sha256)
+            self.hits += 1
         return path
 
     def link_into(self, sha256: str, size: int, target: Path) -> bool:
@@ -193,9 +216,10 @@ class ModelCache:
 
     def remove(self, sha256: str) -> None:
         """Forget an entry and remove its file (sessions holding it keep their link)."""
-        self._entries.pop(sha256, None)
-        self._sizes.pop(sha256, None)
-        _unlink(self.root / sha256)
+        with self._lock:
+            self._entries.pop(sha256, None)
+            self._sizes.pop(sha256, None)
+            _unlink(self.root / sha256)
 
     def _evict(self, room: int) -> None:
         """Remove least recently used entries until C{room} more bytes fit."""
@@ -238,3 +262,39 @@ def store_cached(cache: ModelCache, directory: SessionDirectory, relpath: str, s
         return True
     finally:
         directory.release(token)
+
+
+def store_cached_in_thread(cache: ModelCache, directory: SessionDirectory, relpath: str,
+                           size: int, sha256: str, in_thread: InThread,
+                           ended: Any = lambda: False) -> Deferred[bool]:
+    """L{store_cached}, with the entry checked (hashed again if it is not as recorded)
+    and linked in a thread (C{in_thread}); the path and quota are checked, and the file
+    stored, on the calling thread. Fires with whether the cache held it; fails with
+    L{SessionEnded} (nothing stored) when C{ended()} says the session ended meanwhile."""
+    directory.resolve(relpath)
+    if sha256 not in cache:
+        with cache._lock:
+            cache.misses += 1
+        return succeed(False)
+    token = object()
+    directory.reserve(token, size, relpath)
+    partial = directory.partial / f"cached-{secrets.token_hex(8)}"
+
+    def linked(found: bool) -> bool:
+        if not found:
+            return False
+        try:
+            if ended():
+                raise SessionEnded("The session ended while a cached file was stored.")
+            directory.commit(partial, relpath)
+        except BaseException:
+            _unlink(partial)
+            raise
+        return True
+
+    def released(result: Any) -> Any:
+        directory.release(token)
+        return result
+
+    d: Deferred[bool] = in_thread(cache.link_into, sha256, size, partial)
+    return d.addCallback(linked).addBoth(released)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPullProducer
 from twisted.internet.protocol import connectionDone
@@ -38,7 +38,7 @@ from ..protocol.errors import (
 )
 from ..protocol.hello import Greeting, HelloResponder, software_name
 from .board import ActiveSession, BoardService, session_gone
-from .modelcache import store_cached
+from .modelcache import store_cached_in_thread
 from .upload import FileDownload, UploadSink, check_sha256, open_download
 
 log = Logger(namespace="compass.server")
@@ -50,6 +50,10 @@ file until its bytes are sent."""
 
 MAX_HELD = 64
 """Boxes a connection may have waiting behind a byte run it does not read."""
+
+HASH_BACKLOG = 32 << 20
+"""Bytes of an upload that arrived and are not hashed yet, at most: past it the board
+stops reading from the client until its hashing thread catches up."""
 
 OUTPUT_CHUNK = 4 << 20
 """Bytes of an output tensor copied out of the arena per write: Twisted transports take
@@ -277,7 +281,8 @@ class SessionConnection(HelloResponder):
                 "backend": self.board.backend,
                 "info": list(self.board.link.board.info),
                 "max_upload": self.board.max_upload,
-                "features": [ps.FEATURE_CACHE] if self.board.cache is not None else [],
+                "features": [ps.FEATURE_DIGEST_AFTER]
+                + ([ps.FEATURE_CACHE] if self.board.cache is not None else []),
             }
 
         return self.board.open_session(self, ticket).addCallback(opened)
@@ -293,26 +298,40 @@ class SessionConnection(HelloResponder):
 
     @ps.Upload.responder
     def upload(self, path: str, size: int, sha256: str) -> Deferred[dict[str, Any]]:
+        return self._upload(path, size, sha256)
+
+    @ps.UploadDigestAfter.responder
+    def upload_digest_after(self, path: str, size: int) -> Deferred[dict[str, Any]]:
+        return self._upload(path, size, None)
+
+    def _upload(self, path: str, size: int, sha256: str | None) -> Deferred[dict[str, Any]]:
+        """Receive an upload: the bytes are written and hashed (in a thread) as they
+        arrive; C{sha256} None: the digest follows them."""
         if size < 0:
             raise BadRequest(f"An upload of {size} bytes makes no sense.")
+        announced = size + (ps.DIGEST_SIZE if sha256 is None else 0)
         try:
             session = self._active()
-            sink = UploadSink.start(session.directory, path, size, sha256)
+            sink = UploadSink.start(session.directory, path, size, sha256,
+                                    self.board.in_thread)
         except Exception as e:
-            return self._refuse_run(size, e, self.board.max_upload if self.board.max_upload > 0
-                                    else size)
-        arrived = self.expect_raw(size, sink)
+            # within the quota (and its digest), the bytes are read and thrown away
+            return self._refuse_run(announced, e, self.board.max_upload + announced - size
+                                    if self.board.max_upload > 0 else announced)
+        arrived = self.expect_raw(sink.expected, self._hashed_as_it_arrives(sink))
 
         def verify(_: object) -> Any:
-            return sink.finish_in_thread(self.board.in_thread)  # not on the reactor
+            return sink.finish_in_thread()  # waits for the hashing thread
 
         def stored(kept: Path) -> dict[str, Any]:
+            assert sink.sha256 is not None
             if self.board.cache is not None:
                 self.board.cache.add(kept, sink.sha256)
             if self.board.metrics is not None:
                 self.board.metrics.uploaded.inc(size)
-            log.info("{device}: session {session} stored {path} ({size} bytes)",
-                     device=self.board.device, session=session.ident, path=path, size=size)
+            log.info("{device}: session {session} stored {path} ({size} bytes{how})",
+                     device=self.board.device, session=session.ident, path=path, size=size,
+                     how=", its digest after them" if sha256 is None else "")
             return {}
 
         def lost(failure: Failure) -> Failure:
@@ -321,19 +340,50 @@ class SessionConnection(HelloResponder):
 
         return arrived.addCallbacks(verify, lost).addCallback(stored)
 
+    def _hashed_as_it_arrives(self, sink: UploadSink) -> Callable[[bytes], None]:
+        """C{sink}, and while the hashing thread is more than L{HASH_BACKLOG} bytes
+        behind, the connection reads nothing more (TCP then holds the client back)."""
+        paused = [False]
+
+        transport: Any = self.transport
+
+        def resume(_: object) -> None:
+            paused[0] = False
+            if self.alive:
+                transport.resumeProducing()
+
+        def take(data: bytes) -> None:
+            sink(data)
+            if sink.backlog > HASH_BACKLOG and not paused[0] \
+                    and hasattr(transport, "pauseProducing"):
+                paused[0] = True
+                transport.pauseProducing()
+                sink.below(HASH_BACKLOG // 2).addCallback(resume)
+
+        return take
+
     @ps.UseCached.responder
-    def use_cached(self, path: str, size: int, sha256: str) -> dict[str, Any]:
+    def use_cached(self, path: str, size: int, sha256: str) -> Deferred[dict[str, Any]]:
         session = self._active()
         digest = check_sha256(session.directory.describe(path), sha256)
         if not isinstance(size, int) or size < 0:
             raise BadRequest(f"A file of {size} bytes makes no sense.")
         cache = self.board.cache
-        if cache is None or not store_cached(cache, session.directory, path, size, digest):
-            return {"stored": False}
-        log.info("{device}: session {session} stored {path} ({size} bytes) from the model"
-                 " cache", device=self.board.device, session=session.ident, path=path,
-                 size=size)
-        return {"stored": True}
+        if cache is None:
+            return succeed({"stored": False})
+
+        def answer(stored: bool) -> dict[str, Any]:
+            if stored:
+                log.info("{device}: session {session} stored {path} ({size} bytes) from"
+                         " the model cache", device=self.board.device,
+                         session=session.ident, path=path, size=size)
+            return {"stored": stored}
+
+        # the entry is checked (hashed again if need be) and linked in a thread
+        d = store_cached_in_thread(cache, session.directory, path, size, digest,
+                                   self.board.in_thread,
+                                   ended=lambda: session.ended is not None)
+        return d.addCallback(answer)
 
     @ps.Download.responder
     def download(self, path: str) -> Deferred[dict[str, Any]]:

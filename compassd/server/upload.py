@@ -4,8 +4,8 @@ An upload (L{compassd.protocol.session.Upload}) announces a path, a size and a S
 then its bytes follow raw on the connection. L{UploadSink} is what the server hands to
 L{compassd.protocol.peer.CompassPeer.expect_raw} for them::
 
-    sink = UploadSink.start(directory, path, size, sha256)  # may refuse: see below
-    done = peer.expect_raw(size, sink)                      # sink(bytes) per piece
+    sink = UploadSink.start(directory, path, size, sha256, in_thread)  # may refuse
+    done = peer.expect_raw(sink.expected, sink)             # sink(bytes) per piece
     done.addCallbacks(lambda _: sink.finish_in_thread(), lambda f: (sink.abort(), f)[1])
 
 Promises, each checked by the tests:
@@ -14,12 +14,13 @@ Promises, each checked by the tests:
   refused by L{UploadSink.start}, before a byte is written; the server must still read
   the C{size} bytes that follow the box (into a sink that drops them, e.g. C{lambda
   data: None}) so the connection stays in step;
-- the bytes go to a file in the session's C{partial/} folder; calling the sink never
-  raises (an exception there would drop the connection), a write error is kept and
-  reported by L{UploadSink.finish};
-- the SHA-256 is computed from the written file once all bytes are in, in a thread
-  (L{UploadSink.finish_in_thread}; hashlib releases the GIL), never on the reactor
-  thread: a 4 GiB upload would otherwise stop heartbeats for seconds;
+- the bytes go to a file in the session's C{partial/} folder and are hashed as they
+  arrive, in the board's thread runner (L{compassd.hashing.StreamHash}: never on the
+  reactor thread, and overlapped with the transfer, so the answer waits only for the
+  last piece to be hashed); calling the sink never raises (an exception there would
+  drop the connection), a write error is kept and reported by L{UploadSink.finish};
+- with the digest after the bytes (C{sha256} None), the raw run is the C{size} bytes
+  and then L{DIGEST_SIZE} bytes of digest (L{UploadSink.expected} in all);
 - L{UploadSink.finish} stores the file at its path in one atomic rename only when the
   byte count and SHA-256 match; otherwise, and after L{UploadSink.abort} (the peer
   vanished mid-transfer), nothing of the upload is left: no partial file, no reserved
@@ -36,20 +37,19 @@ import errno
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import attrs
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
+from ..hashing import InThread, StreamHash
 from ..protocol.errors import BadRequest, ChecksumMismatch, InternalError, LimitExceeded
+from ..protocol.session import DIGEST_SIZE
 from .sessiondir import SessionDirectory
-
-InThread = Callable[..., Deferred[Any]]
-"""How work is sent to a thread: L{deferToThread}'s signature."""
 
 DEFAULT_CHUNK = 256 * 1024
 """Bytes per chunk L{download_chunks} yields unless told otherwise."""
@@ -73,10 +73,15 @@ class UploadSink:
     directory: SessionDirectory
     relpath: str
     size: int
-    sha256: str
+    sha256: str | None
+    """The SHA-256 announced before the bytes; None when it follows them
+    (L{compassd.protocol.session.UploadDigestAfter}) until the upload is stored."""
     _partial: Path
     _file: BinaryIO
     _token: object
+    _hashing: StreamHash
+    _trailer: bytearray | None = None
+    """The digest that follows the bytes, as it arrives (None: announced before them)."""
     received: int = 0
     """Bytes that have arrived so far (including any beyond C{size})."""
     _error: OSError | None = None
@@ -84,12 +89,16 @@ class UploadSink:
 
     @classmethod
     def start(
-        cls, directory: SessionDirectory, relpath: str, size: int, sha256: str
+        cls, directory: SessionDirectory, relpath: str, size: int, sha256: str | None,
+        in_thread: InThread = maybeDeferred,
     ) -> UploadSink:
         """Check the announcement and get ready for its bytes, or refuse it with
-        L{PathRefused}, L{BadRequest} or L{LimitExceeded} having written nothing."""
+        L{PathRefused}, L{BadRequest} or L{LimitExceeded} having written nothing.
+        C{sha256} None: the digest follows the bytes. The bytes are hashed as they
+        arrive through C{in_thread} (a server passes its thread runner; the default
+        hashes at once, on the calling thread)."""
         what = directory.describe(relpath)
-        digest = check_sha256(what, sha256)
+        digest = None if sha256 is None else check_sha256(what, sha256)
         if not isinstance(size, int) or size < 0:
             raise BadRequest(f"The size of {what} must be zero or more bytes, not {size!r}.")
         directory.resolve(relpath)
@@ -100,15 +109,39 @@ class UploadSink:
         except BaseException:
             directory.release(token)
             raise
-        return cls(directory, relpath, size, digest, partial, file, token)
+        return cls(directory, relpath, size, digest, partial, file, token,
+                   StreamHash(in_thread), None if digest is not None else bytearray())
+
+    @property
+    def expected(self) -> int:
+        """Bytes of the raw run: the file's, and the digest's when it follows them."""
+        return self.size + (0 if self._trailer is None else DIGEST_SIZE)
+
+    @property
+    def backlog(self) -> int:
+        """Bytes that arrived and are not hashed yet."""
+        return self._hashing.backlog
+
+    def below(self, limit: int) -> Deferred[None]:
+        """Fires once at most C{limit} bytes wait to be hashed."""
+        return self._hashing.below(limit)
 
     def __call__(self, data: bytes) -> None:
         """Take the next piece of the upload (what C{expect_raw} calls). Never raises."""
         if self._state != "receiving":
             return
+        at = self.received
         self.received += len(data)
-        if self._error is not None or self.received > self.size:
+        if self._error is not None:
             return
+        if self.received > self.size:
+            cut = max(0, self.size - at)
+            if self._trailer is not None:
+                self._trailer += data[cut:cut + DIGEST_SIZE - len(self._trailer)]
+            data = data[:cut]
+            if not data:
+                return
+        self._hashing.update(data)
         try:
             self._file.write(data)
         except OSError as e:
@@ -119,43 +152,46 @@ class UploadSink:
         and raise L{ChecksumMismatch}, L{BadRequest} (wrong byte count) or
         L{LimitExceeded} / L{InternalError} (the board could not write it).
 
-        This hashes the file on the calling thread; a server calls
+        Only for a sink that hashes at once (the default C{in_thread}); a server calls
         L{finish_in_thread}."""
         self._all_in()
-        try:
-            actual = file_sha256(self._partial)
-        except OSError as e:
+        outcome: list[bytes | Failure] = []
+        self._hashing.digest().addBoth(outcome.append)
+        if not outcome:
             self._discard("refused")
-            raise _write_failed(self.directory.describe(self.relpath), e) from None
-        return self._store(actual)
+            raise RuntimeError("UploadSink.finish needs a sink that hashes at once.")
+        if isinstance(outcome[0], Failure):
+            self._discard("refused")
+            outcome[0].raiseException()
+        assert isinstance(outcome[0], bytes)
+        return self._store(outcome[0].hex())
 
-    def finish_in_thread(self, in_thread: InThread = deferToThread) -> Deferred[Path]:
-        """L{finish}, with the file hashed in a thread (C{in_thread}, L{deferToThread}
-        by default): fires with the stored file's path, or fails with the same errors,
-        having removed what arrived."""
+    def finish_in_thread(self) -> Deferred[Path]:
+        """L{finish}, once the hashing thread has hashed every byte that arrived (it
+        hashed them as they came, so this waits only for the last of them): fires with
+        the stored file's path, or fails with the same errors, having removed what
+        arrived."""
         try:
             self._all_in()
         except Exception:
             return fail()
         self._state = "verifying"
 
-        def hashed(actual: str) -> Path:
+        def hashed(actual: bytes) -> Path:
             if self._state != "verifying":  # aborted meanwhile
                 raise BadRequest(f"The upload of {self.relpath!r} was abandoned.")
             self._state = "receiving"
-            return self._store(actual)
+            return self._store(actual.hex())
 
-        def unreadable(failure: Failure) -> Failure:
-            if self._state != "verifying":  # aborted meanwhile: its file went with it
+        def failed(failure: Failure) -> Failure:
+            if self._state != "verifying":
                 return Failure(BadRequest(f"The upload of {self.relpath!r} was abandoned."))
             self._discard("refused")
-            error = failure.value
-            if isinstance(error, OSError):
-                return Failure(_write_failed(self.directory.describe(self.relpath), error))
-            return failure
+            return Failure(InternalError(
+                f"The board could not hash {self.directory.describe(self.relpath)}"
+                f" ({failure.getErrorMessage()}); nothing was stored."))
 
-        hashing: Deferred[str] = in_thread(file_sha256, self._partial)
-        return hashing.addCallbacks(hashed, unreadable)
+        return self._hashing.digest().addCallbacks(hashed, failed)
 
     def _all_in(self) -> None:
         """Close the partial file and check that every announced byte was written; on
@@ -170,10 +206,10 @@ class UploadSink:
                 self._error = self._error or e
             if self._error is not None:
                 raise _write_failed(what, self._error)
-            if self.received != self.size:
+            if self.received != self.expected:
                 raise BadRequest(
-                    f"The upload of {what} brought {self.received} bytes, but {self.size}"
-                    " were announced; nothing was stored. Send it again."
+                    f"The upload of {what} brought {self.received} bytes, but"
+                    f" {self.expected} were announced; nothing was stored. Send it again."
                 )
         except BaseException:
             self._discard("refused")
@@ -182,16 +218,25 @@ class UploadSink:
     def _store(self, actual: str) -> Path:
         what = self.directory.describe(self.relpath)
         try:
-            if actual != self.sha256:
+            if self._trailer is None:
+                if actual != self.sha256:
+                    raise ChecksumMismatch(
+                        f"The upload of {what} arrived with SHA-256 {actual}, but"
+                        f" {self.sha256} was announced; nothing was stored. Send it again,"
+                        " and check that the file did not change while it was sent."
+                    )
+            elif actual != bytes(self._trailer).hex():
                 raise ChecksumMismatch(
-                    f"The upload of {what} arrived with SHA-256 {actual}, but {self.sha256}"
-                    " was announced; nothing was stored. Send it again, and check that"
-                    " the file did not change while it was sent."
+                    f"The upload of {what} arrived with SHA-256 {actual}, but the digest"
+                    f" sent after it was {bytes(self._trailer).hex()}; nothing was stored."
+                    " Send it again, and check that the file did not change while it was"
+                    " sent."
                 )
             path = self.directory.commit(self._partial, self.relpath)
         except BaseException:
             self._discard("refused")
             raise
+        self.sha256 = actual
         self._state = "stored"
         self.directory.release(self._token)
         return path

@@ -25,7 +25,7 @@ from compassd.protocol.errors import (
     SessionEnded,
     TensorMismatch,
 )
-from compassd.protocol.session import FEATURE_CACHE
+from compassd.protocol.session import FEATURE_CACHE, FEATURE_DIGEST_AFTER
 from tests.fakedriver.build import build_fake_driver
 from tests.fakedriver.graphs import Tensor, write_graph
 from tests.helpers import daemon_log, start_twistd, stop
@@ -268,6 +268,40 @@ def test_the_same_model_in_a_new_session_comes_from_the_board_cache_not_the_wire
     _wait_free(client)
 
 
+def test_a_first_upload_is_hashed_while_it_is_sent_and_the_next_session_gets_it_cached(
+    tracker: tuple[str, int], board: tuple[str, Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from compassd.client import _transfer
+    from compassd.client import session as client_session
+
+    def never(*args: object) -> None:
+        raise AssertionError("the file was hashed before it was sent")
+
+    monkeypatch.setattr(client_session, "digest", never)
+    model = tmp_path / "add5.bin"
+    write_graph(model, [Tensor(16, "int8")], [Tensor(16, "int8")], behaviour="add",
+                value=5)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    client = connect_tracker(*tracker)
+    x = np.arange(16, dtype=np.int8)
+    with client.request("demo", wait=WAIT) as held:
+        session = held.open_session()
+        assert FEATURE_DIGEST_AFTER in session.features
+        loaded = session.load_model(str(model))  # streamed, its digest after the bytes
+        assert session.cached == frozenset()
+        (y,) = loaded.run(x)
+        assert y.tolist() == (x + 5).tolist()
+    # the board verified and cached it; the client remembers the digest it computed
+    assert os.listdir(board[1] / "cache") == [digest]
+    assert _transfer.remembered(str(model)) == (model.stat().st_size, digest)
+    with client.request("demo", wait=WAIT) as held:
+        session = held.open_session()
+        session.load_model(str(model))
+        assert session.cached == {"add5.bin"}
+    assert _device(client)["state"] == "free"
+
+
 def test_a_board_without_a_cache_says_so_and_takes_uploads_as_before(
     tracker: tuple[str, int], fake_lib: Path, tmp_path: Path
 ) -> None:
@@ -284,7 +318,7 @@ def test_a_board_without_a_cache_says_so_and_takes_uploads_as_before(
         for _ in range(2):
             with client.request("plain", wait_for_board=True, wait=WAIT) as held:
                 session = held.open_session()
-                assert session.features == frozenset()
+                assert session.features == {FEATURE_DIGEST_AFTER}  # no model-cache-1
                 loaded = session.load_model(str(model))
                 assert session.cached == frozenset()
                 (y,) = loaded.run(np.zeros(16, dtype=np.int8))

@@ -194,3 +194,74 @@ def test_cache_size_option_takes_sizes_and_zero_and_defaults_to_none() -> None:
     assert parse()["cache-size"] is None
     assert parse("--cache-size", "2G")["cache-size"] == 2 << 30
     assert parse("--cache-size", "0")["cache-size"] == 0
+
+
+# --- checked and linked in a thread (what the board's use-cached does) ---------------
+
+
+class HandRunner:
+    """A thread runner whose jobs run only when the test says."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def __call__(self, function, *args):
+        from twisted.internet.defer import Deferred
+
+        d = Deferred()
+        self.jobs.append((function, args, d))
+        return d
+
+    def run_all(self):
+        while self.jobs:
+            function, args, d = self.jobs.pop(0)
+            d.callback(function(*args))
+
+
+def outcome_of(d):
+    out = []
+    d.addBoth(out.append)
+    return out
+
+
+def test_in_a_thread_a_hit_is_linked_and_a_corrupted_entry_dropped(work):
+    from compassd.server.modelcache import store_cached_in_thread
+
+    cache = ModelCache.open(work / "cache", 1 << 20)
+    data = b"cached model"
+    stored = upload(session(work, "a"), cache, "m.bin", data)
+    runner = HandRunner()
+    second = session(work, "b")
+    got = outcome_of(store_cached_in_thread(cache, second, "m.bin", len(data), sha(data),
+                                            runner))
+    assert got == [] and second.used() == len(data)  # reserved while the thread works
+    runner.run_all()
+    assert got == [True] and (second.files / "m.bin").read_bytes() == data
+    os.chmod(stored, 0o600)
+    stored.write_bytes(b"evil model!!")  # same size, other bytes
+    third = session(work, "c")
+    got = outcome_of(store_cached_in_thread(cache, third, "m.bin", len(data), sha(data),
+                                            runner))
+    runner.run_all()  # hashed again in the thread: changed, so dropped
+    assert got == [False] and third.listdir() == [] and third.used() == 0
+    assert sha(data) not in cache and os.listdir(third.partial) == []
+
+
+def test_in_a_thread_a_session_that_ends_meanwhile_gets_nothing(work):
+    from compassd.protocol.errors import SessionEnded
+    from compassd.server.modelcache import store_cached_in_thread
+
+    cache = ModelCache.open(work / "cache", 1 << 20)
+    data = b"cached model"
+    upload(session(work, "a"), cache, "m.bin", data)
+    runner = HandRunner()
+    late = session(work, "b")
+    ended = [False]
+    got = outcome_of(store_cached_in_thread(cache, late, "m.bin", len(data), sha(data),
+                                            runner, ended=lambda: ended[0]))
+    ended[0] = True
+    runner.run_all()
+    assert got[0].check(SessionEnded)
+    assert late.listdir() == [] and os.listdir(late.partial) == [] and late.used() == 0
+    missing = outcome_of(store_cached_in_thread(cache, late, "m.bin", 3, sha(b"x"), runner))
+    assert missing == [False] and not runner.jobs  # a miss needs no thread

@@ -96,3 +96,25 @@ def test_run_inputs_past_half_the_arena_are_refused_unread(board: Board) -> None
     replies = answers(transport.value())
     assert replies[b"5"][amp.ERROR_CODE] == b"LIMIT_EXCEEDED"
     assert transport.disconnecting
+
+
+def test_an_upload_with_its_digest_after_is_bounded_by_the_quota_too(board: Board) -> None:
+    data = opened(board)
+    connection, transport = feed(board, data, len(data))
+    # within the quota, a digest that does not match: read, refused, the session serves on
+    body = b"z" * 1000
+    after = box(ps.UploadDigestAfter, 5, path="f", size=len(body))
+    feed(board, after + body + hashlib.sha256(b"other").digest(), 4096, connection,
+         transport)
+    assert answers(transport.value())[b"5"][amp.ERROR_CODE] == b"CHECKSUM_MISMATCH"
+    assert not transport.disconnecting
+    good = box(ps.UploadDigestAfter, 6, path="g", size=3)
+    feed(board, good + b"abc" + hashlib.sha256(b"abc").digest(), 4096, connection, transport)
+    assert amp.ERROR not in answers(transport.value())[b"6"]
+    assert (connection.session.directory.files / "g").read_bytes() == b"abc"
+    # past the quota: refused at once, and nothing after it is read
+    past = box(ps.UploadDigestAfter, 7, path="h", size=MAX_UPLOAD + 1)
+    feed(board, past + box(ps.RemoveFile, 8, path="g"), 4096, connection, transport)
+    replies = answers(transport.value())
+    assert replies[b"7"][amp.ERROR_CODE] == b"LIMIT_EXCEEDED", replies[b"7"]
+    assert b"8" not in replies and transport.disconnecting

@@ -300,40 +300,17 @@ def test_download_refuses_missing_files_links_and_escapes(tmp_path, session):
 # --- hashing happens in a thread, never on the reactor thread ------------------------
 
 
-@pytest.fixture
-def hashing_threads(monkeypatch):
-    """The threads compassd.server.upload hashed files in."""
-    import threading
+def reactor_threads():
+    from twisted.internet import reactor
 
-    from compassd.server import upload
+    from compassd.hashing import threads_of
 
-    seen: list[str] = []
-    real = upload.file_sha256
-
-    def recording(path):
-        seen.append(threading.current_thread().name)
-        return real(path)
-
-    monkeypatch.setattr(upload, "file_sha256", recording)
-    return seen
+    return threads_of(reactor)
 
 
 @pytest_twisted.inlineCallbacks
-def test_finish_in_thread_verifies_off_the_reactor_thread_and_stores(session,
-                                                                     hashing_threads):
-    import threading
-
-    data = b"weights" * 50
-    sink = UploadSink.start(session, "w.bin", len(data), sha(data))
-    sink(data)
-    stored = yield sink.finish_in_thread()
-    assert stored.read_bytes() == data and leftovers(session) == []
-    assert hashing_threads and threading.main_thread().name not in hashing_threads
-
-
-@pytest_twisted.inlineCallbacks
-def test_finish_in_thread_refuses_a_mismatch_and_leaves_nothing(session, hashing_threads):
-    sink = UploadSink.start(session, "w.bin", 4, sha(b"abcd"))
+def test_finish_in_thread_refuses_a_mismatch_and_leaves_nothing(session):
+    sink = UploadSink.start(session, "w.bin", 4, sha(b"abcd"), reactor_threads())
     sink(b"abce")
     with pytest.raises(ChecksumMismatch, match="nothing was stored"):
         yield sink.finish_in_thread()
@@ -343,7 +320,7 @@ def test_finish_in_thread_refuses_a_mismatch_and_leaves_nothing(session, hashing
 
 @pytest_twisted.inlineCallbacks
 def test_an_upload_aborted_while_it_is_verified_leaves_nothing(session):
-    sink = UploadSink.start(session, "w.bin", 4, sha(b"abcd"))
+    sink = UploadSink.start(session, "w.bin", 4, sha(b"abcd"), reactor_threads())
     sink(b"abcd")
     verifying = sink.finish_in_thread()
     sink.abort()  # the peer went away while the thread hashed
@@ -353,9 +330,94 @@ def test_an_upload_aborted_while_it_is_verified_leaves_nothing(session):
     assert session.used() == 0
 
 
+# --- the digest after the bytes, hashing in a thread as they arrive -----------------
+
+
+def test_a_digest_after_the_bytes_is_checked_however_the_pieces_fall(session):
+    from compassd.protocol.session import DIGEST_SIZE
+
+    data = os.urandom(300)
+    run = data + hashlib.sha256(data).digest()
+    for cut in (1, 7, 299, 300, 301, 320, 331):  # pieces across the boundary
+        sink = UploadSink.start(session, f"m{cut}.bin", len(data), None)
+        assert sink.expected == len(data) + DIGEST_SIZE
+        sink(run[:cut])
+        sink(run[cut:])
+        stored = sink.finish()
+        assert stored.read_bytes() == data and sink.sha256 == sha(data)
+        session.remove(f"m{cut}.bin")  # counted off the quota
+    assert leftovers(session) == []
+
+
+def test_a_wrong_digest_after_the_bytes_stores_nothing(session):
+    data = b"weights" * 20
+    sink = UploadSink.start(session, "w.bin", len(data), None)
+    sink(data + hashlib.sha256(b"other").digest())
+    with pytest.raises(ChecksumMismatch, match="the digest sent after it"):
+        sink.finish()
+    assert leftovers(session) == [] and session.used() == 0
+    assert not (session.files / "w.bin").exists()
+    short = UploadSink.start(session, "s.bin", len(data), None)
+    short(data + b"\0" * 10)  # the digest cut short
+    with pytest.raises(BadRequest, match="brought"):
+        short.finish()
+    assert leftovers(session) == [] and session.used() == 0
+
+
+class HandRunner:
+    """A thread runner whose jobs run only when the test says."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def __call__(self, function, *args):
+        from twisted.internet.defer import Deferred
+
+        d = Deferred()
+        self.jobs.append((function, args, d))
+        return d
+
+    def run_all(self):
+        while self.jobs:
+            function, args, d = self.jobs.pop(0)
+            d.callback(function(*args))
+
+
+def test_bytes_are_hashed_through_the_runner_as_they_arrive_and_finish_waits_for_it(
+        session):
+    runner = HandRunner()
+    data = os.urandom(900)
+    sink = UploadSink.start(session, "w.bin", len(data), sha(data), runner)
+    sink(data[:300])
+    assert sink.backlog == 300 and len(runner.jobs) == 1  # handed over at once
+    runner.run_all()
+    sink(data[300:])
+    assert sink.backlog == 600
+    outcome = []
+    sink.finish_in_thread().addBoth(outcome.append)
+    assert outcome == []  # not before the last piece is hashed
+    runner.run_all()
+    assert outcome == [session.files / "w.bin"] and sink.backlog == 0
+    assert outcome[0].read_bytes() == data
+
+
+def test_an_upload_aborted_while_its_last_pieces_are_hashed_leaves_nothing(session):
+    runner = HandRunner()
+    sink = UploadSink.start(session, "w.bin", 4, sha(b"abcd"), runner)
+    sink(b"abcd")
+    outcome = []
+    sink.finish_in_thread().addBoth(outcome.append)
+    sink.abort()  # the peer went away while the thread hashed
+    runner.run_all()
+    assert isinstance(outcome[0], Failure) and outcome[0].check(BadRequest)
+    assert "abandoned" in str(outcome[0].value)
+    assert leftovers(session) == [] and not (session.files / "w.bin").exists()
+    assert session.used() == 0
+
+
 @pytest_twisted.inlineCallbacks
 def test_open_download_hashes_in_a_thread_and_gives_what_download_chunks_gives(
-        session, hashing_threads):
+        session):
     import threading
 
     from compassd.server.upload import open_download
@@ -364,7 +426,6 @@ def test_open_download_hashes_in_a_thread_and_gives_what_download_chunks_gives(
     sink = UploadSink.start(session, "out.bin", len(data), sha(data))
     sink(data)
     sink.finish()
-    hashing_threads.clear()
     threads: list[str] = []
     real = download_chunks
 
@@ -380,4 +441,30 @@ def test_open_download_hashes_in_a_thread_and_gives_what_download_chunks_gives(
     finally:
         upload.download_chunks = original
     assert download.sha256 == sha(data) and b"".join(download) == data
+    assert threads and threading.main_thread().name not in threads
+
+
+@pytest_twisted.inlineCallbacks
+def test_on_a_real_reactor_an_upload_is_hashed_off_the_reactor_thread(session):
+    import threading
+
+    from twisted.internet import reactor
+
+    from compassd.hashing import threads_of
+
+    threads = []
+    real = threads_of(reactor)
+
+    def recording(function, *args):
+        def job(*inner):
+            threads.append(threading.current_thread().name)
+            return function(*inner)
+
+        return real(job, *args)
+
+    data = os.urandom(200)
+    sink = UploadSink.start(session, "w.bin", len(data), None, recording)
+    sink(data + hashlib.sha256(data).digest())
+    stored = yield sink.finish_in_thread().addTimeout(60, reactor)
+    assert stored.read_bytes() == data
     assert threads and threading.main_thread().name not in threads
