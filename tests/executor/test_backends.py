@@ -158,6 +158,34 @@ def test_onnx_backend_runs_a_tiny_model_and_checks_inputs(tmp_path: Path) -> Non
         backend.load(str(tmp_path / "bad.onnx"), name="bad")
 
 
+def test_onnx_backend_writes_fixed_shape_outputs_into_given_arrays(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["y"])], "add1", [x], [y], [one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "fixed.onnx"))
+    backend = OnnxBackend()
+    backend.load(str(tmp_path / "fixed.onnx"), name="fixed")
+    out = [np.zeros((2, 3), np.float32)]
+    for k in range(3):  # the same arrays, run after run (IO binding)
+        inputs = np.arange(6, dtype=np.float32).reshape(2, 3) * (k + 1)
+        (result,) = backend.run("fixed", [inputs], out=out)
+        assert result is out[0]
+        np.testing.assert_array_equal(out[0], inputs + 1)
+    # An array of another shape is not written into: the run gives a new one.
+    wrong = [np.zeros(6, np.float32)]
+    (z,) = backend.run("fixed", [inputs], out=wrong)
+    assert z is not wrong[0] and not wrong[0].any()
+    np.testing.assert_array_equal(z, inputs + 1)
+
+
 def test_aipu_writes_outputs_into_given_arrays_and_reuses_its_job(
     aipu: AipuBackend, tmp_path: Path
 ) -> None:
