@@ -33,13 +33,15 @@ InThread = Callable[..., "Deferred[Any]"]
 
 
 def threads_of(reactor: Any) -> InThread:
-    """Run work on C{reactor}'s thread pool (it must be running); without a reactor that
-    has one (C{None}, a test's fake), run it at once on the calling thread."""
+    """Run work on C{reactor}'s thread pool; without a reactor that has one (C{None}, a
+    test's fake) or while it is not running, run it at once on the calling thread."""
     get_pool = getattr(reactor, "getThreadPool", None)
     if get_pool is None:
         return maybeDeferred
 
     def in_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        if not getattr(reactor, "running", False):  # no reactor to deliver the result
+            return maybeDeferred(function, *args, **kwargs)
         return deferToThreadPool(reactor, get_pool(), function, *args, **kwargs)
 
     return in_thread

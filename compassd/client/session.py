@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import IO, Any, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
+from twisted.internet.defer import Deferred, DeferredLock, fail, maybeDeferred, succeed
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
@@ -57,6 +57,10 @@ T = TypeVar("T")
 DEADLINE_GRACE = 3.0
 """Seconds past a call's deadline (the lease's end, or its own timeout) before the client
 gives up on the board: time for the board's own "lease expired" notice to arrive."""
+
+HASH_INLINE = 8 << 20
+"""Sources up to this many bytes are hashed at once (a few milliseconds); bigger ones
+in a thread."""
 
 
 class BoardUnreachable(CompassError):
@@ -290,6 +294,11 @@ class AsyncSession:
             return succeed(None)
         return self._start_sender(sender)
 
+    def _hasher(self, size: int) -> InThread:
+        """Where C{size} bytes are hashed: at once up to L{HASH_INLINE} (a few
+        milliseconds), else in the reactor's thread pool."""
+        return maybeDeferred if size <= HASH_INLINE else self._in_thread
+
     def _sender_for(self, source: Source, size: int, progress: Progress | None,
                     hashing: StreamHash) -> RunSender:
         sender = run_sender(self._protocol.transport, source, size, progress, hashing)
@@ -410,12 +419,14 @@ class AsyncSession:
             else os.fspath(source)
         try:
             if size is None or sha256 is None:
-                known = digest(source) if local is None else remembered(local)
+                known = None if local is None else remembered(local)
                 if known is not None:
                     size, sha256 = known
+                elif isinstance(source, bytes | bytearray | memoryview):
+                    size, sha256 = len(memoryview(source).cast("B")), None  # hashed below
                 else:
                     assert local is not None
-                    size = os.stat(local).st_size
+                    size, sha256 = os.stat(local).st_size, None
         except OSError as e:
             return fail(e)
         if 0 < self.max_upload < size:
@@ -440,7 +451,7 @@ class AsyncSession:
             self.cached.discard(name)
             key = _digests.file_key(local)
             answer = self._protocol.callRemote(sp.UploadDigestAfter, path=name, size=total)
-            sender = self._sender_for(local, total, progress, StreamHash(self._in_thread))
+            sender = self._sender_for(local, total, progress, StreamHash(self._hasher(total)))
             sent = self._start_sender(sender)
 
             def stored(_: object) -> str:
@@ -479,7 +490,7 @@ class AsyncSession:
                 return with_digest(sha256)
             if local is not None and sp.FEATURE_DIGEST_AFTER in self.features:
                 return stream(local)
-            hashing: Deferred[tuple[int, str]] = self._in_thread(digest, source)
+            hashing: Deferred[tuple[int, str]] = self._hasher(total)(digest, source)
             return hashing.addCallback(lambda known: with_digest(known[1]))
 
         return self._operation(f"uploading {name!r}", work)
