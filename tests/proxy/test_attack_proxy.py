@@ -58,7 +58,7 @@ def test_endless_boxes_and_silent_crowds_leave_the_proxy_bounded_and_relaying(
             "--workdir", str(tmp_path / "work"), "--device", "board-p")
         client = connect_tracker(*tracker)
         times: list[float] = []
-        with client.request("relayed", wait=WAIT) as session:
+        with client.request("relayed", wait=WAIT, wait_for_board=True) as session:
             loaded = session.load_model(str(model))
             before = rss_kib(proxy.pid)
             timed_run(loaded, x, times)

@@ -80,7 +80,7 @@ def test_endless_boxes_and_silent_crowds_leave_the_board_bounded_and_serving(
                "--max-unauthenticated", "32", "--hello-timeout", "20") as (pid, port):
         client = connect_tracker(*tracker)
         times: list[float] = []
-        with client.request("attacked", wait=WAIT) as session:
+        with client.request("attacked", wait=WAIT, wait_for_board=True) as session:
             loaded = session.load_model(str(model))
             before = rss_kib(pid)
             timed_run(loaded, x, times)
@@ -136,7 +136,7 @@ def test_a_session_cannot_grow_its_directory_past_its_entry_and_depth_limits(
     write_graph(model, [Tensor(8, "int8")], [Tensor(8, "int8")])
     with board(tracker, fake_lib, tmp_path / "work", "--max-files", "50") as (pid, port):
         client = connect_tracker(*tracker)
-        with client.request("attacked", wait=WAIT) as session:
+        with client.request("attacked", wait=WAIT, wait_for_board=True) as session:
             stored = 0
             with pytest.raises(LimitExceeded, match="of the 50 it may"):
                 for i in range(100):
