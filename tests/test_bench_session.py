@@ -27,6 +27,12 @@ EXPECTED_ROWS = [
     "executor handoff 4 MiB, onnx backend (IO binding)",
 ]
 
+try:
+    import onnxruntime  # noqa: F401
+except ImportError:
+    # Debian 12's python has no onnxruntime: the bench says so in the row's label.
+    EXPECTED_ROWS[-1] += ": no onnx package"
+
 
 @pytest.mark.slow
 def test_quick_session_bench_prints_every_row_with_value_baseline_ratio_target_verdict(

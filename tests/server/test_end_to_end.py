@@ -285,7 +285,7 @@ def test_a_first_upload_is_hashed_while_it_is_sent_and_the_next_session_gets_it_
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     client = connect_tracker(*tracker)
     x = np.arange(16, dtype=np.int8)
-    with client.request("demo", wait=WAIT) as held:
+    with client.request("demo", wait=WAIT, wait_for_board=True) as held:
         session = held.open_session()
         assert FEATURE_DIGEST_AFTER in session.features
         loaded = session.load_model(str(model))  # streamed, its digest after the bytes

@@ -100,7 +100,7 @@ class Waiter:
     def _run(self, address: tuple[str, int], model: Path) -> None:
         try:
             client = connect_tracker(*address, user=self.user)
-            with client.request("demo", wait=WAIT, lease=30) as lease:
+            with client.request("demo", wait=WAIT, lease=30, wait_for_board=True) as lease:
                 self.lease_id = lease.id
                 (y,) = lease.load_model(str(model)).run(np.full(4, 2, dtype=np.int8))
                 self.outcome = ("ok", y.tolist())
@@ -146,7 +146,7 @@ def test_a_stalled_board_that_comes_back_goes_on_with_its_lease(
 ) -> None:
     watch = Watch(tracker)
     alice = connect_tracker(*tracker, user="alice")
-    lease = alice.request("demo", wait=WAIT, lease=60)
+    lease = alice.request("demo", wait=WAIT, lease=60, wait_for_board=True)
     loaded = lease.load_model(str(model))
     assert loaded.run(np.zeros(4, dtype=np.int8))[0].tolist() == [1] * 4
     opened = time.monotonic()
@@ -174,7 +174,7 @@ def test_a_stalled_board_past_the_deadline_ends_the_lease_with_a_reason(
 ) -> None:
     watch = Watch(tracker)
     alice = connect_tracker(*tracker, user="alice")
-    lease = alice.request("demo", wait=WAIT, lease=4)
+    lease = alice.request("demo", wait=WAIT, lease=4, wait_for_board=True)
     loaded = lease.load_model(str(model))
     loaded.run(np.zeros(4, dtype=np.int8))
     opened = time.monotonic()
@@ -209,7 +209,7 @@ def test_a_restarted_tracker_adopts_the_running_session_and_ids_do_not_repeat(
         alice = connect_tracker(*address, user="alice")
         until("the board to register", lambda: any(
             d["state"] == "free" for d in alice.summary()["devices"]))
-        lease = alice.request("demo", wait=WAIT, lease=60)
+        lease = alice.request("demo", wait=WAIT, lease=60, wait_for_board=True)
         loaded = lease.load_model(str(model))
         loaded.run(np.zeros(4, dtype=np.int8))
         watch = Watch(address)
@@ -246,7 +246,7 @@ def test_a_run_on_a_stopped_board_raises_at_the_lease_deadline(
     server, _ = start_server(f"127.0.0.1:{port}", fake_lib, workdir)
     try:
         alice = connect_tracker("127.0.0.1", port, user="alice")
-        lease = alice.request("demo", wait=WAIT, lease=3)
+        lease = alice.request("demo", wait=WAIT, lease=3, wait_for_board=True)
         loaded = lease.load_model(str(model))
         loaded.run(np.zeros(4, dtype=np.int8))
         os.kill(tracker.pid, signal.SIGSTOP)
@@ -279,7 +279,7 @@ def test_opening_a_session_on_a_stopped_board_is_a_sentence_not_a_hang(
     tracker: tuple[str, int], board: subprocess.Popen[bytes], model: Path
 ) -> None:
     alice = connect_tracker(*tracker, user="alice")
-    lease = alice.request("demo", wait=WAIT, lease=60)
+    lease = alice.request("demo", wait=WAIT, lease=60, wait_for_board=True)
     # the board's kernel still takes the connection; only the hello can tell
     os.kill(board.pid, signal.SIGSTOP)
     outcome: list[BaseException | None] = []
