@@ -338,7 +338,16 @@ class SessionConnection(HelloResponder):
             sink.abort()
             return _connection_gone(failure, f"uploading {path!r}")
 
-        return arrived.addCallbacks(verify, lost).addCallback(stored)
+        def why(failure: Failure) -> Failure:
+            # the session ended under the upload (its lease expired, it was revoked):
+            # say why, in the words the board told the client
+            if failure.check(SessionEnded) and self.closing is not None:
+                said = self.closing[1]
+                if said not in failure.getErrorMessage():
+                    return Failure(SessionEnded(f"{failure.getErrorMessage()} {said}"))
+            return failure
+
+        return arrived.addCallbacks(verify, lost).addCallback(stored).addErrback(why)
 
     def _hashed_as_it_arrives(self, sink: UploadSink) -> Callable[[bytes], None]:
         """C{sink}, and while the hashing thread is more than L{HASH_BACKLOG} bytes

@@ -127,6 +127,9 @@ class SessionDirectory:
     """Bytes of the regular files stored through L{commit}, less those removed."""
     _entries: int = 0
     """Files and folders made through L{commit}, less those removed."""
+    destroyed: bool = False
+    """Whether L{destroy} was called: the session ended, and an upload still under way
+    must store nothing (L{compassd.server.upload.UploadSink} checks it)."""
 
     @classmethod
     def create(
@@ -470,6 +473,7 @@ class SessionDirectory:
     def destroy(self) -> None:
         """Remove the whole session directory, never following a symlink out of it. Safe
         to call more than once."""
+        self.destroyed = True
         self._reserved.clear()
         if os.path.lexists(self.path):
             _rmtree(self.path)
@@ -502,6 +506,11 @@ def _rmtree(path: Path) -> None:
             return
         except PermissionError:
             if not _grant_access(path):
+                raise
+        except OSError as e:
+            # a file made while the tree was removed (a model cache entry linked in by
+            # a thread): remove the tree again
+            if e.errno != errno.ENOTEMPTY:
                 raise
     shutil.rmtree(path)
 

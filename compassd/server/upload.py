@@ -24,7 +24,12 @@ Promises, each checked by the tests:
 - L{UploadSink.finish} stores the file at its path in one atomic rename only when the
   byte count and SHA-256 match; otherwise, and after L{UploadSink.abort} (the peer
   vanished mid-transfer), nothing of the upload is left: no partial file, no reserved
-  quota, and any file already at the path is untouched.
+  quota, and any file already at the path is untouched;
+- once the session directory is destroyed (the session ended: its lease expired, it was
+  revoked, its client went away), the sink writes nothing more, and L{UploadSink.finish}
+  or L{UploadSink.finish_in_thread} (even one already waiting for its hashing thread)
+  fails with L{SessionEnded} having stored nothing, never with an error about the
+  vanished directory.
 
 L{download_chunks} is the other direction (L{compassd.protocol.session.Download}): it
 opens the file once, answers its size and SHA-256, then yields exactly that many bytes;
@@ -47,7 +52,13 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from ..hashing import InThread, StreamHash
-from ..protocol.errors import BadRequest, ChecksumMismatch, InternalError, LimitExceeded
+from ..protocol.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    InternalError,
+    LimitExceeded,
+    SessionEnded,
+)
 from ..protocol.session import DIGEST_SIZE
 from .sessiondir import SessionDirectory
 
@@ -130,6 +141,9 @@ class UploadSink:
         """Take the next piece of the upload (what C{expect_raw} calls). Never raises."""
         if self._state != "receiving":
             return
+        if self.directory.destroyed:  # the session ended: write nothing more
+            self._discard("ended")
+            return
         at = self.received
         self.received += len(data)
         if self._error is not None:
@@ -178,14 +192,14 @@ class UploadSink:
         self._state = "verifying"
 
         def hashed(actual: bytes) -> Path:
-            if self._state != "verifying":  # aborted meanwhile
-                raise BadRequest(f"The upload of {self.relpath!r} was abandoned.")
+            if self._state != "verifying" or self.directory.destroyed:
+                raise self._gave_up()
             self._state = "receiving"
             return self._store(actual.hex())
 
         def failed(failure: Failure) -> Failure:
-            if self._state != "verifying":
-                return Failure(BadRequest(f"The upload of {self.relpath!r} was abandoned."))
+            if self._state != "verifying" or self.directory.destroyed:
+                return Failure(self._gave_up())
             self._discard("refused")
             return Failure(InternalError(
                 f"The board could not hash {self.directory.describe(self.relpath)}"
@@ -193,9 +207,23 @@ class UploadSink:
 
         return self._hashing.digest().addCallbacks(hashed, failed)
 
+    def _gave_up(self) -> Exception:
+        """Discard the upload, which was aborted or whose session ended meanwhile, and
+        return the error that says so."""
+        if self.directory.destroyed or self._state == "ended":
+            self._discard("ended")
+            return SessionEnded(
+                f"The session ended while {self.directory.describe(self.relpath)} was"
+                " uploaded; nothing was stored.")
+        if self._state == "verifying":
+            self._discard("aborted")
+        return BadRequest(f"The upload of {self.relpath!r} was abandoned.")
+
     def _all_in(self) -> None:
         """Close the partial file and check that every announced byte was written; on
         failure, discard the upload and raise."""
+        if self.directory.destroyed or self._state == "ended":
+            raise self._gave_up()
         if self._state != "receiving":
             raise RuntimeError(f"The upload of {self.relpath!r} is already {self._state}.")
         what = self.directory.describe(self.relpath)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,12 @@ FILES = {f"f{i}": bytes([65 + i]) * (100_000 + i) for i in range(MAX_DOWNLOADS +
 
 
 @pytest.fixture
-def board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Board:
+def board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Board]:
     monkeypatch.setattr(os, "chdir", lambda path: None)
-    return Board(tmp_path / "work")
+    b = Board(tmp_path / "work")
+    yield b
+    if b.board.session is not None:  # its arena is in /dev/shm
+        b.board.end_session(b.board.session, "closed", "The test ended.")
 
 
 def opened(board: Board) -> tuple[SessionConnection, StringTransport]:

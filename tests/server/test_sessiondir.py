@@ -261,6 +261,34 @@ def test_destroy_removes_everything_but_what_symlinks_point_to(tmp_path):
     directory.destroy()  # twice is fine
 
 
+def test_destroy_removes_a_file_that_appears_while_the_tree_is_removed(
+        tmp_path, monkeypatch):
+    """A thread may link a model cache entry into the session's partial folder while the
+    reactor thread removes the session: the folder is then not empty when its turn comes
+    (ENOTEMPTY), and the removal starts again rather than leaving the directory."""
+    import errno
+    import shutil
+
+    import compassd.server.sessiondir as sessiondir
+
+    directory = SessionDirectory.create(tmp_path / "work", max_upload=100, session="r")
+    real = shutil.rmtree
+    calls = []
+
+    def racing(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:  # the first pass removes the files, then a link appears
+            real(directory.files)
+            (directory.partial / "cached-0123").write_bytes(b"late")
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", str(directory.partial))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(sessiondir.shutil, "rmtree", racing)
+    directory.destroy()
+    assert len(calls) == 2 and not directory.path.exists()
+    assert directory.destroyed
+
+
 def test_clean_stale_removes_only_session_directories(tmp_path):
     root = tmp_path / "work"
     stale = SessionDirectory.create(root, max_upload=1, session="old")
