@@ -47,6 +47,7 @@ LAYERS = {
     "compassd._aipu": SERVICES,  # the executor's C binding
     # the scheduling core: decisions only, no Twisted
     "compassd.tracker.scheduler": CORE,
+    "compassd.tracker.scheduler_state": CORE,
     "compassd.tracker.records": CORE,
     "compassd.tracker.fairqueue": CORE,
     "compassd.tracker.usage": CORE,

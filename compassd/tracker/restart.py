@@ -30,7 +30,8 @@ from .records import (
 )
 
 if TYPE_CHECKING:
-    from .scheduler import Scheduler, _Pool
+    from .scheduler import Scheduler
+    from .scheduler_state import SchedulerState, _Pool
 
 
 @attrs.frozen
@@ -159,7 +160,7 @@ def detach(self: Scheduler, now: float, request: Request, ident: str) -> None:
     self._detached.add(ident)
     self._timer(request.detached_until, "grace", ident)
 
-def detached_until(self: Scheduler, ident: str) -> float | None:
+def detached_until(self: SchedulerState, ident: str) -> float | None:
     """When the detached request or lease C{ident} ends unless re-attached."""
     if ident not in self._detached:
         return None
@@ -178,7 +179,7 @@ def grace_over(self: Scheduler, now: float, ident: str) -> list[Effect]:
     return self._end_lease(
         now, self._leases[ident], LeaseOutcome.CLIENT_LOST, f"Lease {ident} ended: {why}.")
 
-def wake(self: Scheduler, now: float, pool: _Pool, effects: list[Effect]) -> None:
+def wake(self: SchedulerState, now: float, pool: _Pool, effects: list[Effect]) -> None:
     """Offer the free devices of C{pool} again (a request they waited for moved)."""
     for device in list(pool.free.values()):
         self._refresh(now, device, effects)
