@@ -34,7 +34,7 @@ echo "probe started, uptime $(cut -d' ' -f1 /proc/uptime) s"
 
 # 1. the tracker, enabled by its package, came up at boot and said READY
 t=$(date +%s.%N)
-if wait_for 30 active compass-tracker.service && status_has compass-tracker.service devices; then
+if wait_for 30 active compass-tracker.service && status_has compass-tracker.service "[0-9] devices\?,"; then
     ok "compass-tracker.service active at boot, status: $(prop compass-tracker.service StatusText)" "$t"
 else
     bad "compass-tracker.service is $(systemctl is-active compass-tracker.service)"; journal compass-tracker.service
@@ -108,12 +108,13 @@ sed -i 's|^COMPASS_TRACKER_ARGS="\(.*\)"$|COMPASS_TRACKER_ARGS="\1 --metrics tcp
     /etc/compassd/tracker.conf
 timeout 60 systemctl restart compass-tracker.service
 t=$(date +%s.%N)
-if wait_for 30 status_has compass-tracker.service devices \
+if wait_for 30 status_has compass-tracker.service "[0-9] devices\?," \
         && python3 client.py wait-online board-demo >/dev/null \
         && wait_for 10 python3 client.py dashboard http://127.0.0.1:9280/; then
     ok "the tracker restarted with --metrics and --http; its dashboard lists board-demo" "$t"
 else
-    bad "no dashboard listing board-demo on 127.0.0.1:9280"; journal compass-tracker.service
+    bad "no dashboard listing board-demo on 127.0.0.1:9280 (tracker status: $(prop compass-tracker.service StatusText); devices: $(python3 client.py devices 2>&1 | tail -3); dashboard: $(python3 client.py dashboard http://127.0.0.1:9280/ 2>&1 | tail -3; echo "exit $?"))"
+    journal compass-tracker.service
 fi
 
 # 3. a client run through the tracker and the board
@@ -182,11 +183,12 @@ rm -r /run/systemd/system/compass-tracker.service.d
 systemctl daemon-reload
 timeout 60 systemctl restart compass-tracker.service
 t=$(date +%s.%N)
-if wait_for 30 status_has compass-tracker.service devices \
+if wait_for 30 status_has compass-tracker.service "[0-9] devices\?," \
         && python3 client.py wait-online board-demo >/dev/null; then
     ok "after the tracker's restart compass-server@demo registered again" "$t"
 else
-    bad "compass-server@demo did not come back to the restarted tracker"; journal compass-server@demo.service
+    bad "compass-server@demo did not come back to the restarted tracker (tracker status: $(prop compass-tracker.service StatusText); devices: $(python3 client.py devices 2>&1 | tail -3))"
+    journal compass-server@demo.service; journal compass-tracker.service
 fi
 
 # 7. upgrade: reinstalling the packages restarts the running server instance
