@@ -67,6 +67,9 @@ class UsageLedger:
     """Usage of ended leases, scaled to the epoch."""
     _running: dict[str, tuple[int, float]] = attrs.Factory(dict)
     """Per user: running leases and the sum of their scaled start times."""
+    _counted_from: dict[str, float] = attrs.Factory(dict)
+    """Per user whose usage was set while leases of theirs ran: when it was set. Those
+    leases count from then on, not from their grant (kept while any of them runs)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.half_life > 0:
@@ -94,11 +97,13 @@ class UsageLedger:
         self._running[user] = (count + 1, starts + self._scale(now))
 
     def ended(self, user: str, granted_at: float, now: float) -> None:
-        """A lease of C{user} granted at C{granted_at} ended at C{now}."""
-        began = self._scale(granted_at)
+        """A lease of C{user} granted at C{granted_at} ended at C{now}. If C{user}'s
+        usage was set (L{set_usage}) while it ran, it counts from then, not its grant."""
+        began = self._scale(max(granted_at, self._counted_from.get(user, granted_at)))
         count, starts = self._running.get(user, (0, 0.0))
         if count <= 1:
             self._running.pop(user, None)
+            self._counted_from.pop(user, None)
         else:
             self._running[user] = (count - 1, starts - began)
         if count >= 1:
@@ -144,6 +149,7 @@ class UsageLedger:
         running = self._running.get(user)
         if running is not None:
             self._running[user] = (running[0], running[0] * scale)
+            self._counted_from[user] = now
 
     def rebase(self, now: float) -> bool:
         """Move the epoch to C{now} if it is far behind; say whether it moved (every

@@ -173,6 +173,49 @@ def test_reset_puts_a_heavy_user_back_in_line() -> None:
     assert granted.lease.user == "alice"
 
 
+def test_a_reset_while_a_lease_runs_forgets_the_time_before_the_reset() -> None:
+    """An admin resets Ann's usage an hour into her lease: when it ends an hour later,
+    only the hour after the reset counts, as it did while the lease ran."""
+    ledger = UsageLedger(DAY)
+    ledger.started("ann", 0.0)
+    ledger.set_usage("ann", 0.0, HOUR)
+    running = ledger.usage("ann", 2 * HOUR)
+    ledger.ended("ann", 0.0, 2 * HOUR)
+    hour = DAY / math.log(2) * (1 - 2 ** (-HOUR / DAY))
+    assert running == pytest.approx(hour, rel=1e-9)
+    assert ledger.usage("ann", 2 * HOUR) == pytest.approx(hour, rel=1e-9)
+    assert ledger.settled("ann", 2 * HOUR) == pytest.approx(hour, rel=1e-9)
+
+
+def test_a_reset_counts_each_running_lease_from_the_reset_and_a_later_one_from_its_grant(
+) -> None:
+    ledger = UsageLedger(DAY)
+    ledger.started("ann", 0.0)
+    ledger.started("ann", 100.0)
+    ledger.set_usage("ann", 0.0, 1000.0)
+    ledger.started("ann", 1500.0)
+    for granted_at in (0.0, 100.0, 1500.0):
+        ledger.ended("ann", granted_at, 2000.0)
+    k = DAY / math.log(2)
+    expected = k * (2 * (1 - 2 ** (-1000.0 / DAY)) + (1 - 2 ** (-500.0 / DAY)))
+    assert ledger.usage("ann", 2000.0) == pytest.approx(expected, rel=1e-9)
+    # Once those leases ended, a new lease counts from its own grant again.
+    ledger.started("ann", 3000.0)
+    ledger.ended("ann", 3000.0, 4000.0)
+    assert ledger.usage("ann", 4000.0) == pytest.approx(
+        expected * 2 ** (-2000.0 / DAY) + k * (1 - 2 ** (-1000.0 / DAY)), rel=1e-9)
+
+
+def test_compass_usage_reset_during_a_lease_holds_when_the_lease_ends() -> None:
+    s = one_board(DAY)
+    _, e = s.request(0.0, "alice", "alice", "npu", lease=4 * HOUR)
+    (granted,) = grants(e)
+    s.reset_usage(3 * HOUR, "alice")
+    s.release(3 * HOUR + 60.0, granted.lease.id, "alice")
+    assert s.usage("npu", "alice", 3 * HOUR + 60.0) == pytest.approx(
+        DAY / math.log(2) * (1 - 2 ** (-60.0 / DAY)), rel=1e-9)
+
+
 def test_new_shares_reorder_the_waiting() -> None:
     s = one_board(DAY)
     now, lease_id = hours_then_short_runs(s)

@@ -402,6 +402,17 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert all(self.made[rid] != owner for _, rid in self.leases.values())
         self.client_gen[user] += 1
 
+    @precondition(lambda self: self.HALF_LIFE > 0)
+    @rule(user=st.sampled_from(USERS))
+    def reset_usage(self, user: str) -> None:
+        """An admin resets C{user}'s usage (compass usage --reset): what they used
+        before now is forgotten, and their running leases count from now on."""
+        self.s.reset_usage(self.now, user)
+        self.ended_spans = [span for span in self.ended_spans if span[1] != user]
+        for lease_id, (key, who, _start) in list(self.spans.items()):
+            if who == user:
+                self.spans[lease_id] = (key, who, self.now)
+
     @rule(dt=st.sampled_from([0.5, 1.0, 2.0, 4.0, 11.0, 30.0]))
     def advance(self, dt: float) -> None:
         self.now += dt
@@ -460,6 +471,16 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert len(outcomes) <= 1
         for outcomes in self.lease_ends.values():
             assert len(outcomes) == 1
+
+    @invariant()
+    def decayed_usage_is_what_the_leases_held_since_the_last_reset(self) -> None:
+        if self.HALF_LIFE <= 0:
+            return
+        for key in KEYS:
+            for user in USERS:
+                expected = self.usage_per_share(key, user) * self.SHARES.get(user, 1.0)
+                assert math.isclose(self.s.usage(key, user, self.now), expected,
+                                    rel_tol=1e-6, abs_tol=1e-6), (key, user)
 
     @invariant()
     def positions_are_current(self) -> None:
