@@ -5,9 +5,10 @@ and every request that ended without a grant, made from the scheduler's effects,
 answers a L{HistoryQuery} exactly as the durable store does (newest first, paged by the
 last row's ``(ended_at, id)``). A tracker with a store answers from the store instead.
 
-L{usage_report} turns history rows, the leases held now and fair share's ledger into the
-rows of a usage report: board-hours, leases, waits, share, decayed usage and the order
-that results, by user, account, key or device.
+L{usage_groups} adds up history rows and the leases held now into a usage report's
+groups (board-hours, leases, waits by user, account, key or device), as the store does
+in SQL; L{usage_report} adds fair share's ledger: share, decayed usage and the order that
+results.
 
 Plain functions and data, time passed in; no Twisted, no I/O.
 """
@@ -23,7 +24,7 @@ import attrs
 
 from .history import percentile
 from .records import Effect, LeaseEnded, LeaseOutcome, RequestEnded, RequestOutcome
-from .store.records import HistoryQuery, HistoryRow
+from .store.records import HistoryQuery, HistoryRow, UsageGroup, UsageQuery
 
 HELD = "held"
 """The outcome of a lease still held, in a usage report's input."""
@@ -144,10 +145,6 @@ class _Tally:
     seconds: float = 0.0
     unserved: int = 0
     waits: list[float] = attrs.Factory(list)
-    share: float | None = None
-    decayed: float | None = None
-    order: int | None = None
-    of: int | None = None
 
 
 def _group_name(by: str, row: HistoryRow, account: Callable[[str], str]) -> str | None:
@@ -160,35 +157,28 @@ def _group_name(by: str, row: HistoryRow, account: Callable[[str], str]) -> str 
     return row.device
 
 
-def usage_report(
-    rows: Iterable[HistoryRow],
-    since: float,
-    until: float,
-    by: str = "user",
-    standings: Mapping[str, Mapping[str, Standing]] | None = None,
-    accounts: Mapping[str, str] | None = None,
-) -> list[dict[str, Any]]:
-    """The rows of a usage report of [C{since}, C{until}), sorted by key then name.
-
-    C{rows}: history rows (ended leases, unserved requests, and leases held now as rows
-    that end at C{until}); each lease counts the board-time inside the window and its
-    wait if it was granted there. C{standings}: per key, each user's L{Standing} (None
-    without fair share). C{accounts}: each user's account; a user in none stands as an
-    account of their own name. Users and accounts are ranked within each key by decayed
-    usage per share (1 goes first; ties by name).
-    """
-    accounts = accounts or {}
+def usage_groups(rows: Iterable[HistoryRow], query: UsageQuery) -> list[UsageGroup]:
+    """What L{compassd.tracker.store.IStore.usage} adds up in SQL, over rows in memory:
+    the groups of C{query}'s report from C{rows} and C{query.extra} (an extra row whose
+    id is in C{rows} counts once), sorted by key then name."""
+    accounts = dict(query.accounts)
 
     def account(user: str) -> str:
         return accounts.get(user, user)
 
+    rows = list(rows)
+    seen = {row.id for row in rows}
+    since, until = query.since, query.until
     tallies: dict[tuple[str, str], _Tally] = {}
-    for row in rows:
-        name = _group_name(by, row, account)
+    for row in rows + [row for row in query.extra if row.id not in seen]:
+        if row.ended_at < since or (query.user is not None and row.user != query.user) \
+                or (query.key is not None and row.key != query.key):
+            continue
+        name = _group_name(query.by, row, account)
         if name is None:
             continue
         if row.granted_at is None:
-            if since <= row.ended_at < until:
+            if row.ended_at < until:
                 tallies.setdefault((row.key, name), _Tally()).unserved += 1
             continue
         start, end = max(row.granted_at, since), min(row.ended_at, until)
@@ -199,33 +189,54 @@ def usage_report(
         tally.seconds += end - start
         if since <= row.granted_at <= until:  # a lease granted this instant counts
             tally.waits.append(row.waited)
+    return [
+        UsageGroup(key=key, name=name, leases=t.leases, seconds=t.seconds,
+                   unserved=t.unserved, waits=len(t.waits),
+                   wait_p50=percentile(t.waits, 50) if t.waits else None,
+                   wait_p95=percentile(t.waits, 95) if t.waits else None)
+        for (key, name), t in sorted(tallies.items())
+    ]
+
+
+def usage_report(
+    groups: Iterable[UsageGroup],
+    by: str = "user",
+    standings: Mapping[str, Mapping[str, Standing]] | None = None,
+    accounts: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of a usage report, sorted by key then name: the window's C{groups}
+    (L{usage_groups}, or the store's), and for users and accounts fair share's view.
+
+    C{standings}: per key, each user's L{Standing} (None without fair share).
+    C{accounts}: each user's account; a user in none stands as an account of their own
+    name. Users and accounts are ranked within each key by decayed usage per share
+    (1 goes first; ties by name); one with no board time in the window still gets a row.
+    """
+    accounts = accounts or {}
+    result: dict[tuple[str, str], dict[str, Any]] = {}
+    for group in groups:
+        result[group.key, group.name] = {
+            "name": group.name, "key": group.key, "leases": group.leases,
+            "hours": group.seconds / 3600, "unserved": group.unserved,
+            "wait_p50": group.wait_p50, "wait_p95": group.wait_p95,
+            "share": None, "decayed": None, "order": None, "of": None,
+        }
     if standings is not None and by in ("user", "account"):
         for key, users in standings.items():
             ranked: dict[str, Standing] = {}
             for user, standing in users.items():
-                name = user if by == "user" else account(user)
+                name = user if by == "user" else accounts.get(user, user)
                 before = ranked.get(name, Standing(0.0, 0.0))
                 ranked[name] = Standing(before.share + standing.share,
                                         before.decayed + standing.decayed)
             order = sorted(ranked, key=lambda n: (ranked[n].decayed / ranked[n].share, n))
             for place, name in enumerate(order, 1):
-                tally = tallies.setdefault((key, name), _Tally())
-                tally.share = ranked[name].share
-                tally.decayed = ranked[name].decayed
-                tally.order, tally.of = place, len(order)
-    result = []
-    for (key, name), tally in sorted(tallies.items()):
-        row_out: dict[str, Any] = {
-            "name": name, "key": key, "leases": tally.leases,
-            "hours": tally.seconds / 3600, "unserved": tally.unserved,
-            "wait_p50": percentile(tally.waits, 50) if tally.waits else None,
-            "wait_p95": percentile(tally.waits, 95) if tally.waits else None,
-            "share": tally.share,
-            "decayed": None if tally.decayed is None else tally.decayed / 3600,
-            "order": tally.order, "of": tally.of,
-        }
-        result.append(row_out)
-    return result
+                row = result.setdefault((key, name), {
+                    "name": name, "key": key, "leases": 0, "hours": 0.0, "unserved": 0,
+                    "wait_p50": None, "wait_p95": None})
+                row.update(share=ranked[name].share, decayed=ranked[name].decayed / 3600,
+                           order=place, of=len(order))
+    return [result[k] for k in sorted(result)]
 
 
 def history_wire(row: HistoryRow) -> dict[str, Any]:
@@ -241,4 +252,4 @@ OUTCOMES = tuple(o.value for o in LeaseOutcome) + tuple(
 """Every way a history row can end."""
 
 __all__ = ["HELD", "OUTCOMES", "RecentHistory", "Standing", "held_row", "history_wire",
-           "lease_row", "matches", "request_row", "usage_report"]
+           "lease_row", "matches", "request_row", "usage_groups", "usage_report"]

@@ -12,23 +12,70 @@ import time
 from collections.abc import Generator
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
 
 from ..protocol import BadRequest, NotAuthorized
 from ..protocol import accounting as pa
 from ..protocol.limits import check_name, check_seconds
 from .access import Identity
-from .accounting import Standing, held_row, history_wire, usage_report
+from .accounting import Standing, held_row, history_wire, usage_groups, usage_report
 from .connection import TrackerPeer, log
 from .history import WEEK
 from .records import QueueChanged
-from .store.records import HistoryQuery
+from .store.records import HistoryQuery, HistoryRow, UsageGroup, UsageQuery
 
 MAX_REPORT_ROWS = 200_000
-"""History rows one usage report reads at most, as many as the tracker's memory keeps:
-the report is added up on the reactor thread, so a long window on a busy tracker is cut
-at the newest rows here (the answer's C{history} says so) rather than stall everyone.
-C{bench/accounting.py} times it."""
+"""History rows a usage report adds up at most when it reads the tracker's memory (no
+store, or one that cannot be read), as many as the memory keeps: that report is added up
+on the reactor thread, so a long window on a busy tracker is cut at the newest rows here
+(the answer's C{history} says so) rather than stall everyone. With a store the database
+adds the report up, in the store's thread. C{bench/accounting.py} times both."""
+
+
+@inlineCallbacks
+def read_usage(tracker: Any, query: UsageQuery
+               ) -> Generator[Deferred[Any], Any, tuple[list[UsageGroup], str]]:
+    """The groups of C{query}'s report (the leases held now count up to C{query.until})
+    and a note of where they came from. With a store the database adds them up (the
+    tracker's C{usage_reader}, else the journal's store in its thread), given the leases
+    held now and the rows the journal has not written yet; without one, or while it
+    cannot be read, they come from the tracker's memory (the newest L{MAX_REPORT_ROWS})."""
+    held = tuple(
+        held_row(lease, query.until) for lease in tracker.scheduler.leases.values()
+        if (query.key is None or lease.request.key == query.key)
+        and (query.user is None or lease.user == query.user))
+    journal = tracker.journal
+    read = tracker.usage_reader
+    if read is None and journal is not None:
+        store = journal.store
+        read = lambda q: journal.read(lambda: store.usage(q))  # noqa: E731
+    note = memory_note(tracker.recent.started_at)
+    if read is not None:
+        unwritten = tuple(
+            row for row in (journal.unwritten_history() if journal is not None else ())
+            if row.ended_at >= query.since)
+        try:
+            groups = yield read(attrs.evolve(query, extra=held + unwritten))
+        except Exception as e:
+            log.warn("a usage report could not read the store: {why}; it has only the"
+                     " tracker's memory", why=str(e))
+            note += f"; the store could not be read ({e})"
+        else:
+            return list(groups), "store"
+    rows: list[HistoryRow] = []
+    before = None
+    while len(rows) < MAX_REPORT_ROWS:
+        page = tracker.recent.history(HistoryQuery(
+            user=query.user, key=query.key, since=query.since, before=before,
+            limit=min(10_000, MAX_REPORT_ROWS - len(rows))))
+        rows += page
+        if not page or len(rows) >= MAX_REPORT_ROWS:
+            break
+        before = (page[-1].ended_at, page[-1].id)
+    if len(rows) >= MAX_REPORT_ROWS:
+        note += f"; cut at the newest {MAX_REPORT_ROWS} rows"
+    return usage_groups(rows, attrs.evolve(query, extra=held)), note
 
 
 class ReportResponders(TrackerPeer):
@@ -62,22 +109,20 @@ class ReportResponders(TrackerPeer):
         limit = _limit(limit, pa.USAGE_PAGE)
         start = max(0, start or 0)
         only = self._own_or_admin(identity, user, "usage")
+        accounts = {i.user: i.account for i in (self.tracker.access.tokens or {}).values()
+                    if i.account is not None}
         now = self._now
-        rows, source = yield self.tracker.history_rows(
-            HistoryQuery(user=only, key=key, since=now - window, until=now + 1),
-            MAX_REPORT_ROWS)
-        now = self._now
+        groups, source = yield read_usage(self.tracker, UsageQuery(
+            since=now - window, until=now, by=by, user=only, key=key,
+            accounts=tuple(sorted(accounts.items()))))
         scheduler = self._scheduler
-        rows = list(rows) + [
-            held_row(lease, now) for lease in scheduler.leases.values()
-            if (key is None or lease.request.key == key)
-            and (only is None or lease.user == only)]
         standings: dict[str, dict[str, Standing]] | None = None
         if scheduler.fair_share and by in ("user", "account"):
             # everyone fair share weighs: usage on record, waiting, or used in the window
             known: dict[str, set[str]] = {}
-            for row in rows:
-                known.setdefault(row.key, set()).add(row.user)
+            if by == "user":
+                for group in groups:
+                    known.setdefault(group.key, set()).add(group.name)
             for k in set(scheduler.usage_keys()) | set(scheduler.keys()):
                 known.setdefault(k, set()).update(
                     scheduler.usage_users(k), (r.user for r in scheduler.waiting(k, now)))
@@ -85,9 +130,7 @@ class ReportResponders(TrackerPeer):
                 k: {u: Standing(scheduler.share(u), scheduler.usage(k, u, now))
                     for u in users}
                 for k, users in known.items() if users and (key is None or k == key)}
-        accounts = {i.user: i.account for i in (self.tracker.access.tokens or {}).values()
-                    if i.account is not None}
-        report = usage_report(rows, now - window, now, by, standings, accounts)
+        report = usage_report(groups, by, standings, accounts)
         if only is not None:
             mine = only if by != "account" else accounts.get(only, only)
             if by in ("user", "account"):
@@ -160,4 +203,4 @@ def memory_note(started_at: float | None) -> str:
     return f"memory since {clock}"
 
 
-__all__ = ["ReportResponders", "memory_note"]
+__all__ = ["MAX_REPORT_ROWS", "ReportResponders", "memory_note", "read_usage"]

@@ -45,7 +45,7 @@ from .records import (
 from .reports import ReportResponders, memory_note
 from .scheduler import Scheduler
 from .store import Journal, Snapshot
-from .store.records import HistoryQuery, HistoryRow
+from .store.records import HistoryQuery, HistoryRow, UsageGroup, UsageQuery
 
 _ROUTINE_STATES = (DeviceState.BUSY, DeviceState.FREE)
 
@@ -98,6 +98,9 @@ class TrackerService(service.Service):
     history_reader: Callable[[HistoryQuery], Deferred[list[HistoryRow]]] | None = None
     """Reads a page of history from the durable store, off the reactor; None: the
     reports read L{recent}."""
+    usage_reader: Callable[[UsageQuery], Deferred[list[UsageGroup]]] | None = None
+    """Adds up a usage report in the durable store, off the reactor; None: in the
+    journal's store (in its thread) when there is one, else from L{recent}."""
 
     refusal_lines: Throttle = attrs.Factory(Throttle)
     """How often a refusal of a caller not yet known is audited, per peer address."""

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compassd.tracker.accounting import RecentHistory, Standing, usage_report
-from compassd.tracker.store import HistoryQuery, HistoryRow
+from compassd.tracker.accounting import RecentHistory, Standing, usage_groups, usage_report
+from compassd.tracker.store import HistoryQuery, HistoryRow, UsageQuery
 from compassd.tracker.store.records import Batch
 from compassd.tracker.store.sqlite import SqliteStore
 
@@ -119,7 +119,10 @@ def test_every_grouping_adds_up_to_the_same_board_hours_and_leases(
     until = since + span
     totals = {}
     for by in ("user", "account", "key", "device"):
-        report = usage_report(made, since, until, by, accounts={"ann": "lab", "bob": "lab"})
+        accounts = {"ann": "lab", "bob": "lab"}
+        groups = usage_groups(made, UsageQuery(since, until, by,
+                                               accounts=tuple(accounts.items())))
+        report = usage_report(groups, by, accounts=accounts)
         totals[by] = (pytest.approx(sum(r["hours"] for r in report)),
                       sum(r["leases"] for r in report))
     assert totals["user"] == totals["account"] == totals["key"] == totals["device"]
@@ -133,7 +136,7 @@ def test_every_grouping_adds_up_to_the_same_board_hours_and_leases(
                        min_size=1))
 def test_the_order_is_by_decayed_usage_per_share(users: dict[str, tuple[float, float]]) -> None:
     standings = {"x2": {u: Standing(share, used) for u, (share, used) in users.items()}}
-    report = usage_report([], 0.0, 1.0, "user", standings)
+    report = usage_report([], "user", standings)
     ranked = sorted(report, key=lambda r: r["order"])
     assert [r["order"] for r in ranked] == list(range(1, len(users) + 1))
     assert all(r["of"] == len(users) for r in report)

@@ -19,7 +19,14 @@ from compassd.tracker.access import Access, Identity, hash_token, shares_of
 from compassd.tracker.audit import AuditLog
 from compassd.tracker.records import Policy
 from compassd.tracker.scheduler import Scheduler
-from compassd.tracker.store import HistoryQuery, Journal, LiveState, StoreError
+from compassd.tracker.store import (
+    HistoryQuery,
+    Journal,
+    LiveState,
+    StoreError,
+    UsageGroup,
+    UsageQuery,
+)
 from compassd.tracker.store.sqlite import SqliteStore
 from tests.tracker.test_service import Conn, Harness
 
@@ -238,6 +245,12 @@ def with_store(path: Path, run: Callable[[Callable[[], Any]], Deferred[Any]]) ->
     return harness
 
 
+def pa_query(h: Harness) -> UsageQuery:
+    """The query of a week's usage report by user, now."""
+    now = h.clock.seconds()
+    return UsageQuery(since=now - 7 * 24 * HOUR, until=now)
+
+
 def test_with_a_store_history_and_hours_outlive_a_restart_and_memory_fills_the_gap(
     tmp_path: Path,
 ) -> None:
@@ -264,6 +277,7 @@ def test_with_a_store_history_and_hours_outlive_a_restart_and_memory_fills_the_g
     assert journal is not None
     store = journal.store
     second.tracker.history_reader = lambda q: maybeDeferred(store.history, q)
+    second.tracker.usage_reader = lambda q: maybeDeferred(store.usage, q)
     second.clock.advance(2 * HOUR)
     second.board("npu-1", token="rack")
     ann = second.connect(token="ann")
@@ -275,9 +289,19 @@ def test_with_a_store_history_and_hours_outlive_a_restart_and_memory_fills_the_g
     assert [r.id for r in store.history(HistoryQuery())] == [old]  # so: from memory
     assert [r["id"] for r in answer["rows"]] == [new, old]
     assert answer["history"] == "store" and new != old
-    usage = by_name(root.ok(pa.Usage))
+    # the store adds up what it has; the row it has not been given yet counts too, once
+    assert store.usage(pa_query(second)) == [
+        UsageGroup("npu", "ann", 1, HOUR, 0, 1, 0.0, 0.0)]
+    answer = root.ok(pa.Usage)
+    assert answer["history"] == "store"
+    usage = by_name(answer)
     assert usage["npu", "ann"]["leases"] == 2
     assert usage["npu", "ann"]["hours"] == pytest.approx(2.0)
+    # a store that cannot add it up leaves the tracker's memory, and says so
+    second.tracker.usage_reader = lambda q: fail(StoreError("the disk is gone"))
+    answer = root.ok(pa.Usage)
+    assert answer["history"].endswith("; the store could not be read (the disk is gone)")
+    assert by_name(answer)["npu", "ann"]["leases"] == 1
     # a store that cannot be read leaves the tracker's memory, and says so
     second.tracker.history_reader = lambda q: fail(StoreError("the disk is gone"))
     answer = root.ok(pa.History)

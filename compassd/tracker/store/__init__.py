@@ -20,6 +20,8 @@ from .records import (
     RequestRecord,
     Snapshot,
     StoreError,
+    UsageGroup,
+    UsageQuery,
     secret_hash,
 )
 
@@ -36,6 +38,8 @@ __all__ = [
     "RequestRecord",
     "Snapshot",
     "StoreError",
+    "UsageGroup",
+    "UsageQuery",
     "default_sqlite_path",
     "secret_hash",
     "store_for",

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from zope.interface import implementer
 
-from . import schema
+from . import _report, schema
 from .records import (
     Batch,
     DeviceRecord,
@@ -24,6 +24,8 @@ from .records import (
     RequestRecord,
     Snapshot,
     StoreError,
+    UsageGroup,
+    UsageQuery,
     join_tags,
     split_tags,
 )
@@ -188,7 +190,8 @@ class SqlStore:
             where.append(f"ended_at < {p}")
             args.append(query.until)
         if query.before is not None:
-            where.append(f"(ended_at < {p} OR (ended_at = {p} AND id < {p}))")
+            # (ended_at, id) < before, with a bound on ended_at alone that an index seeks
+            where.append(f"ended_at <= {p} AND (ended_at < {p} OR id < {p})")
             args += [query.before[0], query.before[0], query.before[1]]
         sql = f"SELECT {', '.join(_HISTORY_COLUMNS)} FROM compass_history"
         if where:
@@ -197,6 +200,11 @@ class SqlStore:
         return self._transaction(
             "read its history",
             lambda cur: [_history(r) for r in self._select(cur, sql, args)])
+
+    def usage(self, query: UsageQuery) -> list[UsageGroup]:
+        return self._transaction(
+            "add up its history for a usage report",
+            lambda cur: _report.usage(cur, query, self.dialect, self.placeholder))
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -67,6 +67,7 @@ class Journal:
     run: Callable[[Callable[[], Any]], Deferred[Any]] | None = None
 
     _pending: Batch = attrs.Factory(Batch)
+    _in_flight: Batch | None = None
     _writing: bool = False
     _call: IDelayedCall | None = None
     _prune_call: IDelayedCall | None = None
@@ -126,6 +127,12 @@ class Journal:
     def problem(self) -> str | None:
         """The sentence saying why the store is behind, or None while it is up to date."""
         return self._problem
+
+    def unwritten_history(self) -> list[HistoryRow]:
+        """The history rows recorded but not yet known to be written: the batch being
+        written and those waiting (a report adds them to what it reads from the store)."""
+        rows = list(self._in_flight.history) if self._in_flight is not None else []
+        return rows + self._pending.history
 
     def idle(self) -> Deferred[None]:
         """A Deferred that fires once every change recorded so far is written (it waits
@@ -205,6 +212,7 @@ class Journal:
         if self._catch_up:
             batch.replace = self.snapshot()
         self._writing = True
+        self._in_flight = batch
         d = self._in_thread(lambda: self._write(batch))
         d.addCallbacks(self._written, self._failed, errbackArgs=(batch,))
 
@@ -223,6 +231,7 @@ class Journal:
 
     def _written(self, count: int) -> None:
         self._writing = False
+        self._in_flight = None
         self.writes += 1
         if self._problem is not None:
             log.info("{store}: written again; the store caught up with the tracker's state",
@@ -242,6 +251,7 @@ class Journal:
 
     def _failed(self, failure: Failure, batch: Batch) -> None:
         self._writing = False
+        self._in_flight = None
         if failure.check(StoreError):
             problem = str(failure.value)
         else:

@@ -194,6 +194,53 @@ class HistoryQuery:
     limit: int = 100
 
 
+GROUPINGS = ("user", "account", "key", "device")
+"""What a usage report's groups may stand for."""
+
+
+@attrs.frozen
+class UsageQuery:
+    """The numbers of a usage report of the window [C{since}, C{until}), grouped C{by}
+    user, account, key or device; only C{user}'s and C{key}'s rows when given.
+
+    The rows looked at are those that ended at or after C{since}: a lease counts the
+    part of [granted_at, ended_at] inside the window and its wait if it was granted
+    there; a request that ended unserved counts if it ended inside the window; a row
+    for C{by="device"} needs a device. C{accounts}: (user, account) pairs, for
+    C{by="account"} (a user in none is an account of their own name). C{extra}: rows
+    the store may not have (leases held now, as rows that end at C{until}; rows not
+    yet written); one whose id the store has counts once."""
+
+    since: float
+    until: float
+    by: str = "user"
+    user: str | None = None
+    key: str | None = None
+    accounts: tuple[tuple[str, str], ...] = ()
+    extra: tuple[HistoryRow, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if self.by not in GROUPINGS:
+            raise ValueError(f"A usage report is by {', '.join(GROUPINGS)}; not {self.by!r}.")
+
+
+@attrs.frozen
+class UsageGroup:
+    """One group of a usage report (L{UsageQuery}): C{name} is the user, account, key or
+    device, C{key} the device key. C{seconds}: board-seconds inside the window;
+    C{waits}: grants made in it, whose waits have the nearest-rank median C{wait_p50}
+    and 95th percentile C{wait_p95} (None without grants)."""
+
+    key: str
+    name: str
+    leases: int
+    seconds: float
+    unserved: int
+    waits: int = 0
+    wait_p50: float | None = None
+    wait_p95: float | None = None
+
+
 class StoreError(Exception):
     """The store cannot be opened, read or written; the message is one sentence that
     says which store, what went wrong and what happens next."""
@@ -224,6 +271,10 @@ class IStore(Interface):
 
     def history(query: HistoryQuery) -> list[HistoryRow]:
         """A page of history rows, newest first."""
+
+    def usage(query: UsageQuery) -> list[UsageGroup]:
+        """The groups of a usage report, added up by the database (every row of the
+        window is read once, none comes back), sorted by key then name."""
 
     def close() -> None:
         """Close the connection (the store may be opened again)."""

@@ -80,6 +80,13 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             updated_at {real} NOT NULL,
             PRIMARY KEY (user_name, key))""",
     ]),
+    (3, "a covering index for usage reports; history pages ordered by (ended_at, id)", [
+        # A usage report reads the window's rows from this index alone (no table rows).
+        """CREATE INDEX compass_history_report ON compass_history
+            (ended_at, key, user_name, device, granted_at, requested_at)""",
+        "CREATE INDEX compass_history_page ON compass_history (ended_at, id)",
+        "DROP INDEX compass_history_ended",
+    ]),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -260,3 +260,20 @@ def test_a_store_that_cannot_be_opened_raises_a_sentence(tmp_path):
     (tmp_path / "tracker.sqlite").write_bytes(b"x" * 4096)
     with pytest.raises(StoreError):
         SqliteStore(str(tmp_path / "tracker.sqlite")).open()
+
+
+def test_unwritten_history_is_the_batch_being_written_and_the_next_until_written(
+    sqlite_store,
+):
+    clock, held = Clock(), Held()
+    journal = Journal(sqlite_store, clock, LiveState, run=held, retention=None)
+    journal.add_history(ended("lease-1.1"))
+    clock.advance(0)  # the first batch goes to the store's thread, and waits there
+    journal.add_history(ended("lease-1.2"))
+    assert [r.id for r in journal.unwritten_history()] == ["lease-1.1", "lease-1.2"]
+    held.finish_one()
+    assert [r.id for r in journal.unwritten_history()] == ["lease-1.2"]
+    clock.advance(0)
+    held.finish_one()
+    assert journal.unwritten_history() == []
+    assert [r.id for r in sqlite_store.history(HistoryQuery())] == ["lease-1.2", "lease-1.1"]

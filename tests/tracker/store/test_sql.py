@@ -13,6 +13,7 @@ from compassd.tracker.store import (
     LiveState,
     RequestRecord,
     StoreError,
+    UsageQuery,
     schema,
     secret_hash,
 )
@@ -176,17 +177,17 @@ def test_meta_values_are_kept(make_store):
 # --- migrations ----------------------------------------------------------------------
 
 
-def _first_release_store(store) -> None:
-    """Make C{store}'s database what the first schema left: version 1, with rows."""
+def _first_release_store(store, version: int = 1) -> None:
+    """Make C{store}'s database what an earlier schema left (C{version}), with rows."""
     conn = store._connect()
     p = store.placeholder
     cur = conn.cursor()
     cur.execute("BEGIN")
     cur.execute(schema.VERSION_TABLE)
-    for _, sqls in schema.statements(store.dialect, 0, upto=1):
+    for _, sqls in schema.statements(store.dialect, 0, upto=version):
         for sql in sqls:
             cur.execute(sql)
-    cur.execute(f"INSERT INTO compass_schema (version) VALUES ({p})", (1,))
+    cur.execute(f"INSERT INTO compass_schema (version) VALUES ({p})", (version,))
     cur.execute(
         "INSERT INTO compass_devices (name, key, address, flavor, tags, max_lease, drained,"
         " quarantined, quarantine_reason, registered_at)"
@@ -217,6 +218,35 @@ def test_a_store_from_the_first_schema_is_migrated_and_keeps_its_rows(make_store
     conn.cursor().execute(
         "INSERT INTO compass_usage (user_name, key, usage, updated_at)"
         f" VALUES ({', '.join([store.placeholder] * 4)})", ("alice", "x2", 59.0, T0))
+
+
+def _indexes(store) -> set[str]:
+    cur = store._conn.cursor()
+    if store.dialect == "sqlite":
+        cur.execute("SELECT name FROM sqlite_master WHERE type = 'index'"
+                    " AND tbl_name = 'compass_history' AND sql IS NOT NULL")
+    else:
+        cur.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'compass_history'"
+                    " AND indexname NOT LIKE '%pkey'")
+    return {row[0] for row in cur.fetchall()}
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_store_gets_the_report_indexes_and_its_history_adds_up(
+    make_store, version):
+    old = make_store()
+    _first_release_store(old, version)
+
+    store = opened(make_store)
+
+    assert store.schema_version() == schema.LATEST == 3
+    assert _indexes(store) == {
+        "compass_history_user", "compass_history_device", "compass_history_key",
+        "compass_history_report", "compass_history_page"}
+    [group] = store.usage(UsageQuery(since=T0, until=T0 + 3600))
+    assert (group.name, group.leases, group.seconds, group.wait_p50) == (
+        "alice", 1, 59.0, 1.0)
+    assert [r.id for r in store.history(HistoryQuery(before=(T0 + 61, "")))] == ["lease-7"]
 
 
 def test_a_store_newer_than_this_tracker_is_refused(make_store):
