@@ -55,6 +55,7 @@ LAYERS = {
     "compassd.tracker.tvmlimits": CORE,
     "compassd.tracker.restart": CORE,
     "compassd.tracker.reconcile": CORE,
+    "compassd.ratelimit": CORE,
     # shared pieces: the protocol and what every layer may use
     "compassd": SHARED,  # compassd/__init__.py: the version
     "compassd.errors": SHARED,
@@ -68,6 +69,7 @@ LAYERS = {
     "compassd.systemd": SHARED,
     "compassd.metrics": SHARED,
     "compassd._twisted_private": SHARED,
+    "compassd.hangup": SHARED,  # SIGHUP reloads a daemon's files
     "compassd.lifeline": SHARED,  # a child dies with its parent; standard library only
 }
 """The layer of each module, by the longest prefix that names it."""

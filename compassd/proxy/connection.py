@@ -11,7 +11,9 @@ One listening port serves three kinds of connection, told apart by their first b
 - a **client** says hello as a client (the proxy answers it) and sends open-session with
   its ticket and device. The proxy checks the ticket with the tracker on the board's own
   tracker link (L{bt.CheckTicket}, which does not use it up): a ticket the tracker does
-  not vouch for ends there, and the board never hears of it. Then the proxy asks that
+  not vouch for ends there, and the board never hears of it. Each source address may
+  make only so many such checks (L{compassd.ratelimit.OpenLimit}); past them an
+  open is refused without asking the tracker. Then the proxy asks that
   device's board (L{px.Dial}) to connect back, opens the session there with the
   client's own hello and ticket, answers the client with the board's answer, and from
   then on relays bytes.
@@ -37,6 +39,7 @@ from ..protocol import session as ps
 from ..protocol.errors import (
     BadRequest,
     CompassError,
+    LimitExceeded,
     NotAuthorized,
     Unavailable,
 )
@@ -343,6 +346,11 @@ class ProxyConnection(HelloResponder):
             raise BadRequest("This connection already opened a session; open another"
                              " connection for another lease.")
         channel = self.proxy.open_channel(device, self)
+        try:
+            self._may_check_ticket(channel.device)
+        except LimitExceeded:
+            self.proxy.pairing.cancel(channel.ident)
+            raise
         self.channel = channel
         self.ticket = ticket
         self._answer = Deferred()
@@ -355,6 +363,28 @@ class ProxyConnection(HelloResponder):
         checking.addCallbacks(self._ticket_good, self._ticket_refused,
                               callbackArgs=(channel,), errbackArgs=(channel,))
         return self._answer
+
+    def _may_check_ticket(self, device: str) -> None:
+        """Count this open against its source address's rate of ticket checks, or refuse
+        it with L{LimitExceeded} (logged once per run of refusals from one source)."""
+        limit = self.proxy.open_limit
+        if limit is None:
+            return
+        peer: Any = self.transport.getPeer() if self.transport is not None else None
+        host = str(getattr(peer, "host", None) or getattr(peer, "name", None) or peer)
+        verdict = limit.take(host, self.proxy.reactor.seconds())
+        if verdict.allowed:
+            return
+        if verdict.first_refusal:
+            log.warn("refusing session opens from {source}: more than {burst} at once or"
+                     " {rate:g} a second (each costs the tracker a ticket check); further"
+                     " refusals from it are not logged until it slows down",
+                     source=verdict.source, burst=limit.burst, rate=limit.rate)
+        raise LimitExceeded(
+            f"compass-proxy refused to open a session on board {device} for {host}: more"
+            f" than {limit.burst} session opens at once or {limit.rate:g} a second came"
+            f" from {verdict.source}, and each costs the tracker a ticket check. Wait"
+            f" {max(verdict.retry_after, 0.01):.2f} s and open the session again.")
 
     def _ticket_good(self, answer: dict[str, Any], channel: Channel[Any, Any]) -> None:
         if self._answer is None or not self.alive:

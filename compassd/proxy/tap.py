@@ -9,6 +9,7 @@ from twisted.python import usage
 
 from ..access import Access, TokensFileError, load_tokens
 from ..daemon_options import check_tracker_and_advertise, positive
+from ..hangup import ReloadOnHangup
 from ..listening import (
     Listener,
     bound_scope,
@@ -24,6 +25,7 @@ from ..protocol.limits import (
     MAX_UNAUTHENTICATED,
     ConnectionGuard,
 )
+from ..ratelimit import DEFAULT_BURST, DEFAULT_RATE, OpenLimit
 from ..systemd import SystemdNotifier, plural
 
 
@@ -62,10 +64,18 @@ class Options(usage.Options):
         ["hello-timeout", None, str(HELLO_TIMEOUT),
          "A connection that has not said hello within this time of connecting is closed"
          " ('0' for never)."],
+        ["session-open-rate", None, str(DEFAULT_RATE),
+         "Session opens per second one source address (an IPv6 /64) may sustain; each"
+         " costs the tracker a ticket check, and past it an open is refused at once with"
+         " a sentence saying how long to wait ('0' for no limit)."],
+        ["session-open-burst", None, str(DEFAULT_BURST),
+         "Session opens one source address may make at once before"
+         " --session-open-rate applies."],
         ["tokens", None, None,
          "Tokens file (the tracker's format; a copy of the tracker's file will do): every"
          " board must say hello with a board token it lists before the proxy does"
-         " anything for it (a client's credential is its ticket). Without it the proxy"
+         " anything for it (a client's credential is its ticket). SIGHUP reads it again"
+         " (a file with a mistake keeps the old tokens). Without it the proxy"
          " listens on loopback only (see --insecure-no-auth)."],
     ]
     optFlags = [
@@ -115,6 +125,16 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--max-connections-per-address, --max-unauthenticated and --hello-timeout"
                 f" take a number: {e}.") from e
+        try:
+            rate = float(self["session-open-rate"])
+            burst = int(self["session-open-burst"])
+            if not rate >= 0 or rate == float("inf") or burst < 1:
+                raise ValueError("the rate must be 0 or more and the burst 1 or more")
+        except ValueError as e:
+            raise usage.UsageError(
+                "--session-open-rate takes a number of opens per second (0 for no limit)"
+                f" and --session-open-burst a whole number of opens: {e}.") from e
+        self["open-limit"] = OpenLimit(rate=rate, burst=burst) if rate > 0 else None
         self["max-connections-per-address"] = count or None
         self["max-unauthenticated"] = waiting or None
         self["hello-timeout"] = hello or None
@@ -142,8 +162,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     proxy = ProxyService(reactor, options["tracker-endpoint"], options["advertise"],
                          dial_timeout=float(options["dial-timeout"]),
                          idle_timeout=float(options["idle-timeout"]),
-                         access=options.get("access"))
+                         access=options.get("access"),
+                         open_limit=options.get("open-limit"),
+                         tokens_path=options["tokens"] or None)
     proxy.setServiceParent(top)
+    ReloadOnHangup(reactor, proxy.reload_access).setServiceParent(top)
     listeners = []
     for endpoint in options["listen"]:
         guarded = ConnectionGuard(proxy.factory(), reactor, what="proxy",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from functools import partial
 from typing import Any
 
@@ -10,6 +9,7 @@ from twisted.application import service
 from twisted.internet.protocol import Protocol
 from twisted.python import usage
 
+from .. import hangup
 from ..listening import (
     Listener,
     bound_scope,
@@ -457,28 +457,13 @@ class DashboardService(service.MultiService):
         return super().stopService()
 
 
-class ReloadOnHangup(service.Service):
+class ReloadOnHangup(hangup.ReloadOnHangup):
     """On SIGHUP, read the tokens file again and reopen the audit log, without
     dropping a connection."""
 
     def __init__(self, reactor: Any, tracker: TrackerService) -> None:
-        self.reactor = reactor
+        super().__init__(reactor, tracker.reload_access)
         self.tracker = tracker
-        self._previous: Any = None
-
-    def startService(self) -> None:
-        super().startService()
-        if hasattr(signal, "SIGHUP") and hasattr(self.reactor, "callFromThread"):
-            self._previous = signal.signal(signal.SIGHUP, self._hangup)
-
-    def _hangup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.tracker.reload_access)
-
-    def stopService(self) -> Any:
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
-            self._previous = None
-        return super().stopService()
 
 
 class _Refuse(Protocol):

@@ -4,9 +4,11 @@ tracker's and the board's."""
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python import usage
 
 from compassd.protocol import PROTOCOL_VERSION, Hello
 from compassd.protocol.limits import ConnectionGuard
@@ -81,3 +83,75 @@ def test_a_client_that_says_hello_but_presents_no_ticket_is_closed_at_the_hello_
     assert not transport.disconnecting
     clock.advance(1)
     assert transport.disconnecting
+
+
+def test_proxy_options_limit_session_opens_per_address_by_default() -> None:
+    options = Options()
+    options.parseOptions([])
+    limit = options["open-limit"]
+    assert limit is not None and (limit.rate, limit.burst) == (5.0, 20)
+    assert "--session-open-rate" in str(options) and "ticket check" in str(options)
+    options = Options()
+    options.parseOptions(["--session-open-rate", "0.5", "--session-open-burst", "2"])
+    assert (options["open-limit"].rate, options["open-limit"].burst) == (0.5, 2)
+    options = Options()
+    options.parseOptions(["--session-open-rate", "0"])
+    assert options["open-limit"] is None
+
+
+@pytest.mark.parametrize("argv", [["--session-open-rate", "-1"],
+                                  ["--session-open-rate", "nan"],
+                                  ["--session-open-rate", "fast"],
+                                  ["--session-open-burst", "0"],
+                                  ["--session-open-burst", "2.5"]])
+def test_nonsense_open_limits_are_usage_errors_that_say_what_is_wanted(
+        argv: list[str]) -> None:
+    with pytest.raises(usage.UsageError, match="--session-open-rate takes a number"):
+        Options().parseOptions(argv)
+
+
+def test_a_session_open_past_the_limit_is_refused_without_asking_the_tracker() -> None:
+    """In memory: the shell asks the core, refuses with a sentence, cancels the channel
+    it opened, and never calls check-ticket; another address is still checked."""
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+
+    from compassd.protocol.errors import LimitExceeded
+    from compassd.proxy.connection import ProxyConnection
+    from compassd.ratelimit import OpenLimit
+
+    clock = Clock()
+    proxy = ProxyService(clock, "tcp:127.0.0.1:9", "proxy.lab:9090",
+                         open_limit=OpenLimit(rate=1.0, burst=1))
+    checks: list[tuple[str, str]] = []
+
+    class Board:
+        def check_ticket(self, device: str, ticket: str) -> Deferred[dict[str, str]]:
+            checks.append((device, ticket))
+            return Deferred()  # the tracker has not answered yet
+
+    proxy.pairing.add_device("board-p", Board())  # type: ignore[arg-type]
+
+    def client(host: str) -> ProxyConnection:
+        connection = ProxyConnection(proxy)
+        connection.makeConnection(StringTransport(
+            peerAddress=IPv4Address("TCP", host, 40000)))
+        connection.mode = "client"
+        return connection
+
+    got: list[object] = []
+    client("10.0.0.2").open_session("t1", "board-p").addBoth(got.append)
+    assert checks == [("board-p", "t1")] and got == []
+    second = client("10.0.0.2")
+    with pytest.raises(LimitExceeded) as refused:
+        second.open_session("t2", "board-p")
+    said = str(refused.value)
+    assert "board board-p for 10.0.0.2" in said and "Wait 1.00 s" in said
+    assert checks == [("board-p", "t1")] and proxy.pairing.pending() == 1
+    assert second.channel is None and second.relay is None
+    client("10.0.0.3").open_session("t3", "board-p").addBoth(got.append)
+    assert checks[-1] == ("board-p", "t3")
+    clock.advance(1.0)
+    client("10.0.0.2").open_session("t4", "board-p").addBoth(got.append)
+    assert checks[-1] == ("board-p", "t4")
+    assert not any(isinstance(g, Failure) for g in got)
