@@ -299,7 +299,7 @@ def test_a_first_upload_is_hashed_while_it_is_sent_and_the_next_session_gets_it_
         session = held.open_session()
         session.load_model(str(model))
         assert session.cached == {"add5.bin"}
-    assert _device(client)["state"] == "free"
+    _wait_free(client)  # free once the board confirms the session ended
 
 
 def test_a_board_without_a_cache_says_so_and_takes_uploads_as_before(
