@@ -48,8 +48,7 @@ def read_usage(tracker: Any, query: UsageQuery
     journal = tracker.journal
     read = tracker.usage_reader
     if read is None and journal is not None:
-        store = journal.store
-        read = lambda q: journal.read(lambda: store.usage(q))  # noqa: E731
+        read = lambda q: journal.report(lambda store: store.usage(q))  # noqa: E731
     note = memory_note(tracker.recent.started_at)
     if read is not None:
         unwritten = tuple(

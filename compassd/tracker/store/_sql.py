@@ -7,6 +7,7 @@ history pages) is the same SQL on both.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -108,6 +109,7 @@ class SqlStore:
     placeholder = "?"
     description = ""
     _conn: Any = None
+    _reads_only = False
 
     # --- what a subclass provides ------------------------------------------------------
 
@@ -141,6 +143,21 @@ class SqlStore:
         except StoreError:
             self.close()
             raise
+
+    def reader(self) -> SqlStore:
+        """A second store on the same database for long reads (usage reports), so that
+        they never hold up the journal's writes: its own connection, made by
+        L{open_for_reading} in the thread that uses it, with no schema work and no write
+        lock. Only reads may be made with it."""
+        other = copy.copy(self)
+        other._conn = None
+        other._reads_only = True
+        return other
+
+    def open_for_reading(self) -> None:
+        """Open L{reader}'s connection (the schema is the writer's business)."""
+        self.close()
+        self._conn = self._guard("open its database for a report", self._connect)
 
     def load(self) -> Snapshot:
         def load(cur: Any) -> Snapshot:

@@ -77,6 +77,8 @@ class Journal:
     _is_open: bool = True
     _idle_waiters: list[Deferred[None]] = attrs.Factory(list)
     _pool: ThreadPool | None = None
+    _report_pool: ThreadPool | None = None
+    _reader: Any = None
     _dropped_history: int = 0
     _stopping: bool = False
     writes: int = 0
@@ -173,6 +175,10 @@ class Journal:
             if self._call is not None and self._call.active():
                 self._call.cancel()
             self._call = None
+            reports, self._report_pool = self._report_pool, None
+            if reports is not None:
+                reports.callInThread(self._reader.close)
+                reports.stop()
             pool, self._pool = self._pool, None
             if pool is not None:
                 pool.callInThread(self.store.close)
@@ -188,6 +194,32 @@ class Journal:
         thread, where its connection lives; the reactor never waits for it. Changes
         recorded but not yet written are not in what it reads."""
         return self._in_thread(call)
+
+    def report(self, call: Callable[[Any], T]) -> Deferred[T]:
+        """Run C{call(store)}, a long read such as a usage report, on a second connection
+        to the store in a thread of its own, so that the journal's writes (and the
+        answers that wait for them) never wait behind it. A store without a second
+        connection, or a journal given its own C{run}, reads in the store's thread."""
+        make = getattr(self.store, "reader", None)
+        if self.run is not None or make is None:
+            return self.read(lambda: call(self.store))
+        if self._report_pool is None:
+            self._reader = make()
+            self._report_pool = ThreadPool(minthreads=1, maxthreads=1,
+                                           name="compass-store-reports")
+            self._report_pool.start()
+        reader = self._reader
+
+        def read() -> T:
+            if reader._conn is None:
+                reader.open_for_reading()
+            try:
+                return call(reader)
+            except StoreError:
+                reader.close()  # opened again by the next report
+                raise
+
+        return deferToThreadPool(self.reactor, self._report_pool, read)
 
     # --- writing ----------------------------------------------------------------------
 

@@ -38,6 +38,10 @@ class SqliteStore(SqlStore):
                 f"The tracker's store {self.path} cannot be created: its directory"
                 f" {directory} cannot be made ({e.strerror}); choose another --store path."
             ) from None
+        if self._reads_only:
+            # a report's connection: WAL lets it read while the writer writes
+            return sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         self._take_lock()
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
@@ -73,12 +77,13 @@ class SqliteStore(SqlStore):
     def release_lock(self) -> None:
         """Let another tracker use the file (at stop)."""
         self.close()
-        if self._lock is not None:
+        if self._lock is not None and not self._reads_only:
             os.close(self._lock)
             self._lock = None
 
     def _begin(self, cur: Any) -> None:
-        cur.execute("BEGIN IMMEDIATE")
+        # a writer takes the write lock at once; a reader's snapshot needs none
+        cur.execute("BEGIN" if self._reads_only else "BEGIN IMMEDIATE")
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.Error,)

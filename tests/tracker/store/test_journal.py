@@ -13,6 +13,7 @@ import pytest_twisted
 from twisted.internet import reactor as real_reactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 
 from compassd.tracker.store import (
@@ -277,3 +278,38 @@ def test_unwritten_history_is_the_batch_being_written_and_the_next_until_written
     held.finish_one()
     assert journal.unwritten_history() == []
     assert [r.id for r in sqlite_store.history(HistoryQuery())] == ["lease-1.2", "lease-1.1"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_long_report_reads_on_its_own_connection_and_holds_up_no_write(tmp_path):
+    store = SqliteStore(str(tmp_path / "tracker.sqlite"))
+    store.open()
+    journal = Journal(store, real_reactor, LiveState, retention=None)
+    journal.start()
+    inside, let_go = threading.Event(), threading.Event()
+    seen: list[Any] = []
+
+    def slow_report(reader: Any) -> list[Any]:
+        seen.append((reader is not store, threading.current_thread().name))
+        inside.set()
+        let_go.wait(30)  # the test lets it go once the write below is done
+        return reader.history(HistoryQuery(limit=10))
+
+    try:
+        journal.put_device(device())
+        yield journal.idle()
+        report = journal.report(slow_report)
+        yield deferToThread(inside.wait, 30)
+        journal.add_history(ended("lease-1"))
+        yield journal.idle()  # written while the report still runs
+        assert not report.called
+        let_go.set()
+        rows = yield report
+        ((own_connection, thread),) = seen
+        assert own_connection and "compass-store-reports" in thread, seen
+        assert [r.id for r in rows] == ["lease-1"]
+    finally:
+        let_go.set()
+        yield journal.stop()
+    assert store._conn is None and journal._reader._conn is None  # both closed at stop
+    store.release_lock()
