@@ -11,6 +11,7 @@ only when the bound address is a wildcard.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 DEFAULT_PORT = 9190
 """The tracker's port, taken when an address names only a host."""
@@ -130,3 +131,86 @@ def advertised_address(host: str, port: int) -> str:
     if host in WILDCARDS:
         host = socket.getfqdn()
     return format_address(host, port)
+
+
+def split_trackers(text: str) -> list[str]:
+    """The trackers in C{text}: one address, or several separated by commas
+    (C{a:9190,b:9190}, what C{--tracker} and C{COMPASS_TRACKER} take for a standby
+    pair); ValueError saying why for an empty list or an empty item."""
+    parts = [part.strip() for part in text.split(",")]
+    if not text.strip() or not all(parts):
+        raise ValueError(f"{text!r} is not a tracker address or a comma-separated list of"
+                         " them (e.g. a.example:9190,b.example:9190).")
+    return parts
+
+
+def same_tracker(address: str, candidate: str) -> bool:
+    """Whether C{candidate} (C{HOST:PORT} or a C{tcp:}/C{tls:}/C{ssl:} endpoint string)
+    dials the C{HOST:PORT} a standby named as the active tracker."""
+    try:
+        wanted = format_address(*parse_address(address, 0))
+    except ValueError:
+        return False
+    kind, sep, _ = candidate.partition(":")
+    if sep and kind.lower() in ("ssl", "tls"):
+        args, kwargs = endpoint_arguments(candidate)
+        host = kwargs.get("host", args[0] if args else "")
+        port = kwargs.get("port", args[1] if len(args) > 1 else "")
+        return port.isdigit() and format_address(host, int(port)) == wanted
+    try:
+        return dial_address(candidate) == wanted
+    except ValueError:
+        return False
+
+
+class TrackerRing:
+    """Which of several trackers to dial next: what a client or a board does when it
+    was given a standby pair (or more). Pure: it opens nothing and knows no clock.
+
+    L{next} goes round the addresses, the one after the last that answered
+    (L{answered}) first; a standby's redirect (L{redirected}) makes the active tracker it
+    named the next one dialled, if it is one of the addresses (or, with C{follow}, any
+    other address: a client given only the standby follows it to the active one).
+    """
+
+    def __init__(self, addresses: list[str] | tuple[str, ...],
+                 follow: Callable[[str], str | None] | None = None) -> None:
+        if not addresses:
+            raise ValueError("A tracker ring needs at least one address.")
+        self.addresses = tuple(addresses)
+        self._follow = follow
+        self._next = 0
+        self._redirect: str | None = None
+
+    @property
+    def several(self) -> bool:
+        return len(self.addresses) > 1
+
+    def next(self) -> str:
+        """The address to dial now."""
+        if self._redirect is not None:
+            target, self._redirect = self._redirect, None
+            return target
+        address = self.addresses[self._next % len(self.addresses)]
+        self._next = (self._next + 1) % len(self.addresses)
+        return address
+
+    def answered(self, address: str) -> None:
+        """C{address} answered as the active tracker: when it is lost, the others are
+        dialled first (a standby is taking over), then it again."""
+        if address in self.addresses:
+            self._next = (self.addresses.index(address) + 1) % len(self.addresses)
+
+    def redirected(self, active: str) -> str | None:
+        """A standby said the active tracker is C{active} (C{HOST:PORT}); the address
+        that will be dialled next for it, or None when it cannot be followed (an
+        empty or unreadable address: the ring goes on round its addresses)."""
+        if not active:
+            return None
+        for candidate in self.addresses:
+            if same_tracker(active, candidate):
+                self._redirect = candidate
+                return candidate
+        target = self._follow(active) if self._follow is not None else None
+        self._redirect = target
+        return target

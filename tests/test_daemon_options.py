@@ -67,3 +67,13 @@ def test_the_boards_proxy_option_takes_the_positional_endpoint_form() -> None:
     assert parsed["proxy"] == "tcp:gw.lab:9090"
     with pytest.raises(usage.UsageError, match="^--proxy: 'tcp:gw.lab' is not a client"):
         ServerOptions().parseOptions(["--key", "npu", "--proxy", "tcp:gw.lab"])
+
+
+def test_a_board_takes_a_standby_pair_and_the_proxy_refuses_one() -> None:
+    parsed = ServerOptions()
+    parsed.parseOptions(["--key", "npu", "--tracker", "a.lab:9190, tls:host=b.lab:port=9190"])
+    assert parsed["tracker-endpoint"] == "tcp:host=a.lab:port=9190,tls:host=b.lab:port=9190"
+    with pytest.raises(usage.UsageError, match="--tracker: 'a.lab:9190,' is not a tracker"):
+        ServerOptions().parseOptions(["--key", "npu", "--tracker", "a.lab:9190,"])
+    with pytest.raises(usage.UsageError, match="registers with one tracker"):
+        ProxyOptions().parseOptions(["--tracker", "a.lab:9190,b.lab:9190"])

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..addresses import parse_address
+from ..addresses import parse_address, split_trackers
 from ..client import CompassError, Tracker, TrackerUnreachable, connect_tracker
 from ..tls import TLSFailed
 
@@ -25,8 +25,9 @@ EXIT_CODES = (
 )
 
 TRACKER_HELP = (
-    "The tracker as HOST:PORT. Default: the COMPASS_TRACKER environment variable, then"
-    " 127.0.0.1:9190."
+    "The tracker as HOST:PORT, or both trackers of a standby pair separated by a comma"
+    " (a:9190,b:9190: the active one is used). Default: the COMPASS_TRACKER environment"
+    " variable, then 127.0.0.1:9190."
 )
 
 
@@ -38,11 +39,15 @@ def tracker_address(value: str | None) -> str:
 def _connect(ctx: click.Context) -> Tracker:
     address = tracker_address(ctx.obj["tracker"])
     try:
-        host, port = parse_address(address)
+        addresses = split_trackers(address)
+        host, port = parse_address(addresses[0])
+        for other in addresses[1:]:
+            parse_address(other)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--tracker") from e
     tls = ctx.obj.get("tls") or {}
-    return connect_tracker(host, port, ctx.obj["token"], user=ctx.obj["user"],
+    where: str | list[str] = host if len(addresses) == 1 else addresses
+    return connect_tracker(where, port, ctx.obj["token"], user=ctx.obj["user"],
                            tls=bool(tls.get("tls") or tls.get("ca") or tls.get("cert")),
                            ca=tls.get("ca"), cert=tls.get("cert"), key=tls.get("key"))
 

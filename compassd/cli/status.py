@@ -13,7 +13,7 @@ from rich.table import Table
 from ..client import Tracker
 from ..presentation import console as new_console
 from ..presentation import duration, people_count
-from ._tracker import tracker_address, with_tracker
+from ._tracker import with_tracker
 
 _STATE_STYLE = {
     "free": "green",
@@ -101,14 +101,41 @@ def status(ctx: click.Context, as_json: bool, waiting: int, watch: bool, interva
     place (with --json, one JSON object per line per refresh) until Ctrl-C.
     """
     if not watch:
-        summary = with_tracker(ctx, lambda t: t.summary(None if as_json else waiting))
+        summary = with_tracker(ctx, lambda t: _summary(t, None if as_json else waiting))
         if as_json:
             click.echo(json.dumps(people_count(summary), indent=2, sort_keys=True))
         else:
-            render_status(summary, new_console(), waiting)
+            console = new_console()
+            if "trackers" in summary:
+                console.print(trackers_line(summary["trackers"]))
+            render_status(summary, console, waiting)
         return
-    where = tracker_address(ctx.obj["tracker"])
-    with_tracker(ctx, lambda t: _watch_status(t, where, as_json, waiting, interval, count))
+    with_tracker(ctx, lambda t: _watch_status(t, t.address, as_json, waiting, interval,
+                                              count))
+
+
+def _summary(tracker: Tracker, waiting: int | None) -> dict[str, Any]:
+    """The status; with "trackers" (which is active, what the others are) when the
+    client was given several trackers or was redirected to the active one."""
+    summary = tracker.summary(waiting)
+    if len(tracker.trackers) > 1 or tracker.redirected:
+        summary["trackers"] = tracker.tracker_states()
+    return summary
+
+
+def trackers_line(rows: list[dict[str, str]]) -> str:
+    """One line: C{Trackers: a:9190 active; b:9190 standby (redirects to a:9190)}."""
+    parts = []
+    for row in rows:
+        text = f"{row['address']} {row['state']}"
+        if row["state"] == "standby":
+            text += f" (redirects to {row.get('active') or 'nobody yet'})"
+        elif row["state"] == "unreachable":
+            text += f" ({row.get('detail', '').rstrip('.')})"
+        elif row is not rows[0]:
+            text += " too: it does not share the first one's database"
+        parts.append(text)
+    return "Trackers: " + "; ".join(parts)
 
 
 def _watch_status(tracker: Tracker, where: str, as_json: bool, waiting: int,

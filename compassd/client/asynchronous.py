@@ -11,7 +11,7 @@ The blocking API in L{compassd.client.blocking} wraps this one.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -21,7 +21,13 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from ..addresses import DEFAULT_PORT
+from ..addresses import (
+    DEFAULT_PORT,
+    TrackerRing,
+    format_address,
+    parse_address,
+    split_trackers,
+)
 from ..protocol import accounting as pa
 from ..protocol import client_tracker as ct
 from ..protocol.errors import NoSuchLease, NoSuchRequest, NotYourLease, UnsupportedVersion
@@ -206,6 +212,88 @@ REATTACH_FOR = 120.0
 without a wait of its own or a lease (the tracker keeps them 60 s by default)."""
 
 
+def tracker_addresses(host: str | Sequence[str], port: int = DEFAULT_PORT) -> list[str]:
+    """The C{HOST:PORT} of each tracker C{host} names: one host (with C{port}) or
+    C{HOST:PORT}, a comma list of addresses, or a list of them (each without a port
+    takes C{port})."""
+    if isinstance(host, str):
+        if "," not in host:
+            return [format_address(*parse_address(host, port))]
+        host = split_trackers(host)
+    addresses = [format_address(*parse_address(item.strip(), port)) for item in host]
+    if not addresses:
+        raise ValueError("No tracker address was given.")
+    return addresses
+
+
+def dial_active(
+    reactor: Any, ring: TrackerRing,
+    dial: Callable[[str], Deferred[tuple[Any, str, dict[str, Any]]]], budget: float,
+) -> Deferred[tuple[Any, str, dict[str, Any]]]:
+    """Dial the trackers of C{ring} until one answers as the active tracker: each
+    address once per round, plus the redirects standbys give (at most two a round).
+    While none is active, rounds are repeated with backoff (0.25 s doubling up to 2 s)
+    for C{budget} seconds, if the ring has several addresses or a standby answered;
+    then it fails with L{TrackerUnreachable} saying what each one answered."""
+    result: Deferred[tuple[Any, str, dict[str, Any]]] = Deferred()
+    clock = reactor.seconds if reactor is not None else time.monotonic
+    end = clock() + budget
+    said: dict[str, str] = {}
+    state = {"left": len(ring.addresses), "follows": 2, "delay": 0.25, "standby": False}
+
+    def attempt() -> None:
+        if state["left"] <= 0:
+            again()
+            return
+        state["left"] -= 1
+        address = ring.next()
+        dial(address).addCallbacks(answered, refused, callbackArgs=(address,),
+                                   errbackArgs=(address,))
+
+    def answered(found: tuple[Any, str, dict[str, Any]], address: str) -> None:
+        peer, _, answer = found
+        if answer.get("active") is None:
+            ring.answered(address)
+            result.callback(found)
+            return
+        peer.drop()
+        state["standby"] = True
+        active = answer["active"]
+        said[address] = (f"the tracker at {address} is a standby; the active one is"
+                         f" {active or 'not known yet (failing over?)'}")
+        if ring.redirected(active) is not None and state["follows"] > 0:
+            state["follows"] -= 1
+            state["left"] += 1
+        attempt()
+
+    def refused(failure: Failure, address: str) -> None:
+        if not failure.check(TrackerUnreachable):
+            result.errback(failure)
+            return
+        said[address] = failure.getErrorMessage()
+        attempt()
+
+    def again() -> None:
+        delay = state["delay"]
+        if not (ring.several or state["standby"]) or reactor is None \
+                or clock() + delay > end:
+            if len(said) == 1 and not state["standby"]:
+                result.errback(TrackerUnreachable(next(iter(said.values()))))
+                return
+            reasons = "; ".join(said.values())
+            result.errback(TrackerUnreachable(
+                f"No tracker answered as the active one ({', '.join(ring.addresses)}):"
+                f" {reasons.rstrip('.')}. Is compass-tracker running there? Point"
+                " --tracker or COMPASS_TRACKER at the trackers (a:9190,b:9190 for a"
+                " standby pair)."))
+            return
+        state.update(left=len(ring.addresses), follows=2, delay=min(delay * 2, 2.0))
+        reactor.callLater(delay, attempt)
+
+    attempt()
+    return result
+
+
 class _TrackerProtocol(CompassPeer):
     """The client's end of a tracker connection: it receives the tracker's notices."""
 
@@ -258,6 +346,11 @@ class AsyncTracker:
         """What the tracker answers beyond the first protocol (its hello's C{features})."""
         self.tls: ClientTLS | None = None
         """The TLS settings it connected with; sessions on its leases use them too."""
+        self.trackers: tuple[str, ...] = (address,)
+        """Every tracker this client may dial (several for a standby pair)."""
+        self._dial_one: Callable[[str], Deferred[Any]] | None = None
+        self.redirected = False
+        """Whether a standby redirected this client to the tracker it is connected to."""
         self._pending: dict[str, _Pending] = {}
         self.leases: dict[str, AsyncLease] = {}
         self._redial: Callable[[], Deferred[_TrackerProtocol]] | None = None
@@ -273,7 +366,7 @@ class AsyncTracker:
     def connect(
         cls,
         reactor: Any,
-        host: str = "127.0.0.1",
+        host: str | Sequence[str] = "127.0.0.1",
         port: int = DEFAULT_PORT,
         *,
         token: str | None = None,
@@ -286,25 +379,61 @@ class AsyncTracker:
         """Connect and say hello. C{endpoint} (a Twisted client endpoint or its string)
         replaces C{host} and C{port}. C{tls} connects with TLS, verifying the tracker's
         certificate against its CA (see L{compassd.tls}); sessions on leases granted
-        over this connection then use the same TLS settings with their boards."""
+        over this connection then use the same TLS settings with their boards.
 
-        def greeted(protocol: _TrackerProtocol, where: str,
-                    answer: dict[str, Any]) -> AsyncTracker:
+        C{host} may name several trackers (a standby pair): a list of C{HOST[:PORT]},
+        or one string with commas (C{"a:9190,b:9190"}); C{port} is then the default
+        port. The client dials them in turn, follows a standby's redirect to the
+        active one (also to one not in the list), and while none answers as active
+        tries again with backoff for C{timeout} seconds. When the connection is lost
+        later, a client with waiting requests or leases dials them again the same way
+        (see L{request})."""
+        try:
+            addresses = tracker_addresses(host, port)
+        except ValueError as e:
+            return fail(e)
+        ring = TrackerRing(addresses, follow=lambda active: active)
+
+        single = isinstance(host, str) and "," not in host
+
+        def dial(address: str) -> Deferred[tuple[_TrackerProtocol, str, dict[str, Any]]]:
+            if single and address == ring.addresses[0]:
+                h, p = parse_address(str(host), port)
+                where = f"{h}:{p}"
+            else:
+                (h, p), where = parse_address(address, port), address
+            return connect(reactor, TRACKER, _TrackerProtocol, where, host=h, port=p,
+                           endpoint=endpoint, tls=tls, timeout=timeout, role=role,
+                           token=token, user=user,
+                           then=lambda peer, where, answer: (peer, where, answer))
+
+        def greeted(found: tuple[_TrackerProtocol, str, dict[str, Any]]) -> AsyncTracker:
+            protocol, where, answer = found
             tracker = cls(protocol, where, answer["user"])
             tracker.reactor = reactor
             tracker.tls = tls
+            tracker.trackers = ring.addresses
+            tracker.redirected = where not in ring.addresses and \
+                where != "{}:{}".format(*parse_address(str(host), port))
             tracker.roles = answer["roles"]
             tracker.server_software = answer["software"]
-            tracker._redial = lambda: connect(
-                reactor, TRACKER, _TrackerProtocol, f"{host}:{port}", host=host, port=port,
-                endpoint=endpoint, tls=tls, timeout=timeout, role=role, token=token,
-                user=user, then=lambda peer, where, answer: peer)
+
+            def redial() -> Deferred[_TrackerProtocol]:
+                d = dial_active(reactor, ring, dial, 0.0)
+
+                def found_again(again: tuple[_TrackerProtocol, str, dict[str, Any]]
+                                ) -> _TrackerProtocol:
+                    tracker.address = again[1]
+                    return again[0]
+
+                return d.addCallback(found_again)
+
+            tracker._redial = redial
+            tracker._dial_one = dial
             tracker.features = frozenset(answer.get("features") or ())
             return tracker
 
-        return connect(reactor, TRACKER, _TrackerProtocol, f"{host}:{port}", host=host,
-                       port=port, endpoint=endpoint, tls=tls, timeout=timeout, role=role,
-                       token=token, user=user, then=greeted)
+        return dial_active(reactor, ring, dial, timeout).addCallback(greeted)
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -643,6 +772,38 @@ class AsyncTracker:
         d.addCallback(lambda _: self.queues(waiting_limit))
         d.addCallback(lambda queues: result.__setitem__("queues", queues))
         return d.addCallback(lambda _: result)
+
+    def tracker_states(self) -> Deferred[list[dict[str, str]]]:
+        """Which tracker is active and what the others are: a row for the one this
+        client is connected to (C{state} C{active}), then one for each other tracker it
+        was given, dialled now: C{standby} (with C{active}, the address it redirects
+        to), C{active} (a second active tracker: the two do not share a database), or
+        C{unreachable} (with C{detail}, why)."""
+        rows = [{"address": self.address, "state": "active"}]
+        others = [a for a in self.trackers if a != self.address]
+        dial = self._dial_one
+        result: Deferred[Any] = succeed(None)
+        for address in others if dial is not None else []:
+            def probe(_: object, address: str = address) -> Deferred[None]:
+                assert dial is not None
+
+                def answered(found: tuple[Any, str, dict[str, Any]]) -> None:
+                    found[0].drop()
+                    active = found[2].get("active")
+                    row = {"address": address,
+                           "state": "active" if active is None else "standby"}
+                    if active is not None:
+                        row["active"] = active
+                    rows.append(row)
+
+                def failed(failure: Failure) -> None:
+                    rows.append({"address": address, "state": "unreachable",
+                                 "detail": failure.getErrorMessage()})
+
+                return dial(address).addCallbacks(answered, failed)
+
+            result.addCallback(probe)
+        return result.addCallback(lambda _: rows)
 
     # --- accounting -------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ background thread (see L{compassd.client._reactor}), so this works in any progra
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -257,6 +257,26 @@ class Tracker:
     def roles(self) -> list[str]:
         return list(self._tracker.roles)
 
+    @property
+    def address(self) -> str:
+        """The tracker this connection is to (the active one of a standby pair)."""
+        return self._tracker.address
+
+    @property
+    def redirected(self) -> bool:
+        """Whether a standby redirected this client to the tracker it is connected to."""
+        return self._tracker.redirected
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """Every tracker this client was given (several for a standby pair)."""
+        return self._tracker.trackers
+
+    def tracker_states(self) -> list[dict[str, str]]:
+        """Which tracker is active and what the others are (see
+        L{AsyncTracker.tracker_states})."""
+        return list(_reactor.call(self._tracker.tracker_states))
+
     def request(
         self,
         key: str,
@@ -345,7 +365,7 @@ class Tracker:
 
 
 def connect_tracker(
-    host: str = "127.0.0.1",
+    host: str | Sequence[str] = "127.0.0.1",
     port: int = DEFAULT_PORT,
     token: str | None = None,
     *,
@@ -368,6 +388,12 @@ def connect_tracker(
     tracker must allow anonymous use, and C{user} (default: the login name) is the name
     it shows. C{endpoint} is a Twisted client endpoint string used instead of host and
     port (for example C{tls:host=...:port=...:trustRoots=...}).
+
+    C{host} may name a standby pair (or more trackers): a list of C{HOST[:PORT]}, or
+    one string with commas (C{"a:9190,b:9190"}). The client dials them in turn, follows
+    a standby's redirect to the active tracker, and when the active one goes away
+    while requests wait or leases are held, dials the others and re-attaches them
+    (see L{AsyncTracker.connect}).
     """
     client_tls = _client_tls(tls, ca, cert, key)
 

@@ -14,6 +14,7 @@ connection. ``docs/protocol.md`` describes the whole vocabulary.
 
 from ._command import (
     PROTOCOL_VERSION,
+    REDIRECT_VERSION,
     ROLES,
     SUPPORTED_VERSIONS,
     CompassCommand,
@@ -50,6 +51,7 @@ from .errors import (
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "REDIRECT_VERSION",
     "ROLES",
     "SUPPORTED_VERSIONS",
     "CompassCommand",

@@ -6,11 +6,16 @@ from twisted.protocols import amp
 
 from .errors import ALL_ERRORS
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """The newest protocol version this code speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)
 """Every version this code can speak; the hello picks the highest one both peers share."""
+
+REDIRECT_VERSION = 2
+"""The first version whose callers understand a standby tracker's redirect: a hello
+answer with C{active} (the address of the active tracker) that does not greet. A caller
+that offers only older versions gets C{UNAVAILABLE} with a sentence instead."""
 
 
 class CompassCommand(amp.Command):
@@ -36,6 +41,10 @@ class Hello(CompassCommand):
     highest both share). C{token} is a bearer token; without one the caller is anonymous
     and C{user} is only a name it asserts, which a tracker accepts only when configured
     to allow anonymous use.
+
+    C{active} (version 2): the answer of a standby tracker, which serves nobody; it
+    names the active tracker's C{HOST:PORT} ("" while the standby does not know it),
+    the connection is not greeted and the standby closes it.
     """
 
     commandName = b"hello"
@@ -52,6 +61,7 @@ class Hello(CompassCommand):
         (b"roles", amp.ListOf(amp.Unicode())),
         (b"software", amp.Unicode()),
         (b"features", amp.ListOf(amp.Unicode(), optional=True)),
+        (b"active", amp.Unicode(optional=True)),
     ]
 
 

@@ -83,7 +83,8 @@ class Options(usage.Options):
         ["key", "k", None, "The pool to join, e.g. npu-x2 (required)."],
         ["tracker", "t", "127.0.0.1:9190",
          "The tracker: HOST:PORT or a Twisted client endpoint string"
-         " (tcp:host=H:port=P, tls:...)."],
+         " (tcp:host=H:port=P, tls:...); for a standby pair both, separated by a comma"
+         " (a:9190,b:9190): the board follows the active one."],
         ["proxy", None, None,
          "Reach the tracker and clients through the compass-proxy at this HOST:PORT or"
          " Twisted client endpoint string, for a board that cannot accept connections:"
@@ -204,7 +205,7 @@ class Options(usage.Options):
             self["proxy"] = endpoint_option(self, "proxy")
         if not self["listen"] and not self["proxy"]:
             self["listen"] = ["tcp:9191"]
-        check_tracker_and_advertise(self)
+        check_tracker_and_advertise(self, several=True)
         if self["device"] is None:
             self["device"] = f"{socket.gethostname()}-{self['key']}"
         if self["workdir"] is None:
@@ -277,8 +278,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 def warn_server_cleartext(options: Options) -> None:
     """One warning for each kind of secret this board would move without TLS beyond
     this host: its own token to the tracker (or proxy), clients' tickets to it."""
-    upstream = options["proxy"] or options["tracker-endpoint"]
-    host = cleartext_host(upstream)
+    upstreams = [options["proxy"]] if options["proxy"] \
+        else options["tracker-endpoint"].split(",")
+    host = next((h for h in map(cleartext_host, upstreams) if h is not None), None)
     if options["token"] and host is not None:
         warn_cleartext("This board's token", f"to {host}",
                        "give --tracker (or --proxy) as tls:host=HOST:port=PORT:ca=CA.pem")

@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from .. import __version__
 from .._twisted_private import forget_lost_notification
+from ..addresses import TrackerRing, client_endpoint, split_trackers
 from ..protocol import SUPPORTED_VERSIONS, Hello
 from ..protocol import board_tracker as bt
 from ..protocol import proxy as px
@@ -62,6 +63,18 @@ class _NoticingFailures:
             return failure
 
         return self._endpoint.connect(factory).addErrback(failed)
+
+
+@implementer(IStreamClientEndpoint)
+class _RingEndpoint:
+    """The endpoint L{TrackerLink}'s ClientService dials: each connection goes to the
+    next tracker of the link's ring."""
+
+    def __init__(self, link: TrackerLink) -> None:
+        self._link = link
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        return self._link._dial(factory)
 
 
 @attrs.define
@@ -108,7 +121,11 @@ class _BoardProtocol(CompassPeer):
 
 
 class TrackerLink(service.Service):
-    """Keep one device registered with the tracker at C{endpoint} while running."""
+    """Keep one device registered with the tracker at C{endpoint} while running.
+
+    C{endpoint} may list several trackers, separated by commas (a standby pair): the
+    link dials them in turn, follows a standby's redirect to the active one, and after
+    losing the active one dials the others first."""
 
     def __init__(
         self,
@@ -123,7 +140,10 @@ class TrackerLink(service.Service):
     ) -> None:
         self._reactor = reactor
         self._report = report
-        self.endpoint = endpoint
+        self.endpoints = split_trackers(endpoint)
+        """Every tracker this board may register with (several for a standby pair)."""
+        self.endpoint = self.endpoints[0]
+        """The tracker dialled last (the one registered with, while registered)."""
         self.board = board
         self._on_revoke = on_revoke
         self._token = token
@@ -133,9 +153,15 @@ class TrackerLink(service.Service):
         self.registrations = 0
         """How many times the device was registered (once per connection)."""
         factory = Factory.forProtocol(lambda: _BoardProtocol(self._revoked, on_dial))
-        target, self._tls = client_from_string(reactor, endpoint)
+        self._targets = {e: client_from_string(reactor, e) for e in self.endpoints}
+        self._tls = self._targets[self.endpoint][1]
+        plain = all(e.partition(":")[0].lower() == "tcp" for e in self.endpoints)
+        self._ring = TrackerRing(self.endpoints,
+                                 follow=client_endpoint if plain else None)
         self._unreachable: Failure | None = None
         """Why the last connection attempt failed, until the next retry is logged."""
+        if len(self.endpoints) > 1:
+            retry_max_delay = min(retry_max_delay, 5.0)  # a standby is taking over
         backoff = backoffPolicy(initialDelay=0.5, maxDelay=retry_max_delay)
 
         def retry_after(attempt: int) -> float:
@@ -150,12 +176,22 @@ class TrackerLink(service.Service):
             return delay
 
         self._clients = ClientService(
-            _NoticingFailures(target, self._connect_failed),
+            _NoticingFailures(_RingEndpoint(self), self._connect_failed),
             factory,
             retryPolicy=retry_after,
             clock=reactor,
             prepareConnection=self._prepare,  # type: ignore[arg-type]
         )
+
+    def _dial(self, factory: Any) -> Deferred[Any]:
+        """Connect to the next tracker of the ring (the active one a standby named, or
+        the next in turn)."""
+        endpoint = self._ring.next()
+        if endpoint not in self._targets:
+            self._targets[endpoint] = client_from_string(self._reactor, endpoint)
+        self.endpoint = endpoint
+        target, self._tls = self._targets[endpoint]
+        return target.connect(factory)
 
     def _connect_failed(self, failure: Failure) -> None:
         self._unreachable = failure
@@ -241,7 +277,9 @@ class TrackerLink(service.Service):
         board = self.board
         d = protocol.callRemote(Hello, **arguments)
 
-        def register(_: object) -> Deferred[dict[str, Any]]:
+        def register(answer: dict[str, Any]) -> Deferred[dict[str, Any]]:
+            if answer.get("active") is not None:
+                return redirected(answer["active"])
             serving: dict[str, Any] = {}
             if self._report is not None:
                 serving["reports"] = True
@@ -253,7 +291,22 @@ class TrackerLink(service.Service):
                 tags=list(board.tags), info=list(board.info), max_lease=board.max_lease,
                 healthy=board.healthy, flavor="compassd", **serving)
 
+        standby: list[str] = []
+
+        def redirected(active: str) -> Deferred[dict[str, Any]]:
+            standby.append(active)
+            followed = self._ring.redirected(active)
+            log.info("the tracker at {endpoint} is a standby; the active one is {active}:"
+                     " registering {device} there", endpoint=self.endpoint,
+                     active=active or "not known yet", device=board.device)
+            forget_lost_notification(protocol)
+            protocol.drop()
+            where = active if followed else "not known yet"
+            return fail(Unavailable(f"The tracker at {self.endpoint} is a standby (the"
+                                    f" active one is {where})."))
+
         def registered(answer: dict[str, Any]) -> None:
+            self._ring.answered(self.endpoint)
             self.registrations += 1
             self._connected = protocol
             protocol.lost.addCallback(self._lost, protocol)
@@ -263,6 +316,8 @@ class TrackerLink(service.Service):
                      address=board.address, interval=answer["heartbeat"])
 
         def refused(failure: Failure) -> Failure:
+            if standby:
+                return failure  # a standby's redirect, logged already
             explained = self._tls.explain(failure, f"the tracker at {self.endpoint}") \
                 if self._tls is not None else None
             log.warn("the tracker at {endpoint} refused {device}: {why}",

@@ -18,7 +18,9 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from ..protocol import (
+    REDIRECT_VERSION,
     NotAuthorized,
+    Unavailable,
 )
 from ..protocol.hello import Greeting, HelloResponder, software_name
 from ..tls import certificate_subject, peer_certificate, verified_by
@@ -28,6 +30,7 @@ from .scheduler import Scheduler
 
 if TYPE_CHECKING:
     from .service import TrackerService
+    from .standby import Standby
 
 log = Logger(namespace="compass.tracker")
 
@@ -169,6 +172,9 @@ class TrackerPeer(HelloResponder):
     def welcome(self, greeting: Greeting) -> dict[str, Any]:
         """Who the caller is, by its token (L{Access.identify}), and its certificate for a
         board when the tracker has a board CA; then start its idle timer."""
+        standby = self.tracker.standby
+        if standby is not None:
+            return self._redirect(greeting, standby)
         role = ALIASES.get(greeting.role, greeting.role)
         try:
             identity = self.tracker.access.identify(greeting.token, greeting.user, role)
@@ -203,6 +209,16 @@ class TrackerPeer(HelloResponder):
             version=greeting.version,
         )
         return self.welcomed(greeting, identity.user, identity.roles)
+
+    def _redirect(self, greeting: Greeting, standby: Standby) -> dict[str, Any]:
+        """A standby's answer: the active tracker's address to a caller that follows a
+        redirect (protocol 2), a sentence (L{Unavailable}) to an older one; either way
+        the connection is closed once answered."""
+        self.after_dispatch(self.drop)
+        if greeting.version < REDIRECT_VERSION:
+            raise Unavailable(standby.redirect_sentence())
+        return {"version": greeting.version, "user": greeting.user or "", "roles": [],
+                "software": self.software, "active": standby.active or ""}
 
     def _check_board_certificate(self, identity: Identity) -> None:
         ca = self.tracker.board_ca

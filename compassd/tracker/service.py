@@ -44,6 +44,7 @@ from .records import (
 )
 from .reports import ReportResponders, memory_note
 from .scheduler import Scheduler
+from .standby import Standby
 from .store import Journal, Snapshot
 from .store.records import HistoryQuery, HistoryRow, UsageGroup, UsageQuery
 
@@ -101,6 +102,10 @@ class TrackerService(service.Service):
     usage_reader: Callable[[UsageQuery], Deferred[list[UsageGroup]]] | None = None
     """Adds up a usage report in the durable store, off the reactor; None: in the
     journal's store (in its thread) when there is one, else from L{recent}."""
+
+    standby: Standby | None = None
+    """Set while this tracker is the standby of a pair on PostgreSQL: it then serves
+    nobody and redirects every hello to the active tracker (L{compassd.tracker.standby})."""
 
     refusal_lines: Throttle = attrs.Factory(Throttle)
     """How often a refusal of a caller not yet known is audited, per peer address."""
@@ -225,6 +230,15 @@ class TrackerService(service.Service):
                 devices=len(live.devices), leases=len(live.leases),
                 requests=len(live.requests), grace=grace)
         self.apply(effects + self.scheduler.advance(now))
+
+    def take_over(self, journal: Journal, snapshot: Snapshot, grace: float) -> None:
+        """A standby took the active lock: journal to C{journal} from now on and bring
+        back what the store kept, as a restarted tracker does."""
+        self.standby = None
+        self.journal = journal
+        self.restore(snapshot, grace)
+        if self.running:
+            journal.start()
 
     def journal_request(self, request: Any) -> None:
         """A request was queued: keep it (the core's queueing has no effect of its own)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Any
 
@@ -10,6 +11,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python import usage
 
 from .. import hangup
+from ..addresses import dial_address
 from ..listening import (
     Listener,
     bound_scope,
@@ -36,8 +38,10 @@ from .metrics import TrackerMetrics, connection_counts
 from .records import Policy
 from .scheduler import Scheduler
 from .service import TrackerConnection, TrackerService, log
-from .store import Journal, StoreError, store_for
+from .standby import LockKeeper, Standby, default_advertise
+from .store import IStore, Journal, Snapshot, StoreError, store_for
 from .store.journal import DAY
+from .store.postgresql import ActiveLock, PostgresStore
 from .tvm import TvmTrackerConnection, tvm_ledger
 from .tvmlimits import TvmLimits
 
@@ -149,6 +153,13 @@ class Options(usage.Options):
          " sqlite:PATH), postgresql://USER@HOST/DATABASE, or 'none' for memory only."
          " Default: tracker.sqlite in $STATE_DIRECTORY (/var/lib/compass-tracker under"
          " systemd; the same for root otherwise, else ~/.local/state/compassd)."],
+        ["advertise", None, None,
+         "With a postgresql:// --store: the HOST:PORT clients and boards dial for this"
+         " tracker. Two trackers on one PostgreSQL database are a standby pair: the one"
+         " holding the database's advisory lock is active, the other redirects every"
+         " client and board to the address the active one advertised, and takes over"
+         " when it stops (see docs/operations.md). Default: the first --listen port on"
+         " this machine's name."],
         ["history-days", None, 90.0,
          "Keep a history row of every lease and unserved request this many days ('0'"
          " for ever).", float],
@@ -249,6 +260,11 @@ class Options(usage.Options):
                 load_ca(self["board-ca"])
             except TLSFailed as e:
                 raise usage.UsageError(f"--board-ca: {e}") from e
+        if self["advertise"]:
+            try:
+                self["advertise"] = dial_address(self["advertise"])
+            except ValueError as e:
+                raise usage.UsageError(f"--advertise: {e}") from e
         if self["history-days"] < 0:
             raise usage.UsageError("--history-days must be 0 (for ever) or more.")
         # Defaults are not coerced by usage.
@@ -329,8 +345,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         reactor = default_reactor
     top = service.MultiService()
     tracker = make_tracker(options, reactor)
-    open_store(tracker, options, reactor)
+    keeper = open_store(tracker, options, reactor)
     tracker.setServiceParent(top)
+    if keeper is not None:
+        keeper.setServiceParent(top)
     if options["access"].open and options["insecure-no-auth"]:
         log.warn("--insecure-no-auth: no --tokens file, and this tracker may listen beyond"
                  " loopback: anyone who can connect may use and administer it")
@@ -404,31 +422,74 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     return top
 
 
-def open_store(tracker: TrackerService, options: Options, reactor: Any) -> None:
+def open_store(tracker: TrackerService, options: Options, reactor: Any
+               ) -> LockKeeper | None:
     """Open the tracker's store and bring back its state; a store that cannot be opened
-    stops the tracker from starting (with the store's sentence)."""
+    stops the tracker from starting (with the store's sentence).
+
+    With a PostgreSQL store the tracker first asks for the database's active lock (once,
+    before it listens; later in a thread): if another tracker holds it, this one starts
+    as its standby and brings the state back only when it takes the lock. The keeper
+    of the lock that is returned then runs as a service next to the tracker."""
     store = store_for(options["store"])
     if store is None:
         log.warn("--store none: the tracker's state is in memory only; a restart loses"
                  " every waiting request, lease, drain and history row")
-        return
+        return None
+    lock = None
     try:
         store.open()
+        if isinstance(store, PostgresStore):
+            lock = ActiveLock(store.url, options["advertise"]
+                              or default_advertise(options["listen"]))
+            if not lock.try_take(time.time()):
+                tracker.standby = Standby(lock.address, lock.active(), reactor.seconds())
+                log.info("state store: {store}; another tracker holds its active lock, so"
+                         " this one ({address}) is its standby and redirects clients and"
+                         " boards to {active} until it takes over",
+                         store=store.description, address=lock.address,
+                         active=tracker.standby.active or "the active tracker")
+                return LockKeeper(reactor, tracker, lock, load=partial(_reload, store),
+                                  restore=partial(_restore, tracker, store, options,
+                                                  reactor))
         snapshot = store.load()
     except StoreError as e:
         store.close()
+        if lock is not None:
+            lock.close()
         raise SystemExit(f"compass-tracker: {e} The tracker did not start.") from None
+    _restore(tracker, store, options, reactor, snapshot)
+    if lock is None:
+        return None
+    log.info("this tracker holds the active lock of {store} and is the active one;"
+             " standbys redirect to {address}", store=store.description,
+             address=lock.address)
+    return LockKeeper(reactor, tracker, lock, load=partial(_reload, store),
+                      restore=partial(_restore, tracker, store, options, reactor))
+
+
+def _reload(store: IStore) -> Snapshot:
+    """A standby took the lock: open the store again (its connection may have gone
+    stale while it waited) and read it. Blocks: called in a thread."""
+    store.open()
+    return store.load()
+
+
+def _restore(tracker: TrackerService, store: IStore, options: Options, reactor: Any,
+             snapshot: Snapshot) -> None:
     days = options["history-days"]
-    tracker.journal = Journal(
+    journal = Journal(
         store, reactor, lambda: persist.live_state(tracker.scheduler),
         retention=days * DAY if days else None)
     log.info("state store: {store} (start {epoch})", store=store.description,
              epoch=snapshot.epoch)
-    tracker.restore(snapshot, options["reattach-grace"])
+    tracker.take_over(journal, snapshot, options["reattach-grace"])
 
 
 def tracker_status(tracker: TrackerService) -> str:
     """The tracker's one-line state for systemd, e.g. C{3 devices, 1 leased, 2 waiting}."""
+    if tracker.standby is not None:
+        return f"standby; the active tracker is {tracker.standby.active or 'not known yet'}"
     scheduler = tracker.scheduler
     devices = scheduler.devices.values()
     offline = sum(1 for device in devices if not device.online)

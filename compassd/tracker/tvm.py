@@ -106,6 +106,10 @@ class TvmTrackerConnection(Protocol):
         self.peer_host = getattr(address, "host", "0.0.0.0")
         self.peer = describe_address(address)
         refusal = self.ledger.connection_refusal(self.peer_host)
+        standby = self.tracker.standby
+        if standby is not None:
+            refusal = (f"this tracker is a standby; the active one is at"
+                       f" {standby.active or 'a place not known yet'}")
         if refusal is not None:
             log.warn("refused a TVM connection from {peer}: {why}", peer=self.peer,
                      why=refusal)

@@ -91,7 +91,7 @@ def test_a_hello_is_answered_with_the_version_chosen_and_the_daemons_software() 
                   user="ada", software="test-client 1")
     assert answer == {"version": PROTOCOL_VERSION, "user": "ada", "roles": ["client"],
                       "software": f"compassd {__version__} test (protocol {PROTOCOL_VERSION})",
-                      "features": None}  # a daemon with no features leaves them out
+                      "features": None, "active": None}  # no features; not a standby
     (greeting,) = server.greetings
     assert greeting.software_text == "test-client 1"
     assert greeting.arguments() == {"versions": [PROTOCOL_VERSION, 99], "role": "client",

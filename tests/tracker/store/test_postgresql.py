@@ -53,3 +53,39 @@ def test_two_trackers_on_one_database_share_its_schema_and_count_their_starts(pg
     assert first.load().epoch == 1 and second.load().epoch == 2
     first.close()
     second.close()
+
+
+def test_one_tracker_holds_the_active_lock_until_its_connection_drops(pg_url):
+    from compassd.tracker.store.postgresql import ActiveLock
+
+    first, second = ActiveLock(pg_url, "a.lab:9190"), ActiveLock(pg_url, "b.lab:9190")
+    store = PostgresStore(pg_url)
+    store.open()  # creates compass_meta, where the active tracker writes its address
+    try:
+        assert second.active() is None
+        assert first.try_take(1000.0) and first.held and first.still_held()
+        assert not second.try_take(1001.0) and not second.held
+        assert second.active() == "a.lab:9190"
+        assert not second.still_held()
+        first.close()  # PostgreSQL frees a session lock with its connection
+        assert not first.still_held()
+        assert second.try_take(1002.0) and second.active() == "b.lab:9190"
+        assert not first.try_take(1003.0)
+        # The address is kept out of the tracker's own state: a restore ignores it.
+        assert store.load().live.devices == ()
+    finally:
+        first.close()
+        second.close()
+        store.close()
+
+
+def test_a_database_that_cannot_be_reached_is_a_sentence_when_asking_for_the_lock(tmp_path):
+    from compassd.tracker.store.postgresql import ActiveLock
+
+    lock = ActiveLock(f"postgresql://nobody@/compass?host={tmp_path}", "a:9190",
+                      connect_timeout=1)
+    with pytest.raises(StoreError) as raised:
+        lock.try_take(0.0)
+    assert str(raised.value).startswith("The tracker's store postgresql://nobody@")
+    assert "could not be asked which tracker is active" in str(raised.value)
+    assert lock.active() is None and not lock.still_held()
