@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..addresses import parse_address, split_trackers
+from ..addresses import DEFAULT_PORT, parse_address, split_trackers
 from ..client import CompassError, Tracker, TrackerUnreachable, connect_tracker
 from ..tls import TLSFailed
 
@@ -46,7 +46,9 @@ def _connect(ctx: click.Context) -> Tracker:
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--tracker") from e
     tls = ctx.obj.get("tls") or {}
-    where: str | list[str] = host if len(addresses) == 1 else addresses
+    where: str | list[str] = host
+    if len(addresses) > 1:  # a standby pair; an address without a port takes 9190
+        where, port = addresses, DEFAULT_PORT
     return connect_tracker(where, port, ctx.obj["token"], user=ctx.obj["user"],
                            tls=bool(tls.get("tls") or tls.get("ca") or tls.get("cert")),
                            ca=tls.get("ca"), cert=tls.get("cert"), key=tls.get("key"))
