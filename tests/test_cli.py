@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from twisted.internet.defer import Deferred
 
 from compassd.cli import EXIT_REFUSED, EXIT_UNREACHABLE, main
 from compassd.client import Tracker, _reactor, connect_tracker
@@ -56,17 +57,15 @@ def client(address: tuple[str, int], user: str, token: str | None = None) -> Tra
 def queue_behind(t: Tracker, key: str = KEY) -> list[str]:
     """Queue a request of C{t} for C{key} without waiting for its grant; return a list
     that holds the request id once the tracker has answered."""
-    queued: list[str] = []
 
-    def send() -> None:
-        d = t._tracker.request(key, on_queued=lambda r, p, n: queued.append(r),
+    def send() -> Deferred[str]:
+        answered: Deferred[str] = Deferred()
+        d = t._tracker.request(key, on_queued=lambda r, p, n: answered.callback(r),
                                wait_for_board=True)
         d.addErrback(lambda _: None)  # it ends when the test cancels it or disconnects
+        return answered  # a tracker with a store answers once the store has the request
 
-    _reactor.call(send)
-    t.summary()  # answered after the request on the same connection
-    assert queued
-    return queued
+    return [_reactor.call(send)]
 
 
 # --- help -------------------------------------------------------------------------------

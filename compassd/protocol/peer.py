@@ -8,7 +8,9 @@ It adds to Twisted's AMP what compassd promises on every link:
   traceback here), instead of AMP's default of closing the connection;
 - each box is written in one piece with TCP_NODELAY, so a reply costs one round trip;
 - work a responder queues for after its answer (L{CompassPeer.after_dispatch}) runs once the
-  answer is written, so a pushed notice never overtakes the answer it follows;
+  answer is written, so a pushed notice never overtakes the answer it follows; a responder
+  whose answer comes later (a Deferred) may hold the connection's notices until it is
+  written (L{CompassPeer.answer_first});
 - raw byte runs (L{CompassPeer.expect_raw}): large values (models, tensors) travel as
   plain bytes between two boxes instead of as 64 KiB AMP values, at the speed of the
   socket, with TCP's own flow control; the boxes around them carry sizes and checksums;
@@ -329,6 +331,8 @@ class CompassPeer(ResponderSerialization):
         super().__init__(*args, **kwargs)
         self._dispatching = 0
         self._after: list[Callable[[], object]] = []
+        self._answer_first = False
+        self._held_answers: list[Deferred[Any]] = []
         self._box_keys = 0
         self._box_bytes = 0
         self._over_limit = False
@@ -602,8 +606,31 @@ class CompassPeer(ResponderSerialization):
             self.drop(abort=True)
         finally:
             self._dispatching -= 1
+            self._hold_for_answers()
         if not self._dispatching:
             self.run_after()
+
+    def answer_first(self) -> None:
+        """Called by a responder that returns a Deferred: until its answer is written,
+        the notices this connection is sent (L{after_dispatch}) wait, so none overtakes
+        it (a grant of the request it answers, say)."""
+        self._answer_first = True
+
+    def _hold_for_answers(self) -> None:
+        held, self._held_answers = self._held_answers, []
+        for answer in held:
+            if answer.called:
+                continue
+            self._dispatching += 1
+            answer.addBoth(self._answer_written)
+
+    def _answer_written(self, result: object) -> object:
+        """After AMP's own callbacks: the held answer is written (or its connection is
+        gone); the notices held for it go out now."""
+        self._dispatching -= 1
+        if not self._dispatching:
+            self.run_after()
+        return result
 
     def after_dispatch(self, work: Callable[[], object]) -> None:
         """Run C{work} once the box being handled has been answered (or now, if none is)."""
@@ -627,6 +654,7 @@ class CompassPeer(ResponderSerialization):
         text = name.decode("ascii", "replace")
 
         def responder(box: amp.AmpBox) -> Deferred[Any]:
+            self._answer_first = False
             if name != Hello.commandName and not self.greeted:
                 raise amp.RemoteAmpError(
                     HelloRequired.code,
@@ -641,7 +669,11 @@ class CompassPeer(ResponderSerialization):
                     BadRequest.code,
                     f"The {text} command had missing or malformed arguments ({e!r}).",
                 ) from e
-            return result.addErrback(self._unexpected, text)
+            result = result.addErrback(self._unexpected, text)
+            if self._answer_first:
+                self._answer_first = False
+                self._held_answers.append(result)
+            return result
 
         return responder
 

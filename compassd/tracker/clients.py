@@ -11,6 +11,8 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+from twisted.internet.defer import Deferred
+
 from ..protocol import (
     BadRequest,
     NoSuchKey,
@@ -37,7 +39,9 @@ class ClientResponders(TrackerPeer):
         wait: float | None = None,
         tags: list[str] | None = None,
         wait_for_board: bool | None = None,
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | Deferred[dict[str, Any]]:
+        """Queue a request; the answer goes out once the store has it (so a client told
+        it waits still waits after the tracker is killed and started again)."""
         identity = self._require("client")
         check_name("device key", key)
         if not identity.may_request(key):
@@ -79,13 +83,16 @@ class ClientResponders(TrackerPeer):
                 place=position + 1,
             )
         self._apply(effects)
-        return {
+        answer = {
             "request": request.id,
             "position": position,
             "devices": self._scheduler.online_count(key),
             "why": why,
             "secret": secret,
         }
+        if request.id not in self._scheduler.requests:
+            return answer  # granted at once: the Granted notice is the news
+        return self._once_kept(answer)
 
     @ct.Reattach.responder
     def reattach(self, id: str, secret: str) -> dict[str, Any]:
@@ -106,20 +113,20 @@ class ClientResponders(TrackerPeer):
         return {"state": "leased", "expires_in": max(0.0, lease.deadline - self._now)}
 
     @ct.Cancel.responder
-    def cancel(self, request: str) -> dict[str, Any]:
+    def cancel(self, request: str) -> dict[str, Any] | Deferred[dict[str, Any]]:
         identity = self._require("client")
         self._only_own(identity, "Request", request, self._scheduler.requests)
         self._apply(
             self._scheduler.cancel(self._now, request, identity.user, admin=identity.may("admin"))
         )
-        return {}
+        return self._once_kept({})
 
     @ct.Release.responder
-    def release(self, lease: str) -> dict[str, Any]:
+    def release(self, lease: str) -> dict[str, Any] | Deferred[dict[str, Any]]:
         identity = self._require("client")
         self._only_own(identity, "Lease", lease, self._scheduler.leases)
         self._apply(self._scheduler.release(self._now, lease, identity.user))
-        return {}
+        return self._once_kept({})
 
     def _only_own(self, identity: Identity, what: str, ident: str,
                   existing: Mapping[str, object]) -> None:

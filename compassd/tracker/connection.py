@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -157,6 +158,19 @@ class TrackerPeer(HelloResponder):
 
     def _apply(self, effects: list[Effect]) -> None:
         self.tracker.apply(effects)
+
+    def _once_kept(self, answer: dict[str, Any]) -> dict[str, Any] | Deferred[dict[str, Any]]:
+        """C{answer}, once the store has committed what the tracker changed so far: the
+        caller is told something a restart must keep (a request queued, a lease
+        released, a device drained). At once without a store, or while the store is
+        failing or stuck (L{Journal.written}); the notices to this connection wait for
+        the answer."""
+        journal = self.tracker.journal
+        kept = journal.written() if journal is not None else None
+        if kept is None:
+            return answer
+        self.answer_first()
+        return kept.addCallback(lambda _: answer)
 
     @property
     def _now(self) -> float:

@@ -139,7 +139,7 @@ class ReportResponders(TrackerPeer):
                 "history": source}
 
     @pa.ResetUsage.responder
-    def reset_usage(self, user: str | None = None) -> dict[str, Any]:
+    def reset_usage(self, user: str | None = None) -> dict[str, Any] | Deferred[dict[str, Any]]:
         identity = self._require("admin")
         if user is not None:
             check_name("user name", user)
@@ -158,7 +158,7 @@ class ReportResponders(TrackerPeer):
         self.tracker.record("usage-reset", user=identity.user, target=who, keys=had,
                             peer=self.describe())
         self._apply([QueueChanged(k) for k in changed])
-        return {"keys": had}
+        return self._once_kept({"keys": had})
 
     @pa.History.responder
     @inlineCallbacks

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 
 from compassd.client import (
     LeaseLost,
@@ -106,17 +107,14 @@ def test_waiting_request_shows_in_the_summary_at_its_position(
 ) -> None:
     with board(tracker), client(tracker, "alice") as alice, client(tracker, "bob") as bob:
         with alice.request(KEY, wait=WAIT):
-            queued: list[str] = []
-
             def request() -> Any:
+                answered: Deferred[str] = Deferred()
                 d = bob._tracker.request(KEY, priority=3,
-                                         on_queued=lambda r, p, n: queued.append(r))
+                                         on_queued=lambda r, p, n: answered.callback(r))
                 d.addErrback(lambda _: None)  # withdrawn when bob's connection closes
-                return None  # do not wait for the grant, only for the send
+                return answered  # the answer (once a store has it), not the grant
 
-            _reactor.call(request)
-            # bob's connection carries the request before the summary, so the tracker
-            # has queued it (and answered it) by the time the summary is answered.
+            queued = [_reactor.call(request)]
             summary = bob.summary()
             [queue] = summary["queues"]
             assert queue["count"] == 1

@@ -70,6 +70,15 @@ class Poke(CompassCommand):
     response = [(b"done", amp.Boolean())]
 
 
+class Later(CompassCommand):
+    """Answered when the test fires the server's C{later} Deferred, the responder
+    having asked that notices wait for the answer (L{CompassPeer.answer_first})."""
+
+    commandName = b"test-later"
+    arguments: list[tuple[bytes, amp.Argument]] = []
+    response = [(b"done", amp.Boolean())]
+
+
 class Poked(CompassCommand):
     commandName = b"test-poked"
     arguments = [(b"index", amp.Integer())]
@@ -135,6 +144,12 @@ class Server(CompassPeer):
                     "pieces": len(pieces)}
 
         return done.addCallback(answer)
+
+    @Later.responder
+    def later(self) -> Deferred[dict[str, Any]]:
+        self.answer_first()
+        self.later_answer: Deferred[None] = Deferred()
+        return self.later_answer.addCallback(lambda _: {"done": True})
 
     @Poke.responder
     def poke(self, count: int) -> dict[str, Any]:
@@ -463,6 +478,31 @@ def test_a_client_sees_the_answer_before_the_notices_it_caused() -> None:
     )
     pump.flush()
     assert client.events == [("answer", True), ("poked", 0), ("poked", 1)]
+
+
+def test_an_answer_that_comes_later_is_not_overtaken_by_notices_meanwhile() -> None:
+    client, server, pump = connect()
+    greet(pump, client)
+    client.callRemote(Later).addCallback(
+        lambda answer: client.events.append(("answer", answer["done"])))
+    pump.flush()
+    # While the answer waits, a notice is queued (from outside any responder) and a
+    # quick command that queues its own is answered: no notice goes out yet.
+    server.after_dispatch(lambda: server.callRemote(Poked, index=0))
+    client.callRemote(Poke, count=1).addCallback(
+        lambda answer: client.events.append(("poke answered", answer["done"])))
+    pump.flush()
+    assert client.events == [("poke answered", True)]
+
+    server.later_answer.callback(None)
+    pump.flush()
+
+    assert client.events == [("poke answered", True), ("answer", True), ("poked", 0),
+                             ("poked", 0)]
+    # The hold is over: a notice queued now goes out at once.
+    server.after_dispatch(lambda: server.callRemote(Poked, index=1))
+    pump.flush()
+    assert client.events[-1] == ("poked", 1)
 
 
 def test_after_dispatch_outside_a_responder_runs_at_once() -> None:

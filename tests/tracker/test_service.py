@@ -165,8 +165,15 @@ class Harness:
         return conn
 
     def flush(self) -> None:
+        """Pump every connection, and run what is due now (the end of a reactor turn:
+        the journal's write of a store-backed tracker, whose answers wait for it)."""
         for _ in range(20):
-            if not any([c.pump.flush() for c in self.conns]):
+            pumped = any([c.pump.flush() for c in self.conns])
+            now = self.clock.seconds()
+            due = any(call.getTime() <= now for call in self.clock.getDelayedCalls())
+            if due:
+                self.clock.advance(0)
+            if not pumped and not due:
                 return
         raise AssertionError("the connections never went quiet")
 

@@ -11,10 +11,17 @@ When a write fails, the tracker's memory stays authoritative: the journal logs o
 sentence saying so, keeps what it could not write, retries with backoff (opening the
 store again), and when the store answers it writes the tracker's whole live state (from
 C{snapshot}) plus the history rows it kept, then says the store caught up.
+
+An answer that tells a client something a restart must keep (its request is queued, its
+lease is released, a device is drained) waits for L{Journal.written}: the batch holding
+the change is committed. Many answers wait on one commit, and none waits on a store that
+is failing or has not finished a write within C{answer_wait} seconds: then the answer goes
+out at once and the tracker goes on from memory, as it does while the store is down.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -65,6 +72,9 @@ class Journal:
     retry_max: float = 30.0
     max_kept_history: int = 1_000_000
     run: Callable[[Callable[[], Any]], Deferred[Any]] | None = None
+    answer_wait: float = 2.0
+    """Seconds an answer waits for the write of what it tells (L{written}) before it goes
+    out anyway."""
 
     _pending: Batch = attrs.Factory(Batch)
     _in_flight: Batch | None = None
@@ -81,6 +91,17 @@ class Journal:
     _reader: Any = None
     _dropped_history: int = 0
     _stopping: bool = False
+    _recorded: int = 0
+    """Changes recorded so far (a running count)."""
+    _in_write: int = 0
+    """The count of changes recorded when the batch being written was taken."""
+    _committed: int = 0
+    """The count of changes recorded when the last batch written was taken."""
+    _answers: deque[tuple[int, float, Deferred[None]]] = attrs.Factory(deque)
+    """What L{written} handed out, in order: the changes each waits for, when it stops
+    waiting, and its Deferred."""
+    _overdue_call: IDelayedCall | None = None
+    _stalled_since: float | None = None
     writes: int = 0
     """Batches written (for tests and the bench)."""
 
@@ -136,6 +157,23 @@ class Journal:
         rows = list(self._in_flight.history) if self._in_flight is not None else []
         return rows + self._pending.history
 
+    def written(self) -> Deferred[None] | None:
+        """A Deferred that fires once every change recorded so far is committed, so that
+        an answer saying it is true survives the tracker being killed; None when there
+        is nothing to wait for or no point waiting (nothing unwritten, the store failing
+        or stuck in a write: the tracker goes on from memory). The Deferred also fires,
+        never fails, when a write fails or has taken C{answer_wait} seconds; many callers
+        wait on one commit."""
+        if (self._recorded == self._committed or self._problem is not None
+                or self._stalled_since is not None or self._stopping):
+            return None
+        waiter: Deferred[None] = Deferred()
+        until = self.reactor.seconds() + self.answer_wait
+        self._answers.append((self._recorded, until, waiter))
+        if self._overdue_call is None:
+            self._overdue_call = self.reactor.callLater(self.answer_wait, self._overdue)
+        return waiter
+
     def idle(self) -> Deferred[None]:
         """A Deferred that fires once every change recorded so far is written (it waits
         through failures and retries)."""
@@ -179,6 +217,10 @@ class Journal:
             if reports is not None:
                 reports.callInThread(self._reader.close)
                 reports.stop()
+            if self._overdue_call is not None and self._overdue_call.active():
+                self._overdue_call.cancel()
+            self._overdue_call = None
+            self._answer(None)
             pool, self._pool = self._pool, None
             if pool is not None:
                 pool.callInThread(self.store.close)
@@ -232,6 +274,7 @@ class Journal:
         return deferToThreadPool(self.reactor, self._pool, call)
 
     def _soon(self) -> None:
+        self._recorded += 1
         if self._call is None and not self._writing:
             self._call = self.reactor.callLater(0, self._flush)
 
@@ -241,6 +284,7 @@ class Journal:
             self._wake_idle()
             return
         batch, self._pending = self._pending, Batch()
+        self._in_write = self._recorded
         if self._catch_up:
             batch.replace = self.snapshot()
         self._writing = True
@@ -265,6 +309,12 @@ class Journal:
         self._writing = False
         self._in_flight = None
         self.writes += 1
+        self._committed = self._in_write
+        if self._stalled_since is not None:
+            log.info("{store}: a write that took {seconds:.1f} s is done; answers wait for"
+                     " the store again", store=self.store.description,
+                     seconds=self.reactor.seconds() - self._stalled_since)
+            self._stalled_since = None
         if self._problem is not None:
             log.info("{store}: written again; the store caught up with the tracker's state",
                      store=self.store.description)
@@ -280,6 +330,7 @@ class Journal:
             self._call = self.reactor.callLater(0, self._flush)
         else:
             self._wake_idle()
+        self._answer(self._committed)
 
     def _failed(self, failure: Failure, batch: Batch) -> None:
         self._writing = False
@@ -300,6 +351,8 @@ class Journal:
         self._pending = batch
         self._retry_delay = min(self.retry_max, max(self.retry_initial, self._retry_delay * 2))
         self._call = self.reactor.callLater(self._retry_delay, self._flush)
+        self._stalled_since = None
+        self._answer(None)  # the problem is logged; the answers go out from memory
 
     def _wake_idle(self) -> None:
         if self._writing or len(self._pending) or self._catch_up:
@@ -308,6 +361,36 @@ class Journal:
         for waiter in waiters:
             if not waiter.called:
                 waiter.callback(None)
+
+    def _answer(self, upto: int | None) -> None:
+        """Let the answers waiting for changes up to C{upto} (None: all) go out."""
+        answers = self._answers
+        ready: list[Deferred[None]] = []
+        while answers and (upto is None or answers[0][0] <= upto):
+            ready.append(answers.popleft()[2])
+        for waiter in ready:
+            waiter.callback(None)
+
+    def _overdue(self) -> None:
+        """The oldest answers have waited C{answer_wait} seconds: the store is stuck in
+        a write. Say so once, and answer everyone from memory until the write is done."""
+        self._overdue_call = None
+        answers = self._answers
+        if not answers:
+            return
+        now = self.reactor.seconds()
+        if answers[0][1] > now:
+            self._overdue_call = self.reactor.callLater(answers[0][1] - now, self._overdue)
+            return
+        if self._stalled_since is None:
+            self._stalled_since = now - self.answer_wait
+            log.error(
+                "The tracker's store {store} has not finished a write in {seconds:g} s;"
+                " the tracker answers without waiting for it and keeps scheduling from"
+                " memory (what it has not written is lost if the tracker stops before the"
+                " store catches up).", store=self.store.description,
+                seconds=self.answer_wait)
+        self._answer(None)
 
     # --- retention --------------------------------------------------------------------
 
