@@ -121,6 +121,7 @@ class TrackerService(service.Service):
     _positions_call: IDelayedCall | None = None
     _dirty_keys: set[str] = attrs.Factory(set)
     _sent_positions: dict[str, int] = attrs.Factory(dict)
+    _stopping: bool = False
 
     def __attrs_post_init__(self) -> None:
         service.Service.__init__(self)
@@ -199,6 +200,10 @@ class TrackerService(service.Service):
         return rows, source
 
     def stopService(self) -> Any:
+        """Stop: close every connection, write what the store has not yet, close it. A
+        stop is not the end of anyone's request or lease: the connections it closes end
+        nothing (a restart brings them back; without a store they are gone anyway)."""
+        self._stopping = True
         for call in (self._timer, self._positions_call):
             if call is not None and call.active():
                 call.cancel()
@@ -496,6 +501,8 @@ class TrackerService(service.Service):
 
     def disconnected(self, connection: Any, why: str) -> None:
         self._connections.discard(connection)
+        if self._stopping:
+            return
         now = self.now()
         effects = self.scheduler.client_lost(now, connection)
         effects += self.scheduler.board_lost(now, connection)

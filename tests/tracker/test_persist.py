@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from compassd.tracker.store import Journal
 from compassd.tracker.store.sqlite import SqliteStore
 
 from .store.test_journal import synchronous
+from .test_answers_kept import Tracker
 from .test_service import Harness
 
 
@@ -118,3 +120,32 @@ def test_an_admin_resets_a_users_usage_it_is_stored_and_audited(tmp_path: Path) 
     h.flush()  # all equal again: bob's request arrived first
     assert bob.peer.take("granted")[0][1]["request"] == bob_request
     store.close()
+
+
+def test_a_tracker_that_stops_ends_no_lease_and_no_request_in_its_store(
+        tmp_path: Path) -> None:
+    """A stop (systemctl restart) closes every connection; that is no client going
+    away: the store keeps the lease and the waiting request for the next start, even
+    when the connections close while a write is on its way."""
+    t = Tracker(tmp_path / "tracker.sqlite")
+    t.h.board("npu-1")
+    carol = t.h.connect(user="carol")
+    carol.ok(ct.Request, key="npu")
+    t.write_all()
+    bob = t.h.connect(user="bob")
+    t.send(bob, ct.Request, key="npu")
+    assert len(t.held.waiting) == 1  # bob's request is being written
+
+    stopped: list[object] = []
+    t.h.tracker.stopService().addBoth(stopped.append)
+    t.h.flush()  # every connection closes meanwhile
+    assert not any(c.open for c in t.h.conns)
+    t.write_all()
+
+    assert stopped == [[None, None]]
+    with sqlite3.connect(t.store.path) as db:
+        leases = db.execute("SELECT user_name FROM compass_leases").fetchall()
+        requests = db.execute("SELECT user_name FROM compass_requests").fetchall()
+        history = db.execute("SELECT id FROM compass_history").fetchall()
+    assert (leases, requests, history) == ([("carol",)], [("bob",)], [])
+    t.close()
