@@ -1,4 +1,5 @@
-"""kill -9 of a real compass-tracker with a SQLite store, and its restart: a real board
+"""kill -9 of a real compass-tracker with a store (a SQLite file, or a database on a real
+PostgreSQL server the test starts: tests/postgres.py), and its restart: a real board
 (compass-server on the fake NPU driver) keeps its session, the clients (the blocking
 client, from threads) re-attach, and nothing is lost.
 
@@ -22,6 +23,10 @@ from compassd.client import TrackerUnreachable, connect_tracker
 from tests.fakedriver.build import build_fake_driver
 from tests.fakedriver.graphs import Tensor, write_graph
 from tests.helpers import daemon_log, start_twistd, stop
+from tests.postgres import postgres_server
+
+HISTORY = ("SELECT id, user_name, outcome, granted_at IS NOT NULL FROM compass_history"
+           " ORDER BY ended_at")
 
 WAIT = 60.0
 
@@ -43,11 +48,38 @@ def until(what: str, check, deadline: float = 30.0):
         time.sleep(0.05)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    """The tracker's --store, and a function reading its history rows (HISTORY)."""
+    if request.param == "sqlite":
+        path = tmp_path / "state" / "tracker.sqlite"
+
+        def sqlite_history() -> list[tuple]:
+            with sqlite3.connect(str(path)) as db:
+                return db.execute(HISTORY).fetchall()
+
+        yield str(path), sqlite_history
+        return
+    server = postgres_server()  # skips only where PostgreSQL or psycopg is absent
+    try:
+        url = server.create_database("restart")
+        import psycopg
+
+        def postgresql_history() -> list[tuple]:
+            with psycopg.connect(url) as db:
+                return db.execute(HISTORY).fetchall()
+
+        yield url, postgresql_history
+    finally:
+        server.remove()
+
+
 @pytest.mark.slow
-def test_kill_9_of_the_tracker_loses_no_lease_no_request_and_no_history(tmp_path: Path):
-    store = tmp_path / "state" / "tracker.sqlite"
+def test_kill_9_of_the_tracker_loses_no_lease_no_request_and_no_history(tmp_path: Path,
+                                                                       store):
+    store, read_history = store
     port = free_port()
-    args = ("--store", str(store), "--listen", f"tcp:{port}:interface=127.0.0.1",
+    args = ("--store", store, "--listen", f"tcp:{port}:interface=127.0.0.1",
             "--claim-timeout", "0")
     tracker, _ = start_twistd("compass-tracker", *args)
     trackers = [tracker]
@@ -141,9 +173,7 @@ def test_kill_9_of_the_tracker_loses_no_lease_no_request_and_no_history(tmp_path
             print(daemon_log(t))
     assert status in (0, -15)
 
-    history = sqlite3.connect(str(store)).execute(
-        "SELECT id, user_name, outcome, granted_at IS NOT NULL FROM compass_history"
-        " ORDER BY ended_at").fetchall()
+    history = read_history()
     leases = [(user, outcome) for _, user, outcome, was_granted in history if was_granted]
     # The holder's release closed its session first: the board said so before the release.
     assert leases[0] in (("carol", "session-ended"), ("carol", "released"))
