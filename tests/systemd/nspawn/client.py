@@ -4,6 +4,9 @@
     client.py wait-online DEV  wait (bounded) until DEV is registered and online
     client.py run              request pool "demo", load a fake-driver model, run it
     client.py hold             keep a session open (running a model) until it ends
+    client.py across-restart F hold a lease with a session open until file F appears (the
+                               probe restarts the tracker meanwhile), then check the
+                               session goes on, the tracker lists the lease, and release it
     client.py metrics URL      the tracker's /metrics: board-demo is there, a grant counted
     client.py dashboard URL    the tracker's dashboard page (COMPASS_TOKEN's view) lists
                                board-demo
@@ -98,6 +101,74 @@ def hold(seconds: float = 60.0) -> int:
     return 1
 
 
+def across_restart(go: str, deadline: float = 120.0) -> int:
+    """Hold a lease of pool "demo" with a model loaded; print C{holding LEASE}; once the
+    file C{go} exists (the tracker was restarted), run the model again on the same
+    session, wait until the restarted tracker lists board-demo busy with this lease,
+    release it, and wait until board-demo is free."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model = f"{tmp}/add3.bin"
+        write_graph(model, [Tensor(16, "int8")], [Tensor(16, "int8")], behaviour="add",
+                    value=3)
+        client = connect()
+        try:
+            lease = client.request("demo", wait_for_board=True, wait=60.0, lease=300.0)
+            loaded = lease.load_model(model)
+            x = np.arange(16, dtype=np.int8)
+            if loaded.run(x)[0].tolist() != (x + 3).tolist():
+                print("the model gave a wrong answer before the restart")
+                return 1
+            print(f"holding {lease.id}", flush=True)
+            end = time.monotonic() + deadline
+            while not os.path.exists(go):
+                if time.monotonic() > end:
+                    print(f"{go} did not appear within {deadline:g} s")
+                    return 1
+                time.sleep(0.2)
+            if loaded.run(x)[0].tolist() != (x + 3).tolist():
+                print("the model gave a wrong answer after the restart")
+                return 1
+            print("the session went on across the tracker's restart", flush=True)
+
+            def state() -> tuple[str | None, str | None]:
+                try:
+                    rows = {d["name"]: d for d in client.devices()}
+                except Exception as e:  # still reconnecting to the restarted tracker
+                    return (f"unreachable: {e}", None)
+                row = rows.get("board-demo") or {}
+                return (row.get("state"), row.get("lease"))
+
+            seen = state()
+            end = time.monotonic() + 60.0
+            while seen != ("busy", lease.id) and time.monotonic() < end:
+                time.sleep(0.2)
+                seen = state()
+            if seen != ("busy", lease.id):
+                print(f"the restarted tracker does not list board-demo busy with"
+                      f" {lease.id}: {seen}")
+                return 1
+            print(f"the restarted tracker lists board-demo busy with {lease.id}", flush=True)
+            # The holder's own connection re-attaches the lease (with backoff, as any
+            # client that lost the tracker); the release goes through it.
+            end = time.monotonic() + 30.0
+            while not lease._lease.tracker.connected:
+                if time.monotonic() > end:
+                    print(f"the holder's connection did not come back for {lease.id}")
+                    return 1
+                time.sleep(0.2)
+            lease.release()
+            end = time.monotonic() + 30.0
+            while state()[0] != "free":
+                if time.monotonic() > end:
+                    print(f"board-demo is not free after the release: {state()}")
+                    return 1
+                time.sleep(0.2)
+            print(f"released {lease.id}; board-demo is free", flush=True)
+            return 0
+        finally:
+            client.close()
+
+
 def metrics(url: str) -> int:
     """Scrape the tracker's metrics: board-demo is free or busy, a grant of pool demo
     was counted, a board is connected."""
@@ -127,7 +198,12 @@ def dashboard(url: str) -> int:
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=10) as answer:
         page = answer.read().decode()
-    return 0 if "board-demo" in page and 'id="board-rows"' in page else 1
+    named, rows = "board-demo" in page, 'id="board-rows"' in page
+    if named and rows:
+        return 0
+    print(f"the dashboard page ({len(page)} characters) names board-demo: {named}, has"
+          f" its board rows: {rows}; it ends: {page[-600:]}")
+    return 1
 
 
 if __name__ == "__main__":
@@ -142,6 +218,8 @@ if __name__ == "__main__":
         sys.exit(wait_online(sys.argv[2]))
     if what == "run":
         sys.exit(run())
+    if what == "across-restart":
+        sys.exit(across_restart(sys.argv[2]))
     if what == "metrics":
         sys.exit(metrics(sys.argv[2]))
     if what == "dashboard":

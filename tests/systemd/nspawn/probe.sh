@@ -128,6 +128,46 @@ else
     bad "the tracker's /metrics did not count the grant"; journal compass-tracker.service
 fi
 
+# 3b. systemctl restart of the tracker during a lease keeps the lease: its state is in
+#     the unit's StateDirectory= (/var/lib/compass-tracker/tracker.sqlite); the session
+#     on the board goes on, the restarted tracker lists the lease, and its holder, which
+#     reconnects by itself, can still release it
+rm -f /tmp/tracker-restarted
+python3 client.py across-restart /tmp/tracker-restarted >/tmp/across.log 2>&1 &
+holder=$!
+holding() { grep -q '^holding ' /tmp/across.log; }
+t=$(date +%s.%N)
+if wait_for 60 holding; then
+    lease=$(sed -n 's/^holding //p' /tmp/across.log)
+    pid=$(prop compass-tracker.service MainPID)
+    timeout 60 systemctl restart compass-tracker.service
+    brought_back() {  # the journal may have the line a moment after systemctl returns
+        journalctl -b --no-pager -u compass-tracker.service | grep -q "brought back [0-9]* devices, 1 leases"
+    }
+    if wait_for 30 status_has compass-tracker.service "[0-9] devices\?," \
+            && [ "$(prop compass-tracker.service MainPID)" != "$pid" ] \
+            && [ "$(stat -c %U /var/lib/compass-tracker/tracker.sqlite)" = compass-tracker ] \
+            && wait_for 10 brought_back; then
+        ok "systemctl restart compass-tracker with $lease active: the tracker brought it back from /var/lib/compass-tracker/tracker.sqlite" "$t"
+    else
+        bad "the restarted tracker did not bring $lease back: $(ls -l /var/lib/compass-tracker)"
+        journal compass-tracker.service
+    fi
+    touch /tmp/tracker-restarted
+else
+    bad "the client holding a lease across the restart got none: $(cat /tmp/across.log)"
+fi
+t=$(date +%s.%N)
+(sleep 120; kill "$holder" 2>/dev/null) & guard=$!
+wait "$holder"; status=$?
+kill "$guard" 2>/dev/null
+if [ "$status" = 0 ]; then
+    ok "across the tracker's restart the session went on and its holder released the lease: $(tr '\n' ';' </tmp/across.log)" "$t"
+else
+    bad "the lease across the tracker's restart (exit $status): $(cat /tmp/across.log)"
+    journal compass-tracker.service; journal compass-server@demo.service
+fi
+
 # 4. systemctl stop is clean, even in the middle of a session: no processes, session
 #    directories or arenas are left, and the client hears that its session ended
 python3 client.py hold >/tmp/hold.log 2>&1 &
