@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,15 @@ def registered_board(
         yield connection
     finally:
         _reactor.call(connection.close, timeout=deadline)
+
+
+def until(what: str, check: Callable[[], Any], deadline: float = 30.0) -> Any:
+    """Poll C{check} until it returns something true, or fail after C{deadline} s."""
+    end = time.monotonic() + deadline
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} did not happen within {deadline:g} s")
+        time.sleep(0.05)

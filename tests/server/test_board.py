@@ -29,6 +29,7 @@ from tests.helpers import (
     free_port,
     start_twistd,
     stop,
+    until,
     wait_logged,
 )
 
@@ -56,18 +57,6 @@ def finish(proc: subprocess.Popen[bytes], workdir: Path) -> None:
     assert status in (0, -15), "compass-server did not stop cleanly"
     assert "Traceback" not in daemon_log(proc)
     assert not list(workdir.glob("session-*")), "a session directory was left behind"
-
-
-def until(what: str, check: Callable[[], Any], deadline: float = WAIT) -> Any:
-    """Poll C{check} until it returns something true, or fail after C{deadline} s."""
-    end = time.monotonic() + deadline
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} did not happen within {deadline:g} s")
-        time.sleep(0.05)
 
 
 def device_row(client: Any, name: str = "life-1") -> dict[str, Any] | None:

@@ -13,7 +13,6 @@ import signal
 import socket
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import pytest
 from compassd.client import TrackerUnreachable, connect_tracker
 from tests.fakedriver.build import build_fake_driver
 from tests.fakedriver.graphs import Tensor, write_graph
-from tests.helpers import daemon_log, start_twistd, stop
+from tests.helpers import daemon_log, start_twistd, stop, until
 from tests.postgres import postgres_server
 
 HISTORY = ("SELECT id, user_name, outcome, granted_at IS NOT NULL FROM compass_history"
@@ -37,15 +36,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def until(what: str, check, deadline: float = 30.0):
-    end = time.monotonic() + deadline
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} did not happen within {deadline:g} s")
-        time.sleep(0.05)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

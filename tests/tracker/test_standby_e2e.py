@@ -25,7 +25,7 @@ import pytest
 from compassd.client import TrackerUnreachable, connect_tracker
 from tests.fakedriver.build import build_fake_driver
 from tests.fakedriver.graphs import Tensor, write_graph
-from tests.helpers import daemon_log, free_port, start_twistd, stop, wait_logged
+from tests.helpers import daemon_log, free_port, start_twistd, stop, until, wait_logged
 from tests.postgres import postgres_server
 from tests.test_cli import compass
 
@@ -35,15 +35,6 @@ FAILOVER = 10.0
 within this many seconds of the kill."""
 
 
-def until(what: str, check, deadline: float = 30.0):
-    end = time.monotonic() + deadline
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} did not happen within {deadline:g} s")
-        time.sleep(0.05)
 
 
 @pytest.mark.slow
