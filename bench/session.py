@@ -12,8 +12,10 @@ figure sits beside a baseline measured in the same run with plain sockets or num
 
 - **session open**: C{OpenSession} after the grant, with a warm spare executor, against a
   raw TCP connect plus one 64-byte ping-pong;
-- **small model run**: C{model.run} of a 16-byte identity graph (client -> board ->
-  executor -> back) against a raw Python socket ping-pong over loopback;
+- **small run**: the blocking client's C{Model.run} of a 16-byte identity graph, timed in
+  the caller's thread from the call until the outputs are returned (the thread hand-off,
+  client -> board -> executor -> fake driver -> back; C{bench/smallrun.py} splits it by
+  hop) against a raw Python socket ping-pong over loopback;
 - **upload** and **tensor round trip**: a C{--mib} MiB file, and a float32 tensor of
   that size through an identity graph, against raw loopback TCP throughput;
 - **server <-> executor handoff**, in a child process through L{ExecutorHandle}: write
@@ -390,7 +392,8 @@ def build_rows(options: argparse.Namespace, base: dict[str, Any], s: dict[str, A
         ("session open p50 (warm spare)", _ms(s["open_p50"]), _ms(base["connect_p50"]),
          _ratio(s["open_p50"], base["connect_p50"]), "< 50 ms",
          _verdict(s["open_p50"] < 0.050)),
-        ("small model run round trip p50", _ms(s["run_p50"]), _ms(base["ping_p50"]),
+        ("small run p50 (blocking Model.run, 16 B identity graph)", _ms(s["run_p50"]),
+         _ms(base["ping_p50"]),
          _ratio(s["run_p50"], base["ping_p50"]), "< 0.5 ms and <= 10x",
          _verdict(s["run_p50"] < 0.0005 and s["run_p50"] <= 10 * base["ping_p50"])),
         (f"upload {mib} MiB (hashed while sent)", _mbs(s["upload_rate"]), _mbs(base["send_rate"]),

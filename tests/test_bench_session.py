@@ -15,7 +15,7 @@ BENCH = ROOT / "bench" / "session.py"
 
 EXPECTED_ROWS = [
     "session open p50 (warm spare)",
-    "small model run round trip p50",
+    "small run p50 (blocking Model.run, 16 B identity graph)",
     "upload 4 MiB (hashed while sent)",
     "upload 4 MiB model, first time (hashed while sent)",
     "upload 4 MiB model, first time, hashed first (older board)",
