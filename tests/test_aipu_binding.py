@@ -629,6 +629,21 @@ def test_a_job_can_be_rerun_with_new_inputs(driver: _aipu.Driver, tmp_path: Path
     assert job.closed and job.state == "closed"
 
 
+def test_an_output_longer_than_its_input_is_zero_past_the_copy_on_every_run(
+    driver: _aipu.Driver, tmp_path: Path
+) -> None:
+    # The fake writes each output byte once (the input's bytes, then zeros past them):
+    # a job run again must not keep the last run's tail (here, the constant it added).
+    path = graph_file(
+        tmp_path, [Tensor(4, "uint8")], [Tensor(8, "uint8")], behaviour="add", value=1
+    )
+    with driver.load_graph(path) as g, g.create_job() as job:
+        out = np.full(8, 99, np.uint8)
+        for k in range(3):
+            job.run([np.full(4, 10 * k, np.uint8)], [out])
+            assert out.tolist() == [10 * k + 1] * 4 + [1] * 4
+
+
 def test_any_buffer_type_is_accepted(driver: _aipu.Driver, tmp_path: Path) -> None:
     with driver.load_graph(graph_file(tmp_path, [4, 4, 4], [4, 4, 4])) as g:
         outs: list[Any] = [bytearray(4), memoryview(bytearray(4)), np.zeros(4, np.int8)]
