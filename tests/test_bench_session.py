@@ -18,6 +18,8 @@ EXPECTED_ROWS = [
     "small run p50 (blocking Model.run, 16 B identity graph)",
     "upload 4 MiB (hashed while sent)",
     "upload 4 MiB model, first time (hashed while sent)",
+    "upload 4 MiB model, first time: CPU per MiB, client+board",
+    "upload 4 MiB model, first time: most this machine allows",
     "upload 4 MiB model, first time, hashed first (older board)",
     "upload 4 MiB model again, unchanged (cache hit)",
     "sha256 of 4 MiB (each end of an upload)",
