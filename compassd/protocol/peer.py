@@ -413,7 +413,15 @@ class CompassPeer(ResponderSerialization):
             return run.done
         self._raw = run
         self.paused = True  # the box parser stops after the current box
+        if self._read_size is not None and size > self._read_size:
+            self._read_in_bulk(True)
         return run.done
+
+    def _read_in_bulk(self, bulk: bool) -> None:
+        """Read C{bulk_buffer} bytes per system call, or Twisted's own size again."""
+        transport: Any = self.transport
+        if transport is not None and self._read_size is not None:
+            transport.bufferSize = self.bulk_buffer if bulk else self._read_size
 
     def dataReceived(self, data: bytes) -> None:
         if self._over_limit:
@@ -470,13 +478,20 @@ class CompassPeer(ResponderSerialization):
             return b""
         self._raw = None
         self.paused = False
+        self._read_in_bulk(False)
         run.done.callback(None)
         return data[take:]
 
     bulk_buffer: int | None = None
-    """On connections that carry models and tensors: bytes to read per system call and to
-    buffer before pausing a producer (Twisted's default is 64 KiB, which costs a pass
-    through Python per 64 KiB of a multi-gigabyte transfer)."""
+    """On connections that carry models and tensors: bytes to buffer before pausing a
+    producer, and to read per system call while a raw byte run longer than one ordinary
+    read arrives (Twisted's default is 64 KiB, which costs a pass through Python per
+    64 KiB of a multi-gigabyte transfer). Boxes are read at Twisted's size: a read
+    allocates its whole size first, and 1 MiB per read (an C{mmap}, C{mremap} and
+    C{munmap} each time) cost every small run on both ends."""
+
+    _read_size: int | None = None
+    """Twisted's read size of this connection, while C{bulk_buffer} may replace it."""
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -484,7 +499,7 @@ class CompassPeer(ResponderSerialization):
         if self.bulk_buffer is not None and self.transport is not None:
             transport: Any = self.transport
             if hasattr(transport, "bufferSize") and hasattr(transport, "SEND_LIMIT"):
-                transport.bufferSize = self.bulk_buffer
+                self._read_size = transport.bufferSize
                 transport.SEND_LIMIT = self.bulk_buffer
         get_peer = getattr(self.transport, "getPeer", None)
         if get_peer is not None:

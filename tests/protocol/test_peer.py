@@ -457,6 +457,36 @@ def test_a_second_raw_run_cannot_start_while_one_is_running() -> None:
         server.expect_raw(3, lambda data: None)
 
 
+class _SocketLike(StringTransport):
+    """A transport with a TCP connection's read size and write limit."""
+
+    bufferSize = 1 << 16
+    SEND_LIMIT = 1 << 17
+
+
+class _BulkServer(Server):
+    bulk_buffer = 1 << 20
+
+
+def test_a_bulk_connection_reads_boxes_at_twisteds_size_and_long_raw_runs_in_bulk() -> None:
+    # A read allocates its whole size first: 1 MiB per small run's box cost an mmap,
+    # mremap and munmap each time. Only a raw run longer than one read is read in bulk.
+    server = _BulkServer()
+    transport = _SocketLike()
+    server.makeConnection(transport)
+    server.dataReceived(_wire(Hello, b"1", versions=[PROTOCOL_VERSION], role="client"))
+    assert (transport.bufferSize, transport.SEND_LIMIT) == (1 << 16, 1 << 20)
+    big = bytes(300_000)
+    server.dataReceived(_wire(Put, b"2", size=len(big)) + big[:1000])
+    assert transport.bufferSize == 1 << 20  # the run goes on: read in bulk
+    server.dataReceived(big[1000:] + _wire(Put, b"3", size=5) + b"small")
+    assert transport.bufferSize == 1 << 16  # done, and a short run stays at 64 KiB
+    assert server.received == [big, b"small"]
+    server.dataReceived(_wire(Put, b"4", size=len(big)))
+    assert transport.bufferSize == 1 << 20
+    server.connectionLost(Failure(ConnectionDone()))
+
+
 # --- work after the answer ------------------------------------------------------------
 
 
