@@ -61,6 +61,18 @@ class ResponderSerialization(amp.AMP):
         return wrapped
 
 
+def box_parser_idle(protocol: amp.BinaryBoxProtocol) -> bool:
+    """Whether AMP's box parser of C{protocol} sits between two boxes with nothing
+    buffered, so that bytes given to it start a box (and it has not switched to another
+    protocol or to TLS).
+
+    Why private: the parser's buffer is C{_unprocessed} and its place in a box the
+    C{state} of L{StatefulStringProtocol}; a TLS switch in progress is only
+    C{_justStartedTLS}."""
+    return (not protocol._unprocessed and protocol.state == "init"
+            and protocol.innerProtocol is None and not protocol._justStartedTLS)
+
+
 def take_unparsed(protocol: amp.BinaryBoxProtocol) -> bytes:
     """The bytes AMP's box parser holds after the last box it parsed, taken from it (it
     holds them while paused).

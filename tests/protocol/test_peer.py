@@ -30,7 +30,7 @@ from compassd.protocol import (
     UnsupportedVersion,
     choose_version,
 )
-from compassd.protocol.peer import CompassPeer
+from compassd.protocol.peer import BoxLimits, CompassPeer
 from compassd.tracker.service import TrackerConnection, TrackerService
 
 # --- a small vocabulary for the tests -------------------------------------------------
@@ -485,6 +485,63 @@ def test_a_bulk_connection_reads_boxes_at_twisteds_size_and_long_raw_runs_in_bul
     server.dataReceived(_wire(Put, b"4", size=len(big)))
     assert transport.bufferSize == 1 << 20
     server.connectionLost(Failure(ConnectionDone()))
+
+
+class _CountingServer(Server):
+    """Counts the strings AMP's own parser handles one by one."""
+
+    strings = 0
+
+    def stringReceived(self, string: bytes) -> None:
+        self.strings += 1
+        super().stringReceived(string)
+
+
+def _stream() -> bytes:
+    """Boxes, a raw run between them, and one box past the server's key limit."""
+    data = bytes(i % 253 for i in range(700))
+    return (_wire(Echo, b"2", n=1) + _wire(Put, b"3", size=len(data)) + data
+            + _wire(Echo, b"4", n=2, text="x" * 300) + _wire(Echo, b"5", n=3)
+            + amp.AmpBox({b"k%d" % i: b"" for i in range(9)}).serialize())
+
+
+def _served(pieces: list[bytes]) -> tuple[list[amp.AmpBox], list[bytes], bool]:
+    """The answers (without the count of pieces a raw run came in), the raw runs
+    received and whether the connection was closed."""
+    server = _CountingServer()
+    server.box_limits = BoxLimits(max_keys=8)
+    transport = StringTransport()
+    server.makeConnection(transport)
+    server.dataReceived(_wire(Hello, b"1", versions=[PROTOCOL_VERSION], role="client"))
+    for piece in pieces:
+        server.dataReceived(piece)
+    answers = _boxes(transport.value())
+    for box in answers:
+        box.pop(b"pieces", None)
+    return answers, server.received, transport.disconnecting
+
+
+def test_whole_boxes_are_parsed_in_one_pass_not_string_by_string() -> None:
+    server = _CountingServer()
+    transport = StringTransport()
+    server.makeConnection(transport)
+    server.dataReceived(_wire(Hello, b"1", versions=[PROTOCOL_VERSION], role="client")
+                        + _wire(Echo, b"2", n=1) + _wire(Echo, b"3", n=2, text="t"))
+    assert [box.get(b"n") for box in _boxes(transport.value())] == [None, b"1", b"2"]
+    assert server.strings == 0
+    server.dataReceived(_wire(Echo, b"4", n=3)[:9])  # a box cut short: AMP's parser has it
+    assert server.strings == 2  # its first key and value
+
+
+def test_a_stream_cut_anywhere_is_served_as_the_whole_stream() -> None:
+    stream = _stream()
+    whole = _served([stream])
+    assert [box[b"_answer"] for box in whole[0]] == [b"1", b"2", b"3", b"4", b"5"]
+    assert whole[2]  # the box with 9 keys closed the connection, as AMP's parser does
+    for cut in range(len(stream) + 1):
+        assert _served([stream[:cut], stream[cut:]]) == whole, cut
+    for size in (1, 3, 64, 1000):
+        assert _served([stream[i:i + size] for i in range(0, len(stream), size)]) == whole
 
 
 # --- work after the answer ------------------------------------------------------------
