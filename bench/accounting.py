@@ -12,9 +12,10 @@ C{--lease-minutes} (exponential), each for one of C{--users} users, and one requ
 twenty ending unserved. Then it times what the tracker does for each command, through
 the tracker's own code: a history page (50 rows, L{TrackerService.history_rows}, a
 keyset page of the store) for an admin, for one user over the whole window, and for one
-device half the window back (a cursor deep in the table); and usage reports by user
-(L{read_usage}: the store adds the report up in SQL, then L{usage_report}) of a week, a
-month and the whole window.
+device half the window back (a cursor deep in the table); and usage reports
+(L{read_usage}: the store adds up the whole days from its per-day sums and the rows
+around them, then L{usage_report}) by user of a week, a month and the whole window, and
+over the whole window by device, for one user, and for one user by device.
 
 The same commands are timed against the tracker's memory (L{RecentHistory}: the newest
 200,000 rows, added up in Python: what a tracker without a store answers from).
@@ -119,14 +120,16 @@ def read(tracker: TrackerService, query: HistoryQuery, most: int) -> list[Histor
     return list(got[0][0])
 
 
-def report(tracker: TrackerService, since: float, until: float) -> tuple[int, str]:
-    """What the tracker's usage responder does: the groups (added up by the store's SQL,
-    or from memory without one), then the report's rows; how many, and from where."""
+def report(tracker: TrackerService, since: float, until: float, by: str = "user",
+           user: str | None = None) -> tuple[int, str]:
+    """What the tracker's usage responder does: the groups (added up by the store, or
+    from memory without one), then the report's rows; how many, and from where."""
     got: list[Any] = []
-    read_usage(tracker, UsageQuery(since=since, until=until)).addCallback(got.append)
+    read_usage(tracker, UsageQuery(since=since, until=until, by=by, user=user)
+               ).addCallback(got.append)
     assert got, "the usage report did not finish"
     groups, source = got[0]
-    return len(usage_report(groups, "user")), source
+    return len(usage_report(groups, by)), source
 
 
 def measure(options: argparse.Namespace) -> tuple[list[tuple[str, ...]], int]:
@@ -169,6 +172,15 @@ def measure(options: argparse.Namespace) -> tuple[list[tuple[str, ...]], int]:
                 row(f"usage report by user, {days:g} days, store",
                     timed(max(1, options.repeat // 4),
                           lambda d=days: report(tracker, now - d * DAY, now)))
+            year = now - options.days * DAY
+            for name, by, who in (
+                    (f"usage report by device, {options.days:g} days, store", "device", None),
+                    (f"usage report by user, one user, {options.days:g} days, store",
+                     "user", user),
+                    (f"usage report by device, one user, {options.days:g} days, store",
+                     "device", user)):
+                row(name, timed(max(1, options.repeat // 4),
+                                lambda b=by, w=who: report(tracker, year, now, b, w)))
             memory = TrackerService(reactor=Clock())
             for kept in sorted(rows, key=lambda r: (r.ended_at, r.id))[-memory.recent.limit:]:
                 memory.recent.add(kept)

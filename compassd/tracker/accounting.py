@@ -22,9 +22,9 @@ from typing import Any
 
 import attrs
 
-from .history import percentile
 from .records import Effect, LeaseEnded, LeaseOutcome, RequestEnded, RequestOutcome
 from .store.records import HistoryQuery, HistoryRow, UsageGroup, UsageQuery
+from .store.tally import Tally, counts
 
 HELD = "held"
 """The outcome of a lease still held, in a usage report's input."""
@@ -139,14 +139,6 @@ class Standing:
     decayed: float
 
 
-@attrs.define
-class _Tally:
-    leases: int = 0
-    seconds: float = 0.0
-    unserved: int = 0
-    waits: list[float] = attrs.Factory(list)
-
-
 def _group_name(by: str, row: HistoryRow, account: Callable[[str], str]) -> str | None:
     if by == "user":
         return row.user
@@ -168,32 +160,21 @@ def usage_groups(rows: Iterable[HistoryRow], query: UsageQuery) -> list[UsageGro
 
     rows = list(rows)
     seen = {row.id for row in rows}
-    since, until = query.since, query.until
-    tallies: dict[tuple[str, str], _Tally] = {}
+    tallies: dict[tuple[str, str], Tally] = {}
     for row in rows + [row for row in query.extra if row.id not in seen]:
-        if row.ended_at < since or (query.user is not None and row.user != query.user) \
+        if (query.user is not None and row.user != query.user) \
                 or (query.key is not None and row.key != query.key):
             continue
         name = _group_name(query.by, row, account)
-        if name is None:
+        found = counts(row.requested_at, row.granted_at, row.ended_at, query.since,
+                       query.until)
+        if name is None or found is None:
             continue
-        if row.granted_at is None:
-            if row.ended_at < until:
-                tallies.setdefault((row.key, name), _Tally()).unserved += 1
-            continue
-        start, end = max(row.granted_at, since), min(row.ended_at, until)
-        if end < start or (end == start and row.granted_at < since):
-            continue
-        tally = tallies.setdefault((row.key, name), _Tally())
-        tally.leases += 1
-        tally.seconds += end - start
-        if since <= row.granted_at <= until:  # a lease granted this instant counts
-            tally.waits.append(row.waited)
+        tallies.setdefault((row.key, name), Tally()).add(found)
     return [
         UsageGroup(key=key, name=name, leases=t.leases, seconds=t.seconds,
-                   unserved=t.unserved, waits=len(t.waits),
-                   wait_p50=percentile(t.waits, 50) if t.waits else None,
-                   wait_p95=percentile(t.waits, 95) if t.waits else None)
+                   unserved=t.unserved, waits=t.granted(), wait_p50=t.wait_percentile(50),
+                   wait_p95=t.wait_percentile(95))
         for (key, name), t in sorted(tallies.items())
     ]
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from zope.interface import implementer
 
-from . import _report, schema
+from . import _report, _rollup, schema
 from .records import (
     Batch,
     DeviceRecord,
@@ -110,6 +110,10 @@ class SqlStore:
     description = ""
     _conn: Any = None
     _reads_only = False
+    report_period = _rollup.PERIOD
+    _span = 0.0  # the longest span of a history row stored (compass_meta's report_span)
+    """The length of the periods whose sums usage reports read (L{_rollup}); a store
+    opened with another length than its tables were filled with fills them again."""
 
     # --- what a subclass provides ------------------------------------------------------
 
@@ -181,12 +185,17 @@ class SqlStore:
         return self._transaction("read its state", load)
 
     def write(self, batch: Batch) -> None:
-        self._transaction("save the tracker's state", lambda cur: self._write(cur, batch))
+        span = self._transaction("save the tracker's state",
+                                 lambda cur: self._write(cur, batch))
+        self._span = max(self._span, span)  # once committed: see _add_history
 
     def prune(self, before: float) -> int:
         def prune(cur: Any) -> int:
-            cur.execute(
-                f"DELETE FROM compass_history WHERE ended_at < {self.placeholder}", (before,))
+            p = self.placeholder
+            cur.execute(f"SELECT {_rollup.TIMES} FROM compass_history WHERE ended_at < {p}",
+                        (before,))
+            _rollup.add_rows(cur, p, cur.fetchall(), self.report_period, sign=-1)
+            cur.execute(f"DELETE FROM compass_history WHERE ended_at < {p}", (before,))
             return int(cur.rowcount or 0)
 
         return self._transaction("prune old history", prune)
@@ -219,9 +228,17 @@ class SqlStore:
             lambda cur: [_history(r) for r in self._select(cur, sql, args)])
 
     def usage(self, query: UsageQuery) -> list[UsageGroup]:
-        return self._transaction(
-            "add up its history for a usage report",
-            lambda cur: _report.usage(cur, query, self.dialect, self.placeholder))
+        def usage(cur: Any) -> list[UsageGroup]:
+            p = self.placeholder
+            span = self._select(cur, f"SELECT value FROM compass_meta WHERE name = {p}",
+                                (_rollup.SPAN,))
+            found = _rollup.usage(cur, p, self.dialect, query, self.report_period,
+                                  float(span[0][0]) if span else 0.0)
+            if found is None:
+                found = _report.usage(cur, query, self.dialect, p)
+            return found
+
+        return self._transaction("add up its history for a usage report", usage)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -255,10 +272,12 @@ class SqlStore:
                     f" newer than this compass-tracker knows ({schema.LATEST}); run the"
                     " newer compass-tracker, or restore a backup made for this version."
                 )
+            before = version
             for target, sqls in schema.statements(self.dialect, version):
                 for sql in sqls:
                     cur.execute(sql)
                 version = target
+            self._fill_sums(cur, refill=before < _rollup.SINCE_VERSION)
             if rows:
                 cur.execute(f"UPDATE compass_schema SET version = {self.placeholder}",
                             (version,))
@@ -272,8 +291,23 @@ class SqlStore:
             raise
         self._after_migrate(cur)
 
-    def _write(self, cur: Any, batch: Batch) -> None:
+    def _fill_sums(self, cur: Any, refill: bool) -> None:
+        """Fill the usage reports' sums from the history when they are new, or were made
+        with another period than L{report_period}."""
         p = self.placeholder
+        meta = dict(self._select(
+            cur, f"SELECT name, value FROM compass_meta WHERE name IN ({p}, {p})",
+            (_rollup.PERIOD_META, _rollup.SPAN)))
+        made = meta.get(_rollup.PERIOD_META)
+        if not refill and made is not None and float(made) == self.report_period:
+            self._span = float(meta.get(_rollup.SPAN, "0"))
+            return
+        self._span = _rollup.rebuild(cur, p, self.report_period)
+        self._put_meta(cur, {_rollup.PERIOD_META: repr(self.report_period),
+                             _rollup.SPAN: repr(self._span)})
+
+    def _write(self, cur: Any, batch: Batch) -> float:
+        """Write C{batch}; the longest span of the history rows it added."""
         if batch.replace is not None:
             for table in ("compass_devices", "compass_leases", "compass_requests"):
                 cur.execute(f"DELETE FROM {table}")
@@ -286,14 +320,31 @@ class SqlStore:
         self._apply(cur, "compass_devices", _DEVICE_COLUMNS, batch.devices, _device_row)
         self._apply(cur, "compass_leases", _LEASE_COLUMNS, batch.leases, _lease_row)
         self._apply(cur, "compass_requests", _REQUEST_COLUMNS, batch.requests, _request_row)
-        if batch.history:
-            cur.executemany(
-                f"INSERT INTO compass_history ({', '.join(_HISTORY_COLUMNS)})"
-                f" VALUES ({', '.join([p] * len(_HISTORY_COLUMNS))})"
-                " ON CONFLICT (id) DO NOTHING",
-                [_history_row(h) for h in batch.history])
+        span = self._add_history(cur, batch.history) if batch.history else 0.0
         if batch.meta:
             self._put_meta(cur, batch.meta)
+        return span
+
+    def _add_history(self, cur: Any, rows: Sequence[HistoryRow]) -> float:
+        """Insert the rows the store does not have yet, and add them to the sums."""
+        p = self.placeholder
+        have = _rollup.stored_ids(cur, p, [h.id for h in rows])
+        new: dict[str, HistoryRow] = {}
+        for h in rows:
+            if h.id not in have:
+                new.setdefault(h.id, h)
+        if not new:
+            return 0.0
+        cur.executemany(
+            f"INSERT INTO compass_history ({', '.join(_HISTORY_COLUMNS)})"
+            f" VALUES ({', '.join([p] * len(_HISTORY_COLUMNS))})",
+            [_history_row(h) for h in new.values()])
+        span = _rollup.add_rows(
+            cur, p, [(h.requested_at, h.granted_at, h.ended_at, h.key, h.user, h.device)
+                     for h in new.values()], self.report_period)
+        if span > self._span:
+            self._put_meta(cur, {_rollup.SPAN: repr(span)})
+        return span
 
     def _apply(self, cur: Any, table: str, columns: tuple[str, ...],
                changes: dict[str, Any], row: Callable[[Any], tuple[Any, ...]]) -> None:

@@ -87,13 +87,28 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "CREATE INDEX compass_history_page ON compass_history (ended_at, id)",
         "DROP INDEX compass_history_ended",
     ]),
+    (4, "per-day sums of history for usage reports (filled from the history by the store)", [
+        # One row per period (a day), dimension ('user' or 'device'), key and name: the
+        # sums of the history rows requested in that period (compassd.tracker.store.
+        # _rollup), and their waits as a histogram (compassd.tracker.store.tally).
+        """CREATE TABLE compass_report_periods (
+            dim TEXT NOT NULL,
+            period {bigint} NOT NULL,
+            key TEXT NOT NULL,
+            name TEXT NOT NULL,
+            leases {bigint} NOT NULL,
+            seconds {real} NOT NULL,
+            unserved {bigint} NOT NULL,
+            waits {blob} NOT NULL,
+            PRIMARY KEY (dim, period, key, name))""",
+    ]),
 ]
 
 LATEST = MIGRATIONS[-1][0]
 
 TYPES = {
-    "sqlite": {"real": "REAL", "bigint": "INTEGER"},
-    "postgresql": {"real": "DOUBLE PRECISION", "bigint": "BIGINT"},
+    "sqlite": {"real": "REAL", "bigint": "INTEGER", "blob": "BLOB"},
+    "postgresql": {"real": "DOUBLE PRECISION", "bigint": "BIGINT", "blob": "BYTEA"},
 }
 
 
