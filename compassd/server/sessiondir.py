@@ -34,14 +34,16 @@ reactor thread for small calls (they touch a handful of inodes).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import re
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import attrs
 
@@ -72,6 +74,40 @@ session's tensor arena, so that the next start of a server that died removes it
 _SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_renameat2: Any = None
+
+
+def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Swap the files at C{a} and C{b} in one step (Linux's C{renameat2} with
+    C{RENAME_EXCHANGE}); False, having changed nothing, where the system or the file
+    system cannot (then use C{os.replace}).
+
+    Why: renaming a freshly written file over an existing one makes ext4 (its default
+    C{auto_da_alloc}) allocate and start writing the new file's blocks there and then,
+    and frees the old file's blocks, in the rename: over 100 ms for a 256 MiB upload, on
+    the reactor thread. Exchanging costs a fraction of a millisecond, and the old content,
+    now at C{a}, can be removed later in a thread."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            function = ctypes.CDLL(None, use_errno=True).renameat2
+            function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                 ctypes.c_char_p, ctypes.c_uint]
+            function.restype = ctypes.c_int
+            _renameat2 = function
+        except (OSError, AttributeError):  # not Linux, or a libc older than 2.28
+            _renameat2 = False
+    if _renameat2 is False:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE):
+        code = ctypes.get_errno()
+        if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # cannot exchange here
+            return False
+        raise OSError(code, os.strerror(code), os.fspath(a), None, os.fspath(b))
+    return True
 
 
 def _inside(path: str, root: str) -> bool:
@@ -369,9 +405,15 @@ class SessionDirectory:
                 ) from None
         return made
 
-    def commit(self, partial: Path, relpath: str) -> Path:
+    def commit(self, partial: Path, relpath: str,
+               remove_later: Callable[[Path], object] | None = None) -> Path:
         """Move a finished upload from L{partial} to C{relpath} in one step (replacing a
-        file or link there, never a folder). Returns the stored path."""
+        file or link there, never a folder). Returns the stored path.
+
+        With C{remove_later}, a regular file it replaces is swapped out (L{exchange})
+        rather than renamed over, and C{remove_later(path)} is called with where its
+        content now lies (in L{partial}), for the caller to remove it off the reactor
+        thread; the quota no longer counts it from now."""
         if partial.parent != self.partial:
             raise ValueError(f"{partial} is not an upload of session {self.session}.")
         target = self.resolve(relpath)
@@ -386,7 +428,11 @@ class SessionDirectory:
                 " inside it."
             )
         size = os.lstat(partial).st_size
-        os.replace(partial, target)
+        if remove_later is not None and old is not None and stat.S_ISREG(old.st_mode) \
+                and exchange(partial, target):
+            remove_later(partial)  # the replaced content, now at the partial's path
+        else:
+            os.replace(partial, target)
         if old is None:
             self._entries += 1
         elif stat.S_ISREG(old.st_mode):

@@ -97,6 +97,9 @@ class UploadSink:
     """Bytes that have arrived so far (including any beyond C{size})."""
     _error: OSError | None = None
     _state: str = "receiving"
+    _in_thread: InThread = maybeDeferred
+    """Where slow file system work goes: the hashing, and removing a file the upload
+    replaced."""
 
     @classmethod
     def start(
@@ -121,7 +124,8 @@ class UploadSink:
             directory.release(token)
             raise
         return cls(directory, relpath, size, digest, partial, file, token,
-                   StreamHash(in_thread), None if digest is not None else bytearray())
+                   StreamHash(in_thread), None if digest is not None else bytearray(),
+                   in_thread=in_thread)
 
     @property
     def expected(self) -> int:
@@ -260,7 +264,7 @@ class UploadSink:
                     " Send it again, and check that the file did not change while it was"
                     " sent."
                 )
-            path = self.directory.commit(self._partial, self.relpath)
+            path = self.directory.commit(self._partial, self.relpath, self._remove_later)
         except BaseException:
             self._discard("refused")
             raise
@@ -268,6 +272,12 @@ class UploadSink:
         self._state = "stored"
         self.directory.release(self._token)
         return path
+
+    def _remove_later(self, path: Path) -> None:
+        """Remove the content of a file this upload replaced, in a thread: freeing a
+        large file's blocks takes a file system like ext4 tens of milliseconds, which
+        neither the reactor nor the answer should wait for."""
+        self._in_thread(remove_quietly, path)
 
     def abort(self) -> None:
         """Give up on the upload (the peer vanished): remove what arrived. Safe to call
@@ -286,6 +296,15 @@ class UploadSink:
         except FileNotFoundError:
             pass
         self.directory.release(self._token)
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove a file left in a session's C{partial/} folder; one that cannot be removed
+    now goes with the session directory."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _write_failed(what: str, error: OSError) -> Exception:

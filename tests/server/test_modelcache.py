@@ -265,3 +265,24 @@ def test_in_a_thread_a_session_that_ends_meanwhile_gets_nothing(work):
     assert late.listdir() == [] and os.listdir(late.partial) == [] and late.used() == 0
     missing = outcome_of(store_cached_in_thread(cache, late, "m.bin", 3, sha(b"x"), runner))
     assert missing == [False] and not runner.jobs  # a miss needs no thread
+
+
+def test_a_hit_over_a_file_of_the_session_removes_the_old_one_in_the_thread(work):
+    from compassd.server.modelcache import store_cached_in_thread
+
+    cache = ModelCache.open(work / "cache", 1 << 20)
+    data = b"cached model"
+    upload(session(work, "a"), cache, "m.bin", data)
+    runner = HandRunner()
+    second = session(work, "b")
+    upload(second, cache, "m.bin", b"an older model, longer")
+    got = outcome_of(store_cached_in_thread(cache, second, "m.bin", len(data), sha(data),
+                                            runner))
+    function, args, d = runner.jobs.pop(0)
+    d.callback(function(*args))  # links the entry; storing it hands the old file on
+    assert got == [True] and (second.files / "m.bin").read_bytes() == data
+    assert second.used() == len(data)
+    assert len(os.listdir(second.partial)) == 1, "the old file was not swapped out"
+    assert len(runner.jobs) == 1
+    runner.run_all()  # the thread removes it
+    assert os.listdir(second.partial) == []

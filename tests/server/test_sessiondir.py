@@ -10,12 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compassd.protocol.errors import LimitExceeded, NoSuchFile, PathRefused
+from compassd.server import sessiondir
 from compassd.server.sessiondir import (
     MAX_NAME_BYTES,
     MAX_PATH_BYTES,
     FileEntry,
     SessionDirectory,
     clean_stale,
+    exchange,
 )
 
 
@@ -339,3 +341,50 @@ def test_quota_counts_a_replaced_file_as_freed(session):
     session.release("t")
     with pytest.raises(LimitExceeded):
         session.reserve("t", 401, "b")
+
+
+def test_a_replaced_file_is_swapped_out_for_its_caller_to_remove_later(session):
+    # Renaming a fresh file over an old one makes ext4 write out the new one and free the
+    # old one in the rename; exchanged, the old content is handed back to be removed in a
+    # thread, and the stored file is the new one from the first instant.
+    _store(session, "m", b"old content")
+    session.reserve("t", 3, "m")
+    partial, file = session.new_partial()
+    with file:
+        file.write(b"new")
+    handed: list[str] = []
+    assert session.commit(partial, "m", lambda path: handed.append(str(path))) \
+        == session.files / "m"
+    session.release("t")
+    assert (session.files / "m").read_bytes() == b"new"
+    assert handed == [str(partial)], "the old file was renamed over, not swapped out"
+    assert partial.read_bytes() == b"old content"
+    assert session.used() == 3  # the old content counts no more
+    os.unlink(partial)
+    assert os.listdir(session.partial) == []
+
+
+def test_without_exchange_a_replaced_file_is_renamed_over(session, monkeypatch):
+    # Where renameat2 cannot exchange (another system, a file system without it), the
+    # upload is stored by a plain rename, as before.
+    monkeypatch.setattr(sessiondir, "exchange", lambda a, b: False)
+    _store(session, "m", b"old content")
+    partial, file = session.new_partial()
+    with file:
+        file.write(b"new")
+    handed: list[object] = []
+    session.commit(partial, "m", handed.append)
+    assert (session.files / "m").read_bytes() == b"new"
+    assert handed == [] and os.listdir(session.partial) == []
+    assert session.used() == 3
+
+
+def test_exchange_swaps_two_files_or_says_it_cannot(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"A")
+    b.write_bytes(b"B")
+    if not exchange(a, b):
+        pytest.skip("this system or file system cannot exchange files")
+    assert (a.read_bytes(), b.read_bytes()) == (b"B", b"A")
+    with pytest.raises(FileNotFoundError):
+        exchange(tmp_path / "missing", a)

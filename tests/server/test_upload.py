@@ -65,6 +65,8 @@ def test_upload_replaces_an_existing_file(session):
     sink(b"new")
     sink.finish()
     assert (session.files / "m").read_bytes() == b"new"
+    assert leftovers(session) == []  # the old content is removed (in a thread on a board)
+    assert session.used() == 3
 
 
 def test_bytes_are_written_to_a_partial_file_until_finished(session):
