@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .records import HistoryRow, UsageGroup, UsageQuery
-from .tally import Tally, bucket, counts, decode, encode, summed, whole
+from .tally import Tally, bucket, counts, encode, summed, whole
 
 TABLE = "compass_report_periods"
 
@@ -91,32 +91,21 @@ def _tally(rows: Iterable[Sequence[Any]], period: float, sign: int,
 
 
 def _apply(cur: Any, p: str, changes: dict[_Slot, Tally]) -> None:
-    where = f"dim = {p} AND period = {p} AND key = {p} AND name = {p}"
-    for slot, change in sorted(changes.items()):
-        cur.execute(f"SELECT leases, seconds, unserved, waits FROM {TABLE} WHERE {where}",
-                    slot)
-        found = cur.fetchall()
-        if found:
-            leases, seconds, unserved, waits = found[0]
-            change.leases += int(leases)
-            change.seconds += float(seconds)
-            change.unserved += int(unserved)
-            for index, n in decode(waits).items():
-                change.count(index, n)
-        buckets = {i: n for i, n in change.buckets.items() if n > 0}
-        if change.leases <= 0 and change.unserved <= 0:
-            if found:
-                cur.execute(f"DELETE FROM {TABLE} WHERE {where}", slot)
-        elif found:
-            cur.execute(f"UPDATE {TABLE} SET leases = {p}, seconds = {p}, unserved = {p},"
-                        f" waits = {p} WHERE {where}",
-                        (change.leases, change.seconds, change.unserved, encode(buckets))
-                        + slot)
-        else:
-            cur.execute(f"INSERT INTO {TABLE} (dim, period, key, name, leases, seconds,"
-                        f" unserved, waits) VALUES ({', '.join([p] * 8)})",
-                        slot + (change.leases, change.seconds, change.unserved,
-                                encode(buckets)))
+    """Add C{changes} to the sums: one upsert per slot that adds the counts and appends
+    the histogram's pairs; slots left with no lease and no unserved request go."""
+    if not changes:
+        return
+    cur.executemany(
+        f"INSERT INTO {TABLE} (dim, period, key, name, leases, seconds, unserved, waits)"
+        f" VALUES ({', '.join([p] * 8)}) ON CONFLICT (dim, period, key, name) DO UPDATE"
+        f" SET leases = {TABLE}.leases + excluded.leases,"
+        f" seconds = {TABLE}.seconds + excluded.seconds,"
+        f" unserved = {TABLE}.unserved + excluded.unserved,"
+        f" waits = {TABLE}.waits || excluded.waits",
+        [slot + (t.leases, t.seconds, t.unserved, encode(t.buckets))
+         for slot, t in sorted(changes.items())])
+    if any(t.leases < 0 or t.unserved < 0 for t in changes.values()):
+        cur.execute(f"DELETE FROM {TABLE} WHERE leases <= 0 AND unserved <= 0")
 
 
 def rebuild(cur: Any, p: str, period: float) -> float:
@@ -139,11 +128,8 @@ def rebuild(cur: Any, p: str, period: float) -> float:
     return span
 
 
-_HEX = {
-    "sqlite": ("hex({})", "group_concat({}, '')"),
-    "postgresql": ("encode({}, 'hex')", "string_agg({}, '')"),
-}
-"""Per dialect: a blob in hex, and the join of a group's texts."""
+_JOIN = {"sqlite": "group_concat({}, '')", "postgresql": "string_agg({}, '')"}
+"""Per dialect: the join of a group's texts."""
 
 
 def usage(cur: Any, p: str, dialect: str, query: UsageQuery, period: float, span: float
@@ -170,10 +156,9 @@ def usage(cur: Any, p: str, dialect: str, query: UsageQuery, period: float, span
 
     tallies: dict[tuple[str, str], Tally] = {}
     # the periods' sums, added up by the database per key and name; the histograms
-    # come back joined (in hex, which both databases make and join in C)
-    hexed, joined = _HEX[dialect]
+    # come back joined
     sql = (f"SELECT key, name, SUM(leases), SUM(seconds), SUM(unserved),"
-           f" {joined.format(hexed.format('waits'))} FROM {TABLE}"
+           f" {_JOIN[dialect].format('waits')} FROM {TABLE}"
            f" WHERE dim = {p} AND period >= {p} AND period < {p}")
     args: list[Any] = [dim, first, last]
     if query.key is not None:
@@ -191,7 +176,7 @@ def usage(cur: Any, p: str, dialect: str, query: UsageQuery, period: float, span
         tally.leases += int(leases)
         tally.seconds += float(seconds)
         tally.unserved += int(unserved)
-        for index, n in summed(bytes.fromhex(waits or "")).items():
+        for index, n in summed(waits or "").items():
             tally.count(index, n)
 
     def rows(where: str, more: Sequence[Any]) -> list[Any]:

@@ -326,22 +326,20 @@ class SqlStore:
         return span
 
     def _add_history(self, cur: Any, rows: Sequence[HistoryRow]) -> float:
-        """Insert the rows the store does not have yet, and add them to the sums."""
+        """Insert the rows the store does not have yet, and add those to the sums;
+        returns their longest span."""
         p = self.placeholder
-        have = _rollup.stored_ids(cur, p, [h.id for h in rows])
-        new: dict[str, HistoryRow] = {}
+        insert = (f"INSERT INTO compass_history ({', '.join(_HISTORY_COLUMNS)})"
+                  f" VALUES ({', '.join([p] * len(_HISTORY_COLUMNS))})"
+                  " ON CONFLICT (id) DO NOTHING")
+        new = []
         for h in rows:
-            if h.id not in have:
-                new.setdefault(h.id, h)
+            cur.execute(insert, _history_row(h))
+            if cur.rowcount == 1:
+                new.append((h.requested_at, h.granted_at, h.ended_at, h.key, h.user, h.device))
         if not new:
             return 0.0
-        cur.executemany(
-            f"INSERT INTO compass_history ({', '.join(_HISTORY_COLUMNS)})"
-            f" VALUES ({', '.join([p] * len(_HISTORY_COLUMNS))})",
-            [_history_row(h) for h in new.values()])
-        span = _rollup.add_rows(
-            cur, p, [(h.requested_at, h.granted_at, h.ended_at, h.key, h.user, h.device)
-                     for h in new.values()], self.report_period)
+        span = _rollup.add_rows(cur, p, new, self.report_period)
         if span > self._span:
             self._put_meta(cur, {_rollup.SPAN: repr(span)})
         return span

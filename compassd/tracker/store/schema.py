@@ -90,7 +90,8 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (4, "per-day sums of history for usage reports (filled from the history by the store)", [
         # One row per period (a day), dimension ('user' or 'device'), key and name: the
         # sums of the history rows requested in that period (compassd.tracker.store.
-        # _rollup), and their waits as a histogram (compassd.tracker.store.tally).
+        # _rollup), and their waits as a histogram (compassd.tracker.store.tally), in
+        # hex: (bucket, count) pairs that a write appends to and a report adds up.
         """CREATE TABLE compass_report_periods (
             dim TEXT NOT NULL,
             period {bigint} NOT NULL,
@@ -99,7 +100,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             leases {bigint} NOT NULL,
             seconds {real} NOT NULL,
             unserved {bigint} NOT NULL,
-            waits {blob} NOT NULL,
+            waits TEXT NOT NULL,
             PRIMARY KEY (dim, period, key, name))""",
     ]),
 ]
@@ -107,8 +108,8 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 LATEST = MIGRATIONS[-1][0]
 
 TYPES = {
-    "sqlite": {"real": "REAL", "bigint": "INTEGER", "blob": "BLOB"},
-    "postgresql": {"real": "DOUBLE PRECISION", "bigint": "BIGINT", "blob": "BYTEA"},
+    "sqlite": {"real": "REAL", "bigint": "INTEGER"},
+    "postgresql": {"real": "DOUBLE PRECISION", "bigint": "BIGINT"},
 }
 
 

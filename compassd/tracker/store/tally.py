@@ -19,6 +19,7 @@ Plain functions and data; no I/O.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterable
 
 import attrs
@@ -152,35 +153,27 @@ def histogram(waits: Iterable[float]) -> dict[int, int]:
     return found
 
 
-def encode(buckets: dict[int, int]) -> bytes:
-    """A histogram as the store keeps it: (bucket, count) pairs, both 32-bit little
-    endian, in bucket order, empty buckets left out."""
-    pairs = [(b, n) for b, n in sorted(buckets.items()) if n]
-    out = bytearray()
-    for b, n in pairs:
-        out += b.to_bytes(4, "little") + n.to_bytes(4, "little")
-    return bytes(out)
+def encode(buckets: dict[int, int]) -> str:
+    """A histogram as the store keeps it: (bucket, count) pairs, both 32-bit signed
+    little endian, in hex, empty buckets left out. Histograms joined end to end add up
+    (L{summed}), so a write appends a row's pairs, and a prune its negative counts."""
+    return b"".join(struct.pack("<ii", b, n) for b, n in sorted(buckets.items()) if n).hex()
 
 
-def decode(data: bytes | memoryview | None) -> dict[int, int]:
-    """The histogram L{encode} made."""
-    raw = bytes(data or b"")
-    if len(raw) % 8:
-        raise ValueError("A stored wait histogram is not whole (bucket, count) pairs.")
-    return {int.from_bytes(raw[i:i + 4], "little"): int.from_bytes(raw[i + 4:i + 8], "little")
-            for i in range(0, len(raw), 8)}
-
-
-def summed(data: bytes) -> dict[int, int]:
-    """The sum of the histograms whose L{encode}s are joined in C{data}."""
+def summed(text: str) -> dict[int, int]:
+    """The sum of the histograms whose L{encode}s are joined in C{text}: bucket -> count,
+    buckets that add up to none left out."""
+    data = bytes.fromhex(text or "")
     if len(data) % 8:
         raise ValueError("Stored wait histograms are not whole (bucket, count) pairs.")
     if not data:
         return {}
-    pairs = numpy.frombuffer(data, dtype="<u4").reshape(-1, 2)
+    pairs = numpy.frombuffer(data, dtype="<i4").reshape(-1, 2)
+    if (pairs[:, 0] < 0).any():
+        raise ValueError("A stored wait histogram has a bucket below 0.")
     total = numpy.bincount(pairs[:, 0], weights=pairs[:, 1].astype(numpy.float64))
     return {int(i): int(total[i]) for i in numpy.flatnonzero(total)}
 
 
 __all__ = ["FLOOR", "PER_DOUBLING", "Counts", "Tally", "bucket", "bucket_value", "counts",
-           "decode", "encode", "histogram", "summed", "whole"]
+           "encode", "histogram", "summed", "whole"]
