@@ -132,6 +132,52 @@ def report(tracker: TrackerService, since: float, until: float, by: str = "user"
     return len(usage_report(groups, by)), source
 
 
+def writes(store: SqliteStore, path: str, now: float, count: int) -> tuple[str, ...]:
+    """The p50 of C{count} writes of one lease's history row by the store (the row and
+    its per-day sums, one transaction), against the same row inserted with a plain
+    INSERT and COMMIT on the same file (what the store wrote before it kept sums)."""
+    def lease(i: int, prefix: str) -> HistoryRow:
+        return HistoryRow(
+            id=f"{prefix}-{i}", user=f"user{i % 100:03d}", key=KEY, requested_at=now + i,
+            granted_at=now + i + 1, ended_at=now + i + 60, outcome="released",
+            device=f"npu-{i % 50:02d}", request_id=f"req-{prefix}-{i}",
+            detail="Lease was released by its holder.")
+
+    def p50(write: Any) -> float:
+        times = []
+        for i in range(count):
+            t0 = time.perf_counter()
+            write(i)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    stored = p50(lambda i: store.write(Batch(history=[lease(i, "w")])))
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("PRAGMA synchronous=NORMAL")
+
+    def plain(i: int) -> None:
+        h = lease(i, "p")
+        raw.execute("BEGIN")
+        raw.execute(
+            "INSERT INTO compass_history (id, user_name, key, device, request_id, priority,"
+            " requested_at, granted_at, ended_at, outcome, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (h.id, h.user, h.key, h.device, h.request_id, h.priority, h.requested_at,
+             h.granted_at, h.ended_at, h.outcome, h.detail))
+        raw.execute("COMMIT")
+
+    try:
+        base = p50(plain)
+    finally:
+        raw.close()
+    return ("history write of one lease's row (row + per-day sums)", _us(stored), _us(base),
+            _ratio(stored, base), "-", "-")
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:.0f} us"
+
+
 def measure(options: argparse.Namespace) -> tuple[list[tuple[str, ...]], int]:
     now = time.time()
     rows = history(options.days, options.users, options.boards, options.lease_minutes, now)
@@ -191,6 +237,7 @@ def measure(options: argparse.Namespace) -> tuple[list[tuple[str, ...]], int]:
                 row(f"usage report by user, {days:g} days, memory",
                     timed(max(1, options.repeat // 4),
                           lambda d=days: report(memory, now - d * DAY, now)))
+            table.append(writes(store, path, now, options.writes))
         finally:
             store.close()
             store.release_lock()
@@ -204,11 +251,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--boards", type=int, default=50)
     parser.add_argument("--lease-minutes", type=float, default=30.0)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--writes", type=int, default=2000,
+                        help="history rows written one at a time for the write row")
     parser.add_argument("--quick", action="store_true",
                         help="Two weeks of history and fewer repeats: a smoke run.")
     options = parser.parse_args(argv)
     if options.quick:
-        options.days, options.repeat = 14.0, 4
+        options.days, options.repeat, options.writes = 14.0, 4, 200
     return options
 
 
