@@ -161,6 +161,8 @@ class SessionConnection(HelloResponder):
         self.session: ActiveSession | None = None
         self.closing: tuple[str, str] | None = None
         self._held: list[Callable[[], object]] = []
+        self._plans: dict[tuple[Any, ...], tuple[list[dict[str, Any]], int, int]] = {}
+        """Input plans by the rows announced and the arena's size (L{_inputs_to_arena})."""
 
     # --- the board's side ----------------------------------------------------------
 
@@ -476,7 +478,31 @@ class SessionConnection(HelloResponder):
 
     def _inputs_to_arena(self, session: ActiveSession, inputs: list[dict[str, Any]]
                          ) -> tuple[list[dict[str, Any]], int, int]:
-        """Plan where each input goes in the arena: slots, total bytes, end offset."""
+        """Plan where each input goes in the arena: slots, total bytes, end offset; and
+        reserve their pages. A run like the one before (the same names, dtypes and
+        shapes: a loop over one model) reuses its plan, which callers must not change."""
+        key: tuple[Any, ...] | None = None
+        plan = None
+        try:
+            key = (session.arena.size, *((row["name"], row["dtype"], tuple(row["shape"]),
+                                          row["nbytes"]) for row in inputs))
+            plan = self._plans.get(key)
+        except (TypeError, KeyError):  # malformed: planned (and refused) below
+            key = None
+        if plan is None:
+            plan = self._plan_inputs(session, inputs)
+            if key is not None:
+                if len(self._plans) >= 16:
+                    self._plans.clear()
+                self._plans[key] = plan
+        try:  # the pages the inputs go to, before a byte arrives: never a SIGBUS
+            session.space.reserve(0, plan[2])
+        except OutOfSharedMemory as e:
+            raise LimitExceeded(f"The inputs were not taken: {e}") from None
+        return plan
+
+    def _plan_inputs(self, session: ActiveSession, inputs: list[dict[str, Any]]
+                     ) -> tuple[list[dict[str, Any]], int, int]:
         slots, offset, total = [], 0, 0
         for row in inputs:
             name = row["name"]
@@ -502,10 +528,6 @@ class SessionConnection(HelloResponder):
             raise LimitExceeded(
                 f"The inputs take {total} bytes, more than half of the session's"
                 f" {session.arena.size}-byte tensor arena; send smaller tensors.")
-        try:  # the pages the inputs go to, before a byte arrives: never a SIGBUS
-            session.space.reserve(0, offset)
-        except OutOfSharedMemory as e:
-            raise LimitExceeded(f"The inputs were not taken: {e}") from None
         return slots, total, offset
 
     def _receive_inputs(self, session: ActiveSession, slots: list[dict[str, Any]],

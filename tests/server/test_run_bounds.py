@@ -118,3 +118,30 @@ def test_an_upload_with_its_digest_after_is_bounded_by_the_quota_too(board: Boar
     replies = answers(transport.value())
     assert replies[b"7"][amp.ERROR_CODE] == b"LIMIT_EXCEEDED", replies[b"7"]
     assert b"8" not in replies and transport.disconnecting
+
+
+def test_a_run_like_the_one_before_reuses_its_input_plan_and_a_bad_one_is_refused_each_time(
+    board: Board
+) -> None:
+    from compassd.protocol.errors import TensorMismatch
+    from tests.fuzz.test_server_input import Legit
+
+    legit = Legit(board)
+    legit.open()
+    legit.run()
+    legit.run()
+    connection = legit.connection
+    session = connection.session
+    assert session is not None
+    rows = [{"name": "x", "dtype": "int8", "shape": [4], "nbytes": 4}]
+    plan = connection._inputs_to_arena(session, rows)
+    assert connection._inputs_to_arena(session, [dict(row) for row in rows]) is plan
+    assert len(connection._plans) == 1  # both runs and the calls above: one plan
+    other = connection._inputs_to_arena(session, [dict(rows[0], shape=[2, 2])])
+    assert other is not plan and other[0][0]["shape"] == [2, 2]
+    wrong = [dict(rows[0], nbytes=5)]
+    for _ in range(2):  # never kept: refused every time
+        with pytest.raises(TensorMismatch, match="takes 4 bytes, but 5 were announced"):
+            connection._inputs_to_arena(session, wrong)
+    legit.run()
+    legit.close()
