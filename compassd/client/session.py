@@ -316,7 +316,10 @@ class AsyncSession:
 
     @staticmethod
     def _after_run(answer: Deferred[T], sent: Deferred[None]) -> Deferred[T]:
-        """C{answer}'s outcome, once C{sent} has fired too."""
+        """C{answer}'s outcome, once C{sent} has fired too (a small run's bytes are
+        written at once: nothing to wait for)."""
+        if sent.called and not isinstance(sent.result, Failure):
+            return answer
         return answer.addBoth(lambda outcome: sent.addCallback(lambda _: outcome))
 
     def _operation(self, what: str, work: Callable[[], Deferred[T]],

@@ -763,3 +763,32 @@ def test_blocking_session_and_lease_over_real_sockets(tmp_path: Any) -> None:
     assert boards[0].seen[-1] == "close-session"
     assert boards[1].seen == ["open-session", "list-files", "close-session"]
     assert outcome["lease_log"] == ["used", "release"]
+
+
+def test_a_run_whose_bytes_are_written_is_answered_without_waiting_on_them() -> None:
+    from compassd.client.session import AsyncSession
+
+    class Watched(Deferred):  # type: ignore[type-arg]
+        chained = 0
+
+        def addBoth(self, *args: Any, **kwargs: Any) -> Any:
+            self.chained += 1
+            return super().addBoth(*args, **kwargs)
+
+    answer = Watched()
+    assert AsyncSession._after_run(answer, succeed(None)) is answer
+    assert answer.chained == 0  # nothing chained on it: one Deferred less per small run
+    got: list[Any] = []
+    sending: Deferred[None] = Deferred()
+    later: Deferred[str] = Deferred()
+    AsyncSession._after_run(later, sending).addBoth(got.append)
+    later.callback("outputs")
+    assert got == []  # the answer waits for the bytes still being written
+    sending.callback(None)
+    assert got == ["outputs"]
+    refused: Deferred[str] = Deferred()
+    failed: Deferred[None] = Deferred()
+    failed.errback(ConnectionError("the connection went away while sending"))
+    AsyncSession._after_run(refused, failed).addBoth(got.append)
+    refused.callback("outputs")
+    assert isinstance(got[-1], Failure) and got[-1].check(ConnectionError)
