@@ -544,6 +544,42 @@ def test_a_stream_cut_anywhere_is_served_as_the_whole_stream() -> None:
         assert _served([stream[i:i + size] for i in range(0, len(stream), size)]) == whole
 
 
+def test_both_ends_of_a_real_loopback_connection_send_without_delay() -> None:
+    # Nagle's algorithm would hold a small box back until the last one is acknowledged:
+    # 40 ms for a run whose answer follows a write.
+    import socket
+
+    from twisted.internet.defer import succeed
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+    from twisted.internet.protocol import Factory
+
+    from compassd.client import _reactor
+
+    reactor = _reactor.reactor()
+    servers: list[Server] = []
+
+    def build() -> Server:
+        servers.append(Server())
+        return servers[-1]
+
+    port = _reactor.call(lambda: succeed(reactor.listenTCP(
+        0, Factory.forProtocol(build), interface="127.0.0.1")))
+    try:
+        client = _reactor.call(lambda: connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Client()))
+        _reactor.call(client.callRemote, Hello, versions=[PROTOCOL_VERSION], role="client",
+                      timeout=10)  # answered: the board's end is connected too
+
+        def options() -> Any:
+            return succeed([peer.transport.getHandle().getsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY) for peer in (client, *servers)])
+
+        assert all(_reactor.call(options)) and len(servers) == 1
+        _reactor.call(lambda: succeed(client.transport.loseConnection()))
+    finally:
+        _reactor.call(port.stopListening)
+
+
 # --- work after the answer ------------------------------------------------------------
 
 
