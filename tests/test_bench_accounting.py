@@ -24,6 +24,7 @@ EXPECTED_ROWS = [
     "usage report by user, 7 days, memory",
     "usage report by user, 14 days, memory",
     "history write of one lease's row (row + per-day sums)",
+    "fill the per-day sums from the history (first open after upgrade)",
 ]
 
 

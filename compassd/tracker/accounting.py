@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from .records import Effect, LeaseEnded, LeaseOutcome, RequestEnded, RequestOutcome
 from .store.records import HistoryQuery, HistoryRow, UsageGroup, UsageQuery
-from .store.tally import Tally, counts
+from .store.tally import Tally, counts, group_name
 
 HELD = "held"
 """The outcome of a lease still held, in a usage report's input."""
@@ -139,25 +139,11 @@ class Standing:
     decayed: float
 
 
-def _group_name(by: str, row: HistoryRow, account: Callable[[str], str]) -> str | None:
-    if by == "user":
-        return row.user
-    if by == "account":
-        return account(row.user)
-    if by == "key":
-        return row.key
-    return row.device
-
-
 def usage_groups(rows: Iterable[HistoryRow], query: UsageQuery) -> list[UsageGroup]:
     """What L{compassd.tracker.store.IStore.usage} adds up in SQL, over rows in memory:
     the groups of C{query}'s report from C{rows} and C{query.extra} (an extra row whose
     id is in C{rows} counts once), sorted by key then name."""
     accounts = dict(query.accounts)
-
-    def account(user: str) -> str:
-        return accounts.get(user, user)
-
     rows = list(rows)
     seen = {row.id for row in rows}
     tallies: dict[tuple[str, str], Tally] = {}
@@ -165,18 +151,13 @@ def usage_groups(rows: Iterable[HistoryRow], query: UsageQuery) -> list[UsageGro
         if (query.user is not None and row.user != query.user) \
                 or (query.key is not None and row.key != query.key):
             continue
-        name = _group_name(query.by, row, account)
+        name = group_name(query.by, row.key, row.user, row.device, accounts)
         found = counts(row.requested_at, row.granted_at, row.ended_at, query.since,
                        query.until)
         if name is None or found is None:
             continue
         tallies.setdefault((row.key, name), Tally()).add(found)
-    return [
-        UsageGroup(key=key, name=name, leases=t.leases, seconds=t.seconds,
-                   unserved=t.unserved, waits=t.granted(), wait_p50=t.wait_percentile(50),
-                   wait_p95=t.wait_percentile(95))
-        for (key, name), t in sorted(tallies.items())
-    ]
+    return [t.usage_group(key, name) for (key, name), t in sorted(tallies.items())]
 
 
 def usage_report(

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .records import HistoryRow, UsageGroup, UsageQuery
-from .tally import Tally, bucket, counts, encode, summed, whole
+from .tally import Tally, bucket, counts, encode, group_name, summed, whole
 
 TABLE = "compass_report_periods"
 
@@ -146,13 +146,16 @@ def usage(cur: Any, p: str, dialect: str, query: UsageQuery, period: float, span
     accounts = dict(query.accounts)
 
     def group(key: str, user: str, device: str | None) -> str | None:
-        if query.by == "user":
-            return user
-        if query.by == "account":
-            return accounts.get(user, user)
-        if query.by == "key":
-            return key
-        return device
+        return group_name(query.by, key, user, device, accounts)
+
+    def only(user_column: str) -> tuple[str, list[Any]]:
+        """The conditions for the query's key and user."""
+        text, bound = "", []
+        for column, value in (("key", query.key), (user_column, query.user)):
+            if value is not None:
+                text += f" AND {column} = {p}"
+                bound.append(value)
+        return text, bound
 
     tallies: dict[tuple[str, str], Tally] = {}
     # the periods' sums, added up by the database per key and name; the histograms
@@ -160,14 +163,8 @@ def usage(cur: Any, p: str, dialect: str, query: UsageQuery, period: float, span
     sql = (f"SELECT key, name, SUM(leases), SUM(seconds), SUM(unserved),"
            f" {_JOIN[dialect].format('waits')} FROM {TABLE}"
            f" WHERE dim = {p} AND period >= {p} AND period < {p}")
-    args: list[Any] = [dim, first, last]
-    if query.key is not None:
-        sql += f" AND key = {p}"
-        args.append(query.key)
-    if query.user is not None:
-        sql += f" AND name = {p}"
-        args.append(query.user)
-    cur.execute(sql + " GROUP BY key, name", args)
+    conditions, bound = only("name")
+    cur.execute(sql + conditions + " GROUP BY key, name", [dim, first, last, *bound])
     for key, name, leases, seconds, unserved, waits in cur.fetchall():
         label = group(key, name, name) if dim == "user" else name
         if label is None:
@@ -180,17 +177,11 @@ def usage(cur: Any, p: str, dialect: str, query: UsageQuery, period: float, span
             tally.count(index, n)
 
     def rows(where: str, more: Sequence[Any]) -> list[Any]:
-        text = f"SELECT {TIMES}, id FROM compass_history WHERE {where}"
-        bound = list(more)
-        if query.key is not None:
-            text += f" AND key = {p}"
-            bound.append(query.key)
-        if query.user is not None:
-            text += f" AND user_name = {p}"
-            bound.append(query.user)
+        conditions, bound = only("user_name")
+        text = f"SELECT {TIMES}, id FROM compass_history WHERE {where}{conditions}"
         if query.by == "device":
             text += " AND device IS NOT NULL"
-        cur.execute(text, bound)
+        cur.execute(text, [*more, *bound])
         return list(cur.fetchall())
 
     start, end = first * period, last * period
@@ -224,13 +215,8 @@ def usage(cur: Any, p: str, dialect: str, query: UsageQuery, period: float, span
             count((r.requested_at, r.granted_at, r.ended_at, r.key, r.user, r.device))
     for t in tallies.values():
         t.bucket_all()  # one rule for every group of the report
-    return [
-        UsageGroup(key=key, name=name, leases=t.leases, seconds=t.seconds,
-                   unserved=t.unserved, waits=t.granted(), wait_p50=t.wait_percentile(50),
-                   wait_p95=t.wait_percentile(95))
-        for (key, name), t in sorted(tallies.items())
-        if t.leases or t.unserved
-    ]
+    return [t.usage_group(key, name) for (key, name), t in sorted(tallies.items())
+            if t.leases or t.unserved]
 
 
 def _wanted(row: HistoryRow, query: UsageQuery) -> bool:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 import attrs
 import numpy
+
+from .records import UsageGroup
 
 PER_DOUBLING = 8
 """Buckets to each doubling of a wait."""
@@ -105,14 +107,6 @@ class Tally:
     def count(self, index: int, n: int) -> None:
         self.buckets[index] = self.buckets.get(index, 0) + n
 
-    def merge(self, other: Tally) -> None:
-        self.leases += other.leases
-        self.seconds += other.seconds
-        self.unserved += other.unserved
-        self.waits.extend(other.waits)
-        for index, n in other.buckets.items():
-            self.count(index, n)
-
     def bucket_all(self) -> None:
         """Put the exact waits into their buckets too."""
         for w in self.waits:
@@ -143,14 +137,26 @@ class Tally:
                 return bucket_value(index)
         return bucket_value(max(merged))  # (not reached: the counts add up to n)
 
+    def usage_group(self, key: str, name: str) -> UsageGroup:
+        """The tally as a usage report's group of C{name} on C{key}."""
+        return UsageGroup(key=key, name=name, leases=self.leases, seconds=self.seconds,
+                          unserved=self.unserved, waits=self.granted(),
+                          wait_p50=self.wait_percentile(50),
+                          wait_p95=self.wait_percentile(95))
 
-def histogram(waits: Iterable[float]) -> dict[int, int]:
-    """The buckets of C{waits}."""
-    found: dict[int, int] = {}
-    for w in waits:
-        b = bucket(w)
-        found[b] = found.get(b, 0) + 1
-    return found
+
+def group_name(by: str, key: str, user: str, device: str | None,
+               accounts: Mapping[str, str]) -> str | None:
+    """The group a row of C{key}, C{user} and C{device} falls in, in a report C{by}
+    user, account (a user in none is an account of their own name), key or device;
+    None for a report by device of a row without one."""
+    if by == "user":
+        return user
+    if by == "account":
+        return accounts.get(user, user)
+    if by == "key":
+        return key
+    return device
 
 
 def encode(buckets: dict[int, int]) -> str:
@@ -176,4 +182,4 @@ def summed(text: str) -> dict[int, int]:
 
 
 __all__ = ["FLOOR", "PER_DOUBLING", "Counts", "Tally", "bucket", "bucket_value", "counts",
-           "encode", "histogram", "summed", "whole"]
+           "encode", "group_name", "summed", "whole"]
