@@ -48,7 +48,7 @@ from twisted.logger import Logger
 
 from ..hashing import InThread
 from ..protocol.errors import SessionEnded
-from .sessiondir import SessionDirectory
+from .sessiondir import SessionDirectory, remove_quietly
 
 log = Logger(namespace="compass.server")
 
@@ -228,15 +228,6 @@ class ModelCache:
             self.remove(oldest)
 
 
-def _unlink_quietly(path: Path) -> None:
-    """L{_unlink} for a thread: a file that cannot be removed now goes with the session
-    directory."""
-    try:
-        _unlink(path)
-    except OSError:
-        pass
-
-
 def _unlink(path: Path) -> None:
     try:
         os.unlink(path)
@@ -264,7 +255,7 @@ def store_cached(cache: ModelCache, directory: SessionDirectory, relpath: str, s
         if not cache.link_into(sha256, size, partial):
             return False
         try:
-            directory.commit(partial, relpath, _unlink_quietly)
+            directory.commit(partial, relpath, remove_quietly)
         except BaseException:
             _unlink(partial)
             raise
@@ -296,7 +287,7 @@ def store_cached_in_thread(cache: ModelCache, directory: SessionDirectory, relpa
             if ended():
                 raise SessionEnded("The session ended while a cached file was stored.")
             directory.commit(partial, relpath,
-                             lambda replaced: in_thread(_unlink_quietly, replaced))
+                             lambda replaced: in_thread(remove_quietly, replaced))
         except BaseException:
             _unlink(partial)
             raise

@@ -110,6 +110,15 @@ def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     return True
 
 
+def remove_quietly(path: Path) -> None:
+    """Remove a file a commit replaced (L{SessionDirectory.commit}'s C{remove_later}),
+    in a thread; one that cannot be removed now goes with the session directory."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 

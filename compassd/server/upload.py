@@ -60,7 +60,7 @@ from ..protocol.errors import (
     SessionEnded,
 )
 from ..protocol.session import DIGEST_SIZE
-from .sessiondir import SessionDirectory
+from .sessiondir import SessionDirectory, remove_quietly
 
 DEFAULT_CHUNK = 256 * 1024
 """Bytes per chunk L{download_chunks} yields unless told otherwise."""
@@ -296,15 +296,6 @@ class UploadSink:
         except FileNotFoundError:
             pass
         self.directory.release(self._token)
-
-
-def remove_quietly(path: Path) -> None:
-    """Remove a file left in a session's C{partial/} folder; one that cannot be removed
-    now goes with the session directory."""
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _write_failed(what: str, error: OSError) -> Exception:
