@@ -97,6 +97,15 @@ def user_environment(**extra: str) -> dict[str, str]:
     return env
 
 
+def board_is_free(status: str) -> bool:
+    """Whether C{compass status --json} printed a free device with key cpu."""
+    try:
+        devices = json.loads(status)["devices"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return any(d.get("key") == "cpu" and d.get("state") == "free" for d in devices)
+
+
 def run(command: str, cwd: Path, env: dict[str, str]) -> str:
     """Run one README line with bash in C{cwd}; its output, or a failure that shows it."""
     done = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
@@ -167,16 +176,18 @@ def test_the_readme_install_and_tour_work_as_written_from_another_directory(
                 shlex.split(substitute(line)), cwd=elsewhere, env=activated,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT), log))
 
+    # Wait for the board's own row (the tables' "free/total" header is there at once).
     status = ""
     end = time.monotonic() + STEP_DEADLINE
-    while " free" not in status:
+    while not board_is_free(status):
         for process, log in daemons:
             assert process.poll() is None, f"{process.args} exited:\n{log.read_text()}"
         assert time.monotonic() < end, f"the board never showed as free:\n{status}"
         time.sleep(0.2)
         status = subprocess.run(
-            [str(venv / "bin" / "compass"), "status"], cwd=elsewhere, env=activated,
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60).stdout
+            [str(venv / "bin" / "compass"), "status", "--json"], cwd=elsewhere,
+            env=activated, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=60).stdout
 
     outputs = [run(substitute(line), elsewhere, activated) for line in use]
     assert "cpu" in outputs[0]
